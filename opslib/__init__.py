@@ -1,0 +1,36 @@
+"""opslib: PyTorch custom operators with hand-written, documented gradients.
+
+``import opslib`` registers the ``customgrad`` ops::
+
+    torch.ops.customgrad.linear(x, weight, bias)      # or opslib.linear(...)
+    torch.ops.customgrad.learned_silu(x, slope)       # or opslib.learned_silu(...)
+
+Each op's forward, fake implementation, backward derivation and ONNX translation live together in
+``opslib/ops/<name>.py``; ``opslib.op_table`` lists every op with its reference and samples.
+"""
+
+from opslib import nn
+from opslib.functions import Cube, Exp, LearnedSiLU, Linear, ReLU, Sigmoid, Square, Tanh
+from opslib.ops import cube, exp, learned_silu, linear, relu, sigmoid, square, tanh
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cube",
+    "Exp",
+    "LearnedSiLU",
+    "Linear",
+    "ReLU",
+    "Sigmoid",
+    "Square",
+    "Tanh",
+    "cube",
+    "exp",
+    "learned_silu",
+    "linear",
+    "nn",
+    "relu",
+    "sigmoid",
+    "square",
+    "tanh",
+]

@@ -1,0 +1,62 @@
+"""``customgrad::cube(Tensor x) -> Tensor``: y = x³.
+
+Forward
+    y = x * x * x                               elementwise; y has x's shape, dtype and layout
+
+Backward (g = dL/dy)
+    dy/dx = 3x²                     =>  dL/dx = g · 3x²
+
+Saved for backward: x, as native ``torch.pow(x, 3)`` saves it.
+
+Double backward: the backward is differentiable torch code on g and x:
+d(dL/dx)/dx = 6x·g and d(dL/dx)/dg = 3x².
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from opslib.ops._common import check_floating_input, register_pointwise_vmap
+
+
+@torch.library.custom_op("customgrad::cube", mutates_args=())
+def _cube(x: Tensor) -> Tensor:
+    check_floating_input("cube", "x", x)
+    return x * x * x
+
+
+@_cube.register_fake
+def _cube_fake(x: Tensor) -> Tensor:
+    check_floating_input("cube", "x", x)
+    return torch.empty_like(x)
+
+
+def _cube_setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
+    (x,) = inputs
+    ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
+
+
+def _cube_backward(ctx, grad_y: Tensor) -> Tensor | None:
+    (x,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None
+    return grad_y * 3 * x * x
+
+
+_cube.register_autograd(_cube_backward, setup_context=_cube_setup_context)
+register_pointwise_vmap(_cube)
+# Native pow(x, 3) runs in float32 under CUDA autocast; CPU autocast casts nothing.
+torch.library.register_autocast(_cube, "cuda", torch.float32)
+
+
+def cube(x: Tensor) -> Tensor:
+    """Elementwise x³, with the gradient 3x²·g written out in ``opslib/ops/cube.py``."""
+    return torch.ops.customgrad.cube.default(x)
+
+
+def cube_onnx(x):
+    """ONNX translation: Mul(Mul(x, x), x), standard ONNX only."""
+    from opslib.onnx import opset
+
+    return opset.Mul(opset.Mul(x, x), x)

@@ -1,0 +1,120 @@
+"""``customgrad::learned_silu(Tensor x, Tensor slope) -> Tensor``: y = slope · x · sigmoid(x).
+
+Shapes
+    x      any shape
+    slope  any shape that broadcasts to x without enlarging it: [] or [1] (one learned slope),
+           [C] (one per channel of x's last dim), ...
+    y      x's shape
+
+Forward (s = sigmoid(x))
+    y = slope · x · s
+
+Backward (g = dL/dy)
+    dy/dx     = slope · (s + x · s(1 - s))   using ds/dx = s(1 - s)
+              = slope · s · (1 + x(1 - s))
+    dy/dslope = x · s
+
+    dL/dx     = g · slope · s · (1 + x(1 - s))
+    dL/dslope = (g · x · s) summed over every dim slope was broadcast along
+                (sum_to_size(slope.shape): all of them for a scalar slope, all but the last
+                for a per-channel [C] slope)
+
+    For x → -∞, s → 0 exactly and both gradients are exactly 0 (never nan); for x → +∞,
+    1 - s → 0 and dy/dx → slope.
+
+Saved for backward: x (always) and slope (only if x needs a gradient); s is recomputed from x
+in backward. Native ``slope * x * torch.sigmoid(x)`` keeps slope, x, slope·x and sigmoid(x):
+three x-sized tensors where this op keeps one.
+
+Double backward: s is recomputed with torch.sigmoid, so the backward is differentiable torch
+code in g, x and slope, and autograd differentiates it again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from opslib.ops._common import (
+    broadcasts_to,
+    check_floating_input,
+    check_same_dtype_and_device,
+    fmt_shape,
+    input_grad_flags,
+)
+
+
+def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
+    check_floating_input("learned_silu", "x", x)
+    check_floating_input("learned_silu", "slope", slope)
+    check_same_dtype_and_device("learned_silu", {"x": x, "slope": slope})
+    if not broadcasts_to(slope.shape, x.shape):
+        raise ValueError(
+            f"customgrad.learned_silu: slope of shape {fmt_shape(slope.shape)} does not "
+            f"broadcast to x's shape {fmt_shape(x.shape)} (use [], [1] or [C] with "
+            f"C = x.shape[-1])"
+        )
+
+
+@torch.library.custom_op("customgrad::learned_silu", mutates_args=())
+def _learned_silu(x: Tensor, slope: Tensor) -> Tensor:
+    _check_learned_silu(x, slope)
+    return F.silu(x) * slope  # silu(x) = x · sigmoid(x), one fused native kernel
+
+
+@_learned_silu.register_fake
+def _learned_silu_fake(x: Tensor, slope: Tensor) -> Tensor:
+    _check_learned_silu(x, slope)
+    return torch.empty_like(x)
+
+
+def _learned_silu_setup_context(ctx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+    x, slope = inputs
+    needs_x, needs_slope = input_grad_flags(ctx, 2)
+    ctx.save_for_backward(x if (needs_x or needs_slope) else None, slope if needs_x else None)
+    ctx.slope_shape = slope.shape
+
+
+def _learned_silu_backward(ctx, grad_y: Tensor):
+    x, slope = ctx.saved_tensors
+    needs_x, needs_slope = input_grad_flags(ctx, 2)
+    s = torch.sigmoid(x)
+    grad_x = grad_y * slope * s * (1 + x * (1 - s)) if needs_x else None
+    grad_slope = (grad_y * x * s).sum_to_size(ctx.slope_shape) if needs_slope else None
+    return grad_x, grad_slope
+
+
+_learned_silu.register_autograd(_learned_silu_backward, setup_context=_learned_silu_setup_context)
+
+
+@_learned_silu.register_vmap
+def _learned_silu_vmap(info, in_dims, x: Tensor, slope: Tensor):
+    """Batch dims go to the front; slope [B, *s] is padded to [B, 1, ..., *s] so that it
+    broadcasts against x [B, *x] exactly as the unbatched slope did against x."""
+    x_dim, slope_dim = in_dims
+    batch = info.batch_size
+    x = x.movedim(x_dim, 0) if x_dim is not None else x.expand(batch, *x.shape)
+    if slope_dim is not None:
+        slope = slope.movedim(slope_dim, 0)
+        slope = slope.reshape(batch, *([1] * (x.dim() - slope.dim())), *slope.shape[1:])
+    return _learned_silu(x, slope), 0
+
+
+# No autocast rule: the native expression (mul, sigmoid) is on neither autocast list.
+
+
+def learned_silu(x: Tensor, slope: Tensor) -> Tensor:
+    """slope · x · sigmoid(x) with a learnable slope; gradients in ``opslib/ops/learned_silu.py``.
+
+    slope broadcasts to x: ``[]`` or ``[1]`` for one slope, ``[C]`` per channel of the last dim.
+    """
+    return torch.ops.customgrad.learned_silu.default(x, slope)
+
+
+def learned_silu_onnx(x, slope):
+    """ONNX translation: Mul(Mul(x, Sigmoid(x)), slope), standard ONNX only; slope stays an
+    input (or initializer), so a trained slope is exported as data, not baked in."""
+    from opslib.onnx import opset
+
+    return opset.Mul(opset.Mul(x, opset.Sigmoid(x)), slope)

@@ -1,0 +1,166 @@
+"""``customgrad::linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor``: y = x Wᵀ + b.
+
+Shapes
+    x       [*, in]   (any number of leading dims, or a single vector [in])
+    weight  [out, in]
+    bias    None, or any shape that broadcasts to y without enlarging it:
+            [out], [1, out], [batch, out], ... (the original design used the last two)
+    y       [*, out]
+
+Forward
+    y[..., o] = Σ_i x[..., i] · W[o, i]  (+ b broadcast over y)
+
+Backward (g = dL/dy, shape [*, out])
+    dL/dx = g W                         [*, out] @ [out, in]  ->  [*, in]
+    dL/dW = Σ_batch gᵀ x                flatten the leading dims into rows: g2 [N, out],
+                                        x2 [N, in], dL/dW = g2ᵀ @ x2  ->  [out, in]
+    dL/db = g summed over every dim that b was broadcast along
+                                        g.sum_to_size(b.shape): for b [out] that sums the
+                                        leading dims; for b [1, out] it keeps the 1; for
+                                        b [batch, out] it sums nothing. (g.sum(0) is wrong
+                                        for the last two.)
+
+Saved for backward: x only if W needs a gradient, W only if x needs one; never y. Native
+``F.linear`` saves the same two tensors.
+
+Double backward: all three gradients are matmuls, reshapes and sums of g, x and W, which
+autograd differentiates again (for example d(dL/dx)/dW contracts the incoming gradient with g).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from opslib.ops._common import (
+    broadcasts_to,
+    check_floating_input,
+    check_same_dtype_and_device,
+    fmt_shape,
+    input_grad_flags,
+    register_autocast_to_autocast_dtype,
+)
+
+
+def _check_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> list[int]:
+    """Validate the arguments and return the output shape."""
+    check_floating_input("linear", "x", x)
+    check_floating_input("linear", "weight", weight)
+    named = {"x": x, "weight": weight}
+    if bias is not None:
+        check_floating_input("linear", "bias", bias)
+        named["bias"] = bias
+    check_same_dtype_and_device("linear", named)
+    if weight.dim() != 2:
+        raise ValueError(
+            f"customgrad.linear: weight must be 2-D [out_features, in_features], "
+            f"got shape {fmt_shape(weight.shape)}"
+        )
+    if x.dim() == 0:
+        raise ValueError(
+            "customgrad.linear: x must have at least 1 dimension ([*, in_features]), "
+            "got a 0-d tensor"
+        )
+    out_features, in_features = weight.shape
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"customgrad.linear: x has {x.shape[-1]} features in its last dimension but weight "
+            f"expects in_features={in_features} (x {fmt_shape(x.shape)}, "
+            f"weight {fmt_shape(weight.shape)})"
+        )
+    out_shape = [*x.shape[:-1], out_features]
+    if bias is not None and not broadcasts_to(bias.shape, out_shape):
+        raise ValueError(
+            f"customgrad.linear: bias of shape {fmt_shape(bias.shape)} does not broadcast to "
+            f"the output shape {fmt_shape(out_shape)}"
+        )
+    return out_shape
+
+
+@torch.library.custom_op("customgrad::linear", mutates_args=())
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    _check_linear(x, weight, bias)
+    # F.linear is addmm for 2-D x and matmul + in-place add otherwise; both accept any bias
+    # that broadcasts to the output, which _check_linear has established.
+    return F.linear(x, weight, bias)
+
+
+@_linear.register_fake
+def _linear_fake(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    out_shape = _check_linear(x, weight, bias)
+    return x.new_empty(out_shape)  # F.linear's output is always a fresh contiguous tensor
+
+
+def _linear_setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor | None], output) -> None:
+    x, weight, bias = inputs
+    needs_x, needs_w, _ = input_grad_flags(ctx, 3)
+    ctx.save_for_backward(x if needs_w else None, weight if needs_x else None)
+    ctx.bias_shape = None if bias is None else bias.shape
+
+
+def _as_rows(t: Tensor) -> Tensor:
+    """[*, n] -> [N, n] (a vector becomes one row). Not reshape(-1, n): that is ambiguous
+    when n == 0."""
+    return t.unsqueeze(0) if t.dim() == 1 else t.flatten(0, -2)
+
+
+def _linear_backward(ctx, grad_y: Tensor):
+    x, weight = ctx.saved_tensors
+    needs_x, needs_w, needs_b = input_grad_flags(ctx, 3)
+    grad_x = grad_w = grad_b = None
+    if needs_x:
+        grad_x = grad_y @ weight
+    if needs_w:
+        grad_w = _as_rows(grad_y).t() @ _as_rows(x)
+    if needs_b:
+        grad_b = grad_y.sum_to_size(ctx.bias_shape)
+    return grad_x, grad_w, grad_b
+
+
+_linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+
+
+@_linear.register_vmap
+def _linear_vmap(info, in_dims, x: Tensor, weight: Tensor, bias: Tensor | None):
+    """Batch dims go to the front. An unbatched weight keeps the op (its leading dims are batch
+    dims already); a per-sample weight [B, out, in] is a batched matmul, done with torch ops."""
+    x_dim, w_dim, b_dim = in_dims
+    batch = info.batch_size
+    x = x.movedim(x_dim, 0) if x_dim is not None else x.expand(batch, *x.shape)
+    out_ndim = x.dim()  # [B, *, out] has as many dims as [B, *, in]
+    if bias is not None and b_dim is not None:
+        bias = bias.movedim(b_dim, 0)
+        bias = bias.reshape(batch, *([1] * (out_ndim - bias.dim())), *bias.shape[1:])
+    if w_dim is None:
+        return _linear(x, weight, bias), 0
+    weight = weight.movedim(w_dim, 0)  # [B, out, in]
+    x3 = x.reshape(batch, -1, x.shape[-1])  # [B, N, in]
+    y = (x3 @ weight.transpose(1, 2)).reshape(*x.shape[:-1], weight.shape[1])
+    return (y if bias is None else y + bias), 0
+
+
+# Like F.linear: under autocast, compute in the autocast dtype (bfloat16/float16).
+register_autocast_to_autocast_dtype(_linear, "cpu")
+register_autocast_to_autocast_dtype(_linear, "cuda")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x Wᵀ + b, with the gradients written out in ``opslib/ops/linear.py``.
+
+    x ``[*, in]`` or ``[in]``, weight ``[out, in]``, bias ``None`` or any shape broadcasting to
+    the output ``[*, out]`` (``[out]``, ``[1, out]``, ``[batch, out]``).
+    """
+    return torch.ops.customgrad.linear.default(x, weight, bias)
+
+
+def linear_onnx(x, weight, bias=None):
+    """ONNX translation: MatMul(x, Transpose(W)) (+ Add(b)), standard ONNX only.
+
+    Gemm would fuse the bias but accepts only 2-D x; MatMul takes any [*, in] and Add
+    broadcasts every bias form numpy-style, exactly like the op.
+    """
+    from opslib.onnx import opset
+
+    y = opset.MatMul(x, opset.Transpose(weight, perm=[1, 0]))
+    return y if bias is None else opset.Add(y, bias)

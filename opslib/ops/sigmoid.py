@@ -1,0 +1,64 @@
+"""``customgrad::sigmoid(Tensor x) -> Tensor``: y = 1 / (1 + e⁻ˣ).
+
+Forward
+    y = sigmoid(x)                              elementwise; in (0, 1), never nan for finite x
+
+Backward (g = dL/dy)
+    dy/dx = e⁻ˣ / (1 + e⁻ˣ)² = y · (1 - y)
+                                    =>  dL/dx = g · y · (1 - y)
+
+    Written in y, the gradient never overflows: for x = -1e4, e⁻ˣ is inf but y is 0 and the
+    gradient is exactly 0 (the e⁻ˣ form would give inf/inf = nan).
+
+Saved for backward: the output y, as native ``torch.sigmoid`` saves it.
+
+Double backward: y is the op's output, so autograd reaches x through dy/dx = y(1 - y):
+d(dL/dx)/dx = g · (1 - 2y) · y(1 - y) and d(dL/dx)/dg = y(1 - y).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from opslib.ops._common import check_floating_input, register_pointwise_vmap
+
+
+@torch.library.custom_op("customgrad::sigmoid", mutates_args=())
+def _sigmoid(x: Tensor) -> Tensor:
+    check_floating_input("sigmoid", "x", x)
+    return torch.sigmoid(x)
+
+
+@_sigmoid.register_fake
+def _sigmoid_fake(x: Tensor) -> Tensor:
+    check_floating_input("sigmoid", "x", x)
+    return torch.empty_like(x)
+
+
+def _sigmoid_setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
+    ctx.save_for_backward(output if ctx.needs_input_grad[0] else None)
+
+
+def _sigmoid_backward(ctx, grad_y: Tensor) -> Tensor | None:
+    (y,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None
+    return grad_y * y * (1 - y)
+
+
+_sigmoid.register_autograd(_sigmoid_backward, setup_context=_sigmoid_setup_context)
+register_pointwise_vmap(_sigmoid)
+# sigmoid is on neither autocast list, so no autocast rule: it runs in its input's dtype.
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    """Elementwise 1/(1+e⁻ˣ), with the gradient written out in ``opslib/ops/sigmoid.py``."""
+    return torch.ops.customgrad.sigmoid.default(x)
+
+
+def sigmoid_onnx(x):
+    """ONNX translation: Sigmoid(x), standard ONNX only."""
+    from opslib.onnx import opset
+
+    return opset.Sigmoid(x)

@@ -1,0 +1,62 @@
+"""``customgrad::square(Tensor x) -> Tensor``: y = x².
+
+Forward
+    y = x * x                                   elementwise; y has x's shape, dtype and layout
+
+Backward (g = dL/dy, same shape as y)
+    dy/dx = 2x                      =>  dL/dx = g · 2x
+
+Saved for backward: x, as native ``torch.square`` saves it (y alone cannot give the sign of x).
+
+Double backward: the backward is ordinary differentiable torch code on g and the saved x, so
+autograd differentiates it again: d(dL/dx)/dx = 2g and d(dL/dx)/dg = 2x.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from opslib.ops._common import check_floating_input, register_pointwise_vmap
+
+
+@torch.library.custom_op("customgrad::square", mutates_args=())
+def _square(x: Tensor) -> Tensor:
+    check_floating_input("square", "x", x)
+    return x * x
+
+
+@_square.register_fake
+def _square_fake(x: Tensor) -> Tensor:
+    check_floating_input("square", "x", x)
+    return torch.empty_like(x)
+
+
+def _square_setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
+    (x,) = inputs
+    ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
+
+
+def _square_backward(ctx, grad_y: Tensor) -> Tensor | None:
+    (x,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None
+    return grad_y * 2 * x
+
+
+_square.register_autograd(_square_backward, setup_context=_square_setup_context)
+register_pointwise_vmap(_square)
+# Native torch.square is pow(x, 2), which CUDA autocast runs in float32; CPU autocast casts nothing.
+torch.library.register_autocast(_square, "cuda", torch.float32)
+
+
+def square(x: Tensor) -> Tensor:
+    """Elementwise x², with the gradient 2x·g written out in ``opslib/ops/square.py``."""
+    return torch.ops.customgrad.square.default(x)
+
+
+def square_onnx(x):
+    """ONNX translation: Mul(x, x), standard ONNX only."""
+    from opslib.onnx import opset
+
+    return opset.Mul(x, x)

@@ -1,0 +1,62 @@
+"""``customgrad::tanh(Tensor x) -> Tensor``: y = tanh(x).
+
+Forward
+    y = (eˣ - e⁻ˣ) / (eˣ + e⁻ˣ)                  elementwise; in (-1, 1), saturates to ±1
+
+Backward (g = dL/dy)
+    dy/dx = 1 - tanh²(x) = 1 - y²   =>  dL/dx = g · (1 - y²)
+
+    In saturation (|x| > ~20 in float32) y is exactly ±1 and the gradient exactly 0, as native.
+
+Saved for backward: the output y, as native ``torch.tanh`` saves it.
+
+Double backward: y is the op's output, so autograd reaches x through dy/dx = 1 - y²:
+d(dL/dx)/dx = g · (-2y) · (1 - y²) and d(dL/dx)/dg = 1 - y².
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from opslib.ops._common import check_floating_input, register_pointwise_vmap
+
+
+@torch.library.custom_op("customgrad::tanh", mutates_args=())
+def _tanh(x: Tensor) -> Tensor:
+    check_floating_input("tanh", "x", x)
+    return torch.tanh(x)
+
+
+@_tanh.register_fake
+def _tanh_fake(x: Tensor) -> Tensor:
+    check_floating_input("tanh", "x", x)
+    return torch.empty_like(x)
+
+
+def _tanh_setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
+    ctx.save_for_backward(output if ctx.needs_input_grad[0] else None)
+
+
+def _tanh_backward(ctx, grad_y: Tensor) -> Tensor | None:
+    (y,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None
+    return grad_y * (1 - y * y)
+
+
+_tanh.register_autograd(_tanh_backward, setup_context=_tanh_setup_context)
+register_pointwise_vmap(_tanh)
+# tanh is on neither autocast list, so no autocast rule: it runs in its input's dtype.
+
+
+def tanh(x: Tensor) -> Tensor:
+    """Elementwise tanh(x), with the gradient (1 - y²)·g written out in ``opslib/ops/tanh.py``."""
+    return torch.ops.customgrad.tanh.default(x)
+
+
+def tanh_onnx(x):
+    """ONNX translation: Tanh(x), standard ONNX only."""
+    from opslib.onnx import opset
+
+    return opset.Tanh(x)

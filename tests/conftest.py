@@ -1,0 +1,54 @@
+"""Shared test helpers: devices, sample parametrisation over the op table, comparisons."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import opslib  # noqa: F401  (registers the ops)
+from opslib.op_table import OP_TABLE, OpInfo, Sample
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+
+
+def op_sample_params() -> list:
+    """One pytest param per (op, sample) of the table, named op-sample."""
+    params = []
+    for info in OP_TABLE:
+        for index, sample in enumerate(info.sample_inputs("cpu", torch.float32, True)):
+            params.append(pytest.param(info, index, id=f"{info.name}-{sample.name}"))
+    return params
+
+
+def op_params() -> list:
+    return [pytest.param(info, id=info.name) for info in OP_TABLE]
+
+
+def get_sample(info: OpInfo, index: int, device, dtype, requires_grad: bool = True) -> Sample:
+    torch.manual_seed(1000 + index)
+    return info.sample_inputs(device, dtype, requires_grad)[index]
+
+
+def fresh_leaves(args: tuple, dtype: torch.dtype | None = None) -> tuple:
+    """Independent copies of a sample's tensors (optionally cast), same requires_grad."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            c = a.detach().to(dtype) if dtype is not None else a.detach().clone()
+            out.append(c.requires_grad_(a.requires_grad))
+        else:
+            out.append(a)
+    return tuple(out)
+
+
+def grads_of(args: tuple) -> list:
+    return [a.grad for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+
+def assert_close_named(actual, expected, what: str, **tol) -> None:
+    """assert_close whose message starts with which op/sample/quantity failed."""
+    torch.testing.assert_close(
+        actual, expected, equal_nan=True, msg=lambda m: f"{what}: {m}", **tol
+    )
