@@ -1,0 +1,22 @@
+"""The examples run as a user would run them, and say what they promise."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(*argv: str, timeout: int = 300) -> str:
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_main_demo_checks_every_gradient_against_native():
+    out = run_example("examples/main.py")
+    assert "Square.apply(2) = 4.0000, d/dx = 4.0000" in out
+    assert "Cube.apply(2) = 8.0000" in out and "Exp.apply(2) = 7.3891" in out
+    assert out.count("PASS") == 6 and "FAIL" not in out

@@ -1,0 +1,135 @@
+"""The public API: the original design's classes (``Square.apply`` ...) with the values its
+usage examples state, the ``opslib.nn`` modules, and memory saved for backward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_close_named, op_params
+
+import opslib
+from opslib import Cube, Exp, LearnedSiLU, Linear, ReLU, Sigmoid, Square, Tanh
+
+
+def _value_and_grad(fn, x0: float) -> tuple[float, float]:
+    x = torch.tensor(x0, requires_grad=True)
+    y = fn(x)
+    y.backward()
+    return y.item(), x.grad.item()
+
+
+def test_design_examples_square_cube_exp_at_two():
+    assert _value_and_grad(Square.apply, 2.0) == (4.0, 4.0)
+    assert _value_and_grad(Cube.apply, 2.0) == (8.0, 12.0)
+    y, g = _value_and_grad(Exp.apply, 2.0)
+    assert y == pytest.approx(math.e**2, rel=1e-6) and g == pytest.approx(math.e**2, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cls,native",
+    [(ReLU, torch.relu), (Sigmoid, torch.sigmoid), (Tanh, torch.tanh)],
+    ids=["ReLU", "Sigmoid", "Tanh"],
+)
+def test_design_activation_classes_match_native(cls, native):
+    x = torch.linspace(-3, 3, 13, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    cls.apply(x).sum().backward()
+    native(x_ref).sum().backward()
+    assert_close_named(x.grad, x_ref.grad, cls.__name__)
+
+
+@pytest.mark.parametrize("bias_shape", [(1, 3), (4, 3)], ids=["bias[1,out]", "bias[batch,out]"])
+def test_design_linear_with_its_bias_forms(bias_shape):
+    x = torch.randn(4, 5, requires_grad=True)
+    w = torch.randn(3, 5, requires_grad=True)
+    b = torch.randn(bias_shape, requires_grad=True)
+    out = Linear.apply(x, w, b)
+    ref_args = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    ref = ref_args[0] @ ref_args[1].t() + ref_args[2]
+    assert_close_named(out, ref, "Linear.apply")
+    out.sum().backward()
+    ref.sum().backward()
+    for name, got, want in zip("xwb", (x, w, b), ref_args, strict=True):
+        assert_close_named(got.grad, want.grad, f"Linear.apply grad {name}")
+
+
+def test_design_learned_silu_class():
+    x = torch.randn(6, requires_grad=True)
+    slope = torch.tensor([1.5], requires_grad=True)
+    y = LearnedSiLU.apply(x, slope)
+    assert_close_named(y, 1.5 * x * torch.sigmoid(x), "LearnedSiLU.apply")
+
+
+def test_nn_linear_is_a_torch_linear_with_the_same_init_and_state_dict():
+    torch.manual_seed(0)
+    ours = opslib.nn.Linear(5, 3)
+    torch.manual_seed(0)
+    native = torch.nn.Linear(5, 3)
+    assert isinstance(ours, torch.nn.Linear)
+    assert torch.equal(ours.weight, native.weight) and torch.equal(ours.bias, native.bias)
+    x = torch.randn(2, 7, 5)
+    assert_close_named(ours(x), native(x), "nn.Linear forward")
+    plain = torch.nn.Linear(5, 3)
+    ours.load_state_dict(plain.state_dict())
+    assert_close_named(ours(x), plain(x), "nn.Linear after load_state_dict")
+    no_bias = opslib.nn.Linear(5, 3, bias=False)
+    assert no_bias.bias is None
+    assert_close_named(no_bias(x), F.linear(x, no_bias.weight), "nn.Linear(bias=False)")
+
+
+@pytest.mark.parametrize("num_parameters", [1, 4])
+def test_nn_learned_silu_learns_its_slope(num_parameters):
+    module = opslib.nn.LearnedSiLU(init=0.5, num_parameters=num_parameters)
+    assert isinstance(module.slope, torch.nn.Parameter)
+    assert module.slope.shape == (num_parameters,) and torch.all(module.slope == 0.5)
+    x = torch.randn(3, 4)
+    module(x).sum().backward()
+    want = (x * torch.sigmoid(x)).sum_to_size(module.slope.shape)
+    assert_close_named(module.slope.grad, want, "LearnedSiLU slope gradient")
+
+
+@pytest.mark.parametrize(
+    "ours,native",
+    [
+        (opslib.nn.ReLU(), torch.nn.ReLU()),
+        (opslib.nn.Sigmoid(), torch.nn.Sigmoid()),
+        (opslib.nn.Tanh(), torch.nn.Tanh()),
+    ],
+    ids=["ReLU", "Sigmoid", "Tanh"],
+)
+def test_nn_activations_match_native(ours, native):
+    x = torch.randn(4, 5)
+    assert_close_named(ours(x), native(x), type(ours).__name__)
+
+
+def saved_bytes(fn, *args) -> int:
+    """Bytes autograd keeps for backward, counting each storage once."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("info", op_params())
+def test_saves_no_more_for_backward_than_native(info):
+    args = tuple(a.requires_grad_() for a in info.batch_inputs(256, "cpu", torch.float32))
+    ours, native = saved_bytes(info.func, *args), saved_bytes(info.reference, *args)
+    assert ours <= native, f"{info.name}: saves {ours} bytes, native {native}"
+    if info.name == "learned_silu":  # the point of a fused op: one x-sized tensor, not three
+        assert ours < native / 2, f"learned_silu saves {ours} bytes, native {native}"
+
+
+def test_nothing_is_saved_without_grad():
+    x = torch.randn(64, 64, requires_grad=True)
+    with torch.no_grad():
+        assert saved_bytes(opslib.learned_silu, x, torch.ones(1, requires_grad=True)) == 0
+    with torch.inference_mode():
+        assert saved_bytes(opslib.linear, x, torch.randn(8, 64, requires_grad=True)) == 0
