@@ -301,3 +301,20 @@ OP_TABLE: list[OpInfo] = [
 ]
 
 OPS_BY_NAME: dict[str, OpInfo] = {info.name: info for info in OP_TABLE}
+
+
+def markdown_table() -> str:
+    """The README's op table, generated from OP_TABLE (a test keeps the README in sync)."""
+    rows = [
+        "| op | schema | forward ; gradient | native reference |",
+        "|---|---|---|---|",
+    ]
+    for info in OP_TABLE:
+        rows.append(
+            f"| `{info.name}` | `{info.op._schema}` | {info.formula} | `{info.reference_text}` |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

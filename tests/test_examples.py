@@ -20,3 +20,12 @@ def test_main_demo_checks_every_gradient_against_native():
     assert "Square.apply(2) = 4.0000, d/dx = 4.0000" in out
     assert "Cube.apply(2) = 8.0000" in out and "Exp.apply(2) = 7.3891" in out
     assert out.count("PASS") == 6 and "FAIL" not in out
+
+
+def test_digits_example_trains_to_95_percent_and_saves_an_exported_program(tmp_path):
+    out = run_example("examples/train_digits.py", "--out", str(tmp_path), timeout=600)
+    accuracy = float(out.split("final test accuracy ")[1].split("%")[0])
+    assert accuracy >= 95.0, out
+    assert "reloaded .pt2 gives identical predictions: True" in out
+    assert "eager" in out and "compiled" in out
+    assert (tmp_path / "digits_classifier.pt2").stat().st_size > 0

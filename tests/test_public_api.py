@@ -133,3 +133,12 @@ def test_nothing_is_saved_without_grad():
         assert saved_bytes(opslib.learned_silu, x, torch.ones(1, requires_grad=True)) == 0
     with torch.inference_mode():
         assert saved_bytes(opslib.linear, x, torch.randn(8, 64, requires_grad=True)) == 0
+
+
+def test_readme_op_table_is_generated_from_the_op_table():
+    from pathlib import Path
+
+    from opslib.op_table import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate with: python3 -m opslib.op_table"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -32,6 +33,15 @@ def check_floating_input(op: str, name: str, t: Tensor) -> None:
         raise TypeError(
             f"customgrad.{op}: {name} must be a floating-point tensor "
             f"(float16, bfloat16, float32 or float64), got {t.dtype}"
+        )
+    # Forward-mode AD through torch.library's register_autograd silently yields a zero/None
+    # tangent (no jvp can be registered). A dual tensor reaches the kernel with its tangent
+    # still attached, so refuse it here rather than return a wrong derivative.
+    if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
+        raise NotImplementedError(
+            f"customgrad.{op}: forward-mode AD (make_dual / jvp) is not supported: torch.library "
+            f"custom ops have no forward-mode formula, and PyTorch would return a zero tangent. "
+            f"Use reverse mode (backward / torch.autograd.grad) instead."
         )
 
 

@@ -109,7 +109,7 @@ def learned_silu(x: Tensor, slope: Tensor) -> Tensor:
 
     slope broadcasts to x: ``[]`` or ``[1]`` for one slope, ``[C]`` per channel of the last dim.
     """
-    return torch.ops.customgrad.learned_silu.default(x, slope)
+    return torch.ops.customgrad.learned_silu(x, slope)
 
 
 def learned_silu_onnx(x, slope):

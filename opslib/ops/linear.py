@@ -122,10 +122,12 @@ _linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 
 @_linear.register_vmap
-def _linear_vmap(info, in_dims, x: Tensor, weight: Tensor, bias: Tensor | None):
+def _linear_vmap(info, in_dims, x: Tensor, weight: Tensor, bias: Tensor | None = None):
     """Batch dims go to the front. An unbatched weight keeps the op (its leading dims are batch
-    dims already); a per-sample weight [B, out, in] is a batched matmul, done with torch ops."""
-    x_dim, w_dim, b_dim = in_dims
+    dims already); a per-sample weight [B, out, in] is a batched matmul, done with torch ops.
+
+    The dispatcher drops a trailing ``bias=None``, so there may be two in_dims, not three."""
+    x_dim, w_dim, b_dim = (*in_dims, None)[:3]
     batch = info.batch_size
     x = x.movedim(x_dim, 0) if x_dim is not None else x.expand(batch, *x.shape)
     out_ndim = x.dim()  # [B, *, out] has as many dims as [B, *, in]
@@ -151,7 +153,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     x ``[*, in]`` or ``[in]``, weight ``[out, in]``, bias ``None`` or any shape broadcasting to
     the output ``[*, out]`` (``[out]``, ``[1, out]``, ``[batch, out]``).
     """
-    return torch.ops.customgrad.linear.default(x, weight, bias)
+    return torch.ops.customgrad.linear(x, weight, bias)
 
 
 def linear_onnx(x, weight, bias=None):

@@ -56,7 +56,7 @@ register_pointwise_vmap(_relu)
 
 def relu(x: Tensor) -> Tensor:
     """Elementwise max(x, 0), with the gradient written out in ``opslib/ops/relu.py``."""
-    return torch.ops.customgrad.relu.default(x)
+    return torch.ops.customgrad.relu(x)
 
 
 def relu_onnx(x):

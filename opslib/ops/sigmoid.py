@@ -54,7 +54,7 @@ register_pointwise_vmap(_sigmoid)
 
 def sigmoid(x: Tensor) -> Tensor:
     """Elementwise 1/(1+e⁻ˣ), with the gradient written out in ``opslib/ops/sigmoid.py``."""
-    return torch.ops.customgrad.sigmoid.default(x)
+    return torch.ops.customgrad.sigmoid(x)
 
 
 def sigmoid_onnx(x):

@@ -1,0 +1,45 @@
+"""A small reference model built only from opslib modules, and its torch.nn twin.
+
+The digits example trains it, the tests compile/export/script it, and the benchmarks compare it
+with the same architecture built from native modules (``native=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import opslib.nn
+
+
+class NativeLearnedSiLU(torch.nn.Module):
+    """The native composite ``slope * x * sigmoid(x)``: the baseline for LearnedSiLU."""
+
+    def __init__(self, init: float = 1.0, num_parameters: int = 1) -> None:
+        super().__init__()
+        self.slope = torch.nn.Parameter(torch.full((num_parameters,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.slope * x * torch.sigmoid(x)
+
+
+class MLPClassifier(torch.nn.Module):
+    """in -> Linear -> LearnedSiLU (per channel) -> Linear -> Tanh -> Linear -> logits."""
+
+    def __init__(
+        self, in_features: int = 64, hidden: int = 128, num_classes: int = 10, native: bool = False
+    ) -> None:
+        super().__init__()
+        linear = torch.nn.Linear if native else opslib.nn.Linear
+        silu = NativeLearnedSiLU if native else opslib.nn.LearnedSiLU
+        tanh = torch.nn.Tanh if native else opslib.nn.Tanh
+        self.net = torch.nn.Sequential(
+            linear(in_features, hidden),
+            silu(num_parameters=hidden),
+            linear(hidden, hidden // 2),
+            tanh(),
+            linear(hidden // 2, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -1,0 +1,153 @@
+"""torch.compile and torch.export over every op and over a model built from opslib modules."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_close_named, op_params
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from opslib.models import MLPClassifier
+
+BATCHES_AFTER_WARMUP = [3, 8, 64, 129]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _forward_and_grads(fn, args):
+    args = [a.detach().clone().requires_grad_() for a in args]
+    y = fn(*args)
+    y.backward(torch.ones_like(y))
+    return y.detach(), [a.grad for a in args]
+
+
+@pytest.mark.parametrize("info", op_params())
+def test_op_compiles_fullgraph_dynamic_batch_without_recompiles(info):
+    """Forward and backward, one frame; after warming up on batch 2, other batch sizes reuse it."""
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(info.func, backend=counter, fullgraph=True, dynamic=True)
+    _forward_and_grads(compiled, info.batch_inputs(2, "cpu", torch.float32))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for rows in BATCHES_AFTER_WARMUP:
+            args = info.batch_inputs(rows, "cpu", torch.float32)
+            y, grads = _forward_and_grads(compiled, args)
+            y_ref, grads_ref = _forward_and_grads(info.func, args)
+            assert_close_named(y, y_ref, f"{info.name} compiled forward, batch {rows}")
+            for i, (g, g_ref) in enumerate(zip(grads, grads_ref, strict=True)):
+                assert_close_named(g, g_ref, f"{info.name} compiled grad {i}, batch {rows}")
+    assert counter.frame_count == 1, f"{info.name}: compiled {counter.frame_count} frames"
+
+
+def test_model_is_one_graph_with_no_breaks():
+    explanation = torch._dynamo.explain(MLPClassifier())(torch.randn(8, 64))
+    assert explanation.graph_count == 1, explanation
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_training_step_with_inductor_matches_eager_without_recompiles():
+    """The default backend: inductor compiles forward and the registered backwards."""
+    torch.manual_seed(0)
+    model = MLPClassifier()
+    eager_model = copy.deepcopy(model)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
+
+    def loss_and_grads(forward, module, x, y):
+        module.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        return loss.detach(), [p.grad for p in module.parameters()]
+
+    def batch(rows):
+        return torch.randn(rows, 64), torch.randint(0, 10, (rows,))
+
+    loss_and_grads(compiled, model, *batch(2))  # warm-up
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for rows in BATCHES_AFTER_WARMUP:
+            x, y = batch(rows)
+            loss, grads = loss_and_grads(compiled, model, x, y)
+            loss_ref, grads_ref = loss_and_grads(eager_model, eager_model, x, y)
+            assert_close_named(loss, loss_ref, f"inductor loss, batch {rows}")
+            for (name, _), g, g_ref in zip(model.named_parameters(), grads, grads_ref, strict=True):
+                assert_close_named(
+                    g, g_ref, f"inductor grad {name}, batch {rows}", atol=1e-5, rtol=1e-4
+                )
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("info", op_params())
+def test_op_exports_with_dynamic_batch_and_keeps_its_node(info):
+    class OpModule(torch.nn.Module):
+        def forward(self, *args):
+            return info.func(*args)
+
+    args = info.batch_inputs(4, "cpu", torch.float32)
+    batch = torch.export.Dim("batch", min=2)
+    dynamic_shapes = ({0: batch}, *([None] * (len(args) - 1)))
+    program = torch.export.export(OpModule(), args, dynamic_shapes=(dynamic_shapes,))
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert f"customgrad.{info.name}.default" in targets, targets
+    for rows in (2, 37):
+        args = info.batch_inputs(rows, "cpu", torch.float32)
+        assert_close_named(program.module()(*args), info.func(*args), f"{info.name} exported")
+
+
+def _run_python(code: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *argv], capture_output=True, text=True
+    )
+
+
+@pytest.fixture
+def saved_program(tmp_path):
+    torch.manual_seed(0)
+    model = MLPClassifier().eval()
+    x = torch.randn(8, 64)
+    batch = torch.export.Dim("batch", min=2)
+    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"customgrad.linear.default", "customgrad.learned_silu.default"} <= targets
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, path)
+    x_other = torch.randn(5, 64)
+    torch.save({"x": x_other, "expected": model(x_other).detach()}, tmp_path / "io.pt")
+    return path, tmp_path / "io.pt"
+
+
+def test_exported_program_loads_and_runs_in_a_fresh_process(saved_program):
+    pt2, io = saved_program
+    result = _run_python(
+        """
+        import sys, torch, opslib
+        io = torch.load(sys.argv[2])
+        module = torch.export.load(sys.argv[1]).module()
+        x = io["x"].requires_grad_()
+        out = module(x)
+        torch.testing.assert_close(out, io["expected"])
+        out.sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape
+        print("ok")
+        """,
+        str(pt2),
+        str(io),
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_loading_without_importing_opslib_says_to_import_the_op(saved_program):
+    pt2, _ = saved_program
+    result = _run_python("import sys, torch; torch.export.load(sys.argv[1])", str(pt2))
+    assert result.returncode != 0
+    assert "customgrad" in result.stderr
+    assert "Please import the custom op to register it" in result.stderr, result.stderr[-2000:]
