@@ -130,6 +130,8 @@ def _linear_samples(device, dtype, requires_grad: bool) -> list[Sample]:
         Sample("vector-x", (make((3,)), make((5, 3)), make((5,)))),
         Sample("3-d-x", (make((2, 4, 3)), make((5, 3)), make((5,)))),
         Sample("3-d-x-bias[seq,out]", (make((2, 4, 3)), make((5, 3)), make((4, 5)))),
+        Sample("3-d-x-bias[1,1,out]", (make((1, 4, 3)), make((5, 3)), make((1, 1, 5)))),
+        Sample("3-d-x-bias[batch,seq,out]", (make((2, 4, 3)), make((5, 3)), make((2, 4, 5)))),
         Sample("empty-batch", (make((0, 3)), make((5, 3)), make((5,)))),
         Sample("zero-in-features", (make((4, 0)), make((5, 0)), make((5,)))),
         Sample(
@@ -208,6 +210,15 @@ def _learned_silu_batch(rows: int, device, dtype) -> tuple[Tensor, ...]:
     )
 
 
+def _native_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear, except for bias forms it mishandles: for a contiguous 3-D x it flattens to a
+    2-D addmm, which cannot broadcast e.g. a [1, 1, out] bias (it raises). Those get a separate
+    add, which is what y = x Wᵀ + b means."""
+    if bias is None or bias.dim() == 1 or x.dim() == 2:
+        return F.linear(x, weight, bias)
+    return F.linear(x, weight) + bias
+
+
 def _native_cube(x: Tensor) -> Tensor:
     return torch.pow(x, 3)
 
@@ -280,7 +291,7 @@ OP_TABLE: list[OpInfo] = [
     OpInfo(
         name="linear",
         func=linear,
-        reference=F.linear,
+        reference=_native_linear,
         reference_text="F.linear(x, W, b)",
         formula="y = xWᵀ + b ; dL/dx = gW, dL/dW = Σ gᵀx, dL/db = g summed to b's shape",
         sample_inputs=_linear_samples,

@@ -29,3 +29,5 @@ def test_digits_example_trains_to_95_percent_and_saves_an_exported_program(tmp_p
     assert "reloaded .pt2 gives identical predictions: True" in out
     assert "eager" in out and "compiled" in out
     assert (tmp_path / "digits_classifier.pt2").stat().st_size > 0
+    assert "same class as PyTorch on 360/360 test images" in out
+    assert "onnxruntime" in out and (tmp_path / "digits_classifier.onnx").stat().st_size > 0

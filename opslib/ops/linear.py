@@ -81,9 +81,11 @@ def _check_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> list[int]:
 @torch.library.custom_op("customgrad::linear", mutates_args=())
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     _check_linear(x, weight, bias)
-    # F.linear is addmm for 2-D x and matmul + in-place add otherwise; both accept any bias
-    # that broadcasts to the output, which _check_linear has established.
-    return F.linear(x, weight, bias)
+    if bias is None or bias.dim() == 1 or x.dim() == 2:
+        return F.linear(x, weight, bias)  # one fused addmm/matmul for these bias forms
+    # F.linear flattens a contiguous 3-D x to 2-D for addmm, which cannot broadcast a bias such
+    # as [1, 1, out] or [batch, seq, out]: add those separately.
+    return F.linear(x, weight) + bias
 
 
 @_linear.register_fake

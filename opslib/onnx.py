@@ -1,0 +1,326 @@
+"""ONNX export of models that use customgrad ops, in standard ONNX operators only.
+
+Each op's translation lives next to its code (``opslib/ops/<name>.py``, ``<name>_onnx``) and is
+listed in the op table; this module collects them for ``torch.onnx.export``::
+
+    torch.onnx.export(model, args, dynamo=True,
+                      custom_translation_table=opslib.onnx.translation_table())
+
+or, with the checks below done for you::
+
+    opslib.onnx.export(model, (x,), "model.onnx")      # dynamic batch, checked
+
+Needs the ``onnx`` extra: ``pip install "opslib[onnx]"`` (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnxscript import opset20 as opset  # noqa: F401  (the translations build with this)
+
+ONNX_OPSET = 20  # torch.onnx's default; the translations use onnxscript's opset20 to match
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+# onnxruntime vs PyTorch eager, max |a - b| <= atol + rtol * |b| per element. Why these:
+# - float64: both compute in float64; the translations contain no Python float literals (the
+#   exporter stores those as float32 constants, see the README), so the only differences are
+#   summation order in MatMul and last-ulp differences of exp/tanh/sigmoid: ~1e-15.
+# - float32: the same, at float32's epsilon (1.2e-7) over 64-term dot products: ~1e-6.
+# - float16: onnxruntime runs several ops in float32 behind inserted casts and rounds once;
+#   PyTorch's CPU half kernels also compute in float32 internally, but the op chains round at
+#   different points: a few float16 ulps (eps = 9.8e-4).
+PARITY_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-12, 1e-12),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (4e-3, 4e-3),
+}
+
+
+_STATIC_BATCH_ADVICE = (
+    "opslib.onnx.export: the model fixes the batch size ({what}), so an ONNX model with a "
+    "dynamic batch would reject every other batch size. A parameter or constant with the batch "
+    "size in its shape (such as a [batch, out] bias) ties the batch to one value: pass it as an "
+    "input instead (it then shares the batch dimension), or export with dynamic_batch=False."
+)
+
+
+class ONNXExportError(ValueError):
+    """The exported model would not do what was asked (static batch, non-standard ops)."""
+
+
+def translation_table() -> dict[torch._ops.OpOverload, Callable]:
+    """``{torch.ops.customgrad.<op>.default: translation}`` for every op in the op table."""
+    from opslib.op_table import OP_TABLE
+
+    return {info.op: info.onnx_translation for info in OP_TABLE}
+
+
+def export(
+    model: torch.nn.Module,
+    args: Sequence[torch.Tensor],
+    path: str | Path,
+    dynamic_batch: bool = True,
+    extra_translations: dict[torch._ops.OpOverload, Callable] | None = None,
+) -> onnx.ModelProto:
+    """Export ``model(*args)`` to ONNX at ``path``, check it, and return the loaded model.
+
+    With ``dynamic_batch``, dim 0 of every tensor argument is one shared symbolic batch
+    dimension, and the saved model is verified to keep it symbolic: the exporter can silently
+    specialise it (for example when a parameter has a ``[batch, out]`` shape), which would give
+    a model that rejects every other batch size. That raises ``ONNXExportError`` here instead.
+    Also runs ``onnx.checker.check_model(full_check=True)``, refuses non-standard domains, and
+    names any custom op in the model that has no translation (``extra_translations`` adds
+    translations for ops from other libraries).
+    """
+    args = tuple(args)
+    dynamic_shapes = None
+    if dynamic_batch:
+        sizes = {a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0}
+        if sizes & {0, 1}:
+            raise ONNXExportError(
+                "opslib.onnx.export: with dynamic_batch=True the example batch must be >= 2 "
+                "(PyTorch specialises sizes 0 and 1); pass a larger example batch"
+            )
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = tuple(
+            {0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args
+        )
+    translations = {**translation_table(), **(extra_translations or {})}
+    with _quiet_exporter():
+        try:
+            program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+        except torch._dynamo.exc.UserError as err:
+            if "Constraints violated" not in str(err):
+                raise
+            raise ONNXExportError(
+                _STATIC_BATCH_ADVICE.format(what=f"torch.export: {str(err).splitlines()[0]}")
+            ) from err
+        _check_every_custom_op_has_a_translation(program, translations)
+        onnx_program = torch.onnx.export(
+            program,
+            dynamo=True,
+            custom_translation_table=translations,
+            opset_version=ONNX_OPSET,
+            verbose=False,
+        )
+    path = Path(path)
+    onnx_program.save(str(path))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+
+    custom = sorted({n.domain for n in proto.graph.node if n.domain not in STANDARD_DOMAINS})
+    if custom:
+        raise ONNXExportError(f"opslib.onnx.export: non-standard ONNX domains {custom} in {path}")
+    if dynamic_batch:
+        static = [
+            f"{i.name} (batch fixed to {i.type.tensor_type.shape.dim[0].dim_value})"
+            for i in proto.graph.input
+            if i.type.tensor_type.shape.dim and not i.type.tensor_type.shape.dim[0].dim_param
+        ]
+        if static:
+            path.unlink()
+            raise ONNXExportError(_STATIC_BATCH_ADVICE.format(what=", ".join(static)))
+    return proto
+
+
+def _check_every_custom_op_has_a_translation(program, translations) -> None:
+    """torch.onnx reports a missing translation deep in a conversion traceback; name it here."""
+    builtin = {"aten", "prims", "_operator", "higher_order"}
+    missing = sorted(
+        {
+            str(node.target)
+            for node in program.graph.nodes
+            if node.op == "call_function"
+            and isinstance(node.target, torch._ops.OpOverload)
+            and node.target.namespace not in builtin
+            and node.target not in translations
+        }
+    )
+    if missing:
+        raise ONNXExportError(
+            f"opslib.onnx.export: no ONNX translation for {', '.join(missing)}. Every customgrad "
+            f"op has one (opslib/ops/<name>.py, listed in opslib/op_table.py); for an op from "
+            f"another library pass extra_translations={{op: onnxscript_function}}."
+        )
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter prints progress and warns about optional torchvision ops."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class SingleOpModel(torch.nn.Module):
+    """One op as a model: the first argument is the input, the others (weight, bias, slope) are
+    parameters, exported as initializers the way a trained model's would be."""
+
+    def __init__(self, func: Callable[..., torch.Tensor], *params: torch.Tensor | None) -> None:
+        super().__init__()
+        self.func = func
+        self.has_param = [p is not None for p in params]
+        self.eval()
+        self.params = torch.nn.ParameterList(
+            [
+                torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                for p in params
+                if p is not None
+            ]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = iter(self.params)
+        return self.func(x, *(next(params) if has else None for has in self.has_param))
+
+
+def onnxruntime_session(path: str | Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(session, *args: torch.Tensor) -> list[np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    return session.run(
+        None, {n: a.detach().cpu().numpy() for n, a in zip(names, args, strict=True)}
+    )
+
+
+def parity_error(actual: np.ndarray, expected: torch.Tensor) -> tuple[float, float]:
+    """(max abs error, max rel error) of onnxruntime's output against PyTorch's, in float64."""
+    expected64 = expected.detach().double().numpy()
+    diff = np.abs(actual.astype(np.float64) - expected64)
+    if diff.size == 0:
+        return 0.0, 0.0
+    rel = diff / np.maximum(np.abs(expected64), np.finfo(np.float64).tiny)
+    return float(diff.max()), float(rel.max())
+
+
+def tolerance_used(actual: np.ndarray, expected: torch.Tensor, dtype: torch.dtype) -> float:
+    """max |actual - expected| / (atol + rtol·|expected|): the share of the tolerance used by
+    the worst element (nan if the outputs disagree on nan); at most 1 passes."""
+    atol, rtol = PARITY_TOLERANCE[dtype]
+    expected64 = expected.detach().double().numpy()
+    diff = np.abs(actual.astype(np.float64) - expected64)
+    if diff.size == 0:
+        return 0.0
+    return float(np.max(diff / (atol + rtol * np.abs(expected64))))
+
+
+# The export/ scripts and the tests export these: every op of the table as a single-op model,
+# and the example classifier, in each dtype onnxruntime runs.
+PARITY_DTYPES = (torch.float64, torch.float32, torch.float16)
+PARITY_BATCHES = (1, 7, 4096)
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    name: str
+    dtype: torch.dtype
+    model: torch.nn.Module
+    make_input: Callable[[int], torch.Tensor]  # rows -> input batch
+
+
+def reference_models(
+    dtypes: Sequence[torch.dtype] = PARITY_DTYPES, names: Sequence[str] | None = None
+) -> list[ReferenceModel]:
+    from opslib.models import MLPClassifier
+    from opslib.op_table import OP_TABLE
+
+    models = []
+    for dtype in dtypes:
+        for info in OP_TABLE:
+            if names is None or info.name in names:
+                torch.manual_seed(0)
+                params = info.batch_inputs(8, "cpu", dtype)[1:]
+
+                def make_input(rows, info=info, dtype=dtype):
+                    return info.batch_inputs(rows, "cpu", dtype)[0]
+
+                models.append(
+                    ReferenceModel(info.name, dtype, SingleOpModel(info.func, *params), make_input)
+                )
+        if names is None or "mlp_classifier" in names:
+            torch.manual_seed(0)
+            classifier = MLPClassifier().to(dtype).eval()
+
+            def make_input(rows, dtype=dtype):
+                return torch.rand(rows, 64, dtype=dtype)
+
+            models.append(ReferenceModel("mlp_classifier", dtype, classifier, make_input))
+    return models
+
+
+def file_name(ref: ReferenceModel) -> str:
+    return f"{ref.name}_{str(ref.dtype).removeprefix('torch.')}.onnx"
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    model: str
+    dtype: torch.dtype
+    batch: int
+    max_abs: float
+    max_rel: float
+    tolerance_used: float  # max over elements of |err| / (atol + rtol·|expected|); <= 1 passes
+    atol: float
+    rtol: float
+    passed: bool
+
+
+def check_parity(
+    ref: ReferenceModel, path: str | Path, batches: Sequence[int] = PARITY_BATCHES
+) -> list[ParityRow]:
+    """Run the exported ``ref`` in onnxruntime at each batch size and compare with PyTorch."""
+    session = onnxruntime_session(path)
+    atol, rtol = PARITY_TOLERANCE[ref.dtype]
+    rows = []
+    for batch in batches:
+        torch.manual_seed(batch)
+        x = ref.make_input(batch)
+        with torch.no_grad():
+            expected = ref.model(x)
+        (actual,) = run_onnxruntime(session, x)
+        max_abs, max_rel = parity_error(actual, expected)
+        used = tolerance_used(actual, expected, ref.dtype)
+        passed = actual.shape == tuple(expected.shape) and used <= 1.0
+        rows.append(
+            ParityRow(ref.name, ref.dtype, batch, max_abs, max_rel, used, atol, rtol, passed)
+        )
+    return rows
+
+
+def format_parity_table(rows: Sequence[ParityRow]) -> str:
+    lines = [
+        f"{'model':<16}{'dtype':<9}{'batch':>6}{'max abs err':>13}{'max rel err':>13}"
+        f"{'tolerance (atol, rtol)':>24}{'err/tol':>9}  result"
+    ]
+    for r in rows:
+        dtype = str(r.dtype).removeprefix("torch.")
+        lines.append(
+            f"{r.model:<16}{dtype:<9}{r.batch:>6}{r.max_abs:>13.2e}{r.max_rel:>13.2e}"
+            f"{f'({r.atol:.0e}, {r.rtol:.0e})':>24}{r.tolerance_used:>9.3f}"
+            f"  {'PASS' if r.passed else 'FAIL'}"
+        )
+    return "\n".join(lines)
