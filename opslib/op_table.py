@@ -61,6 +61,11 @@ class OpInfo:
     # Inputs for benchmarks and ONNX export: a batch of `rows` rows at the op's benchmark width.
     batch_inputs: Callable[[int, torch.device | str, torch.dtype], tuple[Tensor, ...]]
     onnx_translation: Callable[..., Any]
+    # Benchmarks: sizes from per-call overhead (16 elements) to large, inputs for one size, and
+    # the hardware limit the op is judged against ("bandwidth" or "matmul").
+    bench_sizes: tuple[int, ...]
+    bench_inputs: Callable[[int, torch.device | str, torch.dtype], tuple[Tensor, ...]]
+    roofline: str = "bandwidth"
     dtypes: tuple[torch.dtype, ...] = ALL_FLOAT_DTYPES
     # (atol, rtol) against the reference in float32 (values and gradients). float16/bfloat16 are
     # judged against a float64 reference relative to native's own error (see tests).
@@ -210,6 +215,35 @@ def _learned_silu_batch(rows: int, device, dtype) -> tuple[Tensor, ...]:
     )
 
 
+POINTWISE_BENCH_SIZES = (16, 4096, 262_144, 4_194_304, 16_777_216)  # elements of x
+LINEAR_BENCH_ROWS = (1, 64, 1024, 4096, 8192)  # x [rows, 1024] @ W [1024, 1024]ᵀ; rows 1: tiny
+
+
+def _unary_bench(numel: int, device, dtype) -> tuple[Tensor, ...]:
+    return (torch.randn(numel, device=device, dtype=dtype),)
+
+
+def linear_bench_shape(rows: int) -> tuple[int, int, int]:
+    """(rows, in, out): 1 row is the per-call-overhead case, [1, 4] x [4, 4] (16 elements)."""
+    return (1, 4, 4) if rows == 1 else (rows, 1024, 1024)
+
+
+def _linear_bench(rows: int, device, dtype) -> tuple[Tensor, ...]:
+    m, k, n = linear_bench_shape(rows)
+    return (
+        torch.randn(m, k, device=device, dtype=dtype),
+        torch.randn(n, k, device=device, dtype=dtype) / k**0.5,
+        torch.randn(n, device=device, dtype=dtype),
+    )
+
+
+def _learned_silu_bench(numel: int, device, dtype) -> tuple[Tensor, ...]:
+    return (
+        torch.randn(numel, device=device, dtype=dtype),
+        torch.tensor([0.75], device=device, dtype=dtype),
+    )
+
+
 def _native_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear, except for bias forms it mishandles: for a contiguous 3-D x it flattens to a
     2-D addmm, which cannot broadcast e.g. a [1, 1, out] bias (it raises). Those get a separate
@@ -237,6 +271,8 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=square_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_unary_bench,
     ),
     OpInfo(
         name="cube",
@@ -247,6 +283,8 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=cube_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_unary_bench,
     ),
     OpInfo(
         name="exp",
@@ -257,6 +295,8 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=exp_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_unary_bench,
     ),
     OpInfo(
         name="relu",
@@ -267,6 +307,8 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=relu_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_unary_bench,
     ),
     OpInfo(
         name="sigmoid",
@@ -277,6 +319,8 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=sigmoid_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_unary_bench,
     ),
     OpInfo(
         name="tanh",
@@ -287,6 +331,8 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=tanh_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_unary_bench,
     ),
     OpInfo(
         name="linear",
@@ -298,6 +344,9 @@ OP_TABLE: list[OpInfo] = [
         batch_inputs=_linear_batch,
         onnx_translation=linear_onnx,
         extremes=False,
+        bench_sizes=LINEAR_BENCH_ROWS,
+        bench_inputs=_linear_bench,
+        roofline="matmul",
     ),
     OpInfo(
         name="learned_silu",
@@ -308,6 +357,8 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_learned_silu_samples,
         batch_inputs=_learned_silu_batch,
         onnx_translation=learned_silu_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_learned_silu_bench,
     ),
 ]
 

@@ -1,0 +1,350 @@
+"""Benchmark every op of the op table against native PyTorch, as data.
+
+    python3 benchmarks/bench.py             # full run (CPU, 2 threads: about 15 minutes)
+    python3 benchmarks/bench.py --quick     # seconds: the CI smoke test
+    python3 benchmarks/report.py            # CSV -> PNG plots and the README tables
+
+For each op: forward, backward and full (forward + backward) time, eager and under
+torch.compile, at sizes from 16 elements (per-call overhead) to 16M (linear: up to
+[8192, 1024] x [1024, 1024]), against the native equivalent in the op table. opslib and native
+samples are interleaved within one run, so each ratio compares like with like. Also: bytes saved
+for backward, and the example classifier's training step against its torch.nn twin. On a CUDA
+machine the same command measures the GPU (Timer synchronises).
+
+Rows are appended to benchmarks/results/{timings,memory,model}.csv, each row carrying the
+machine, device, torch version, thread count, git commit and run id. Column meanings: README.md
+beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+import opslib  # noqa: F401  (registers the ops)
+from opslib.models import MLPClassifier
+from opslib.op_table import OP_TABLE, OpInfo, linear_bench_shape
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+PHASES = ("forward", "backward", "full")
+# x-sized tensors each phase must read or write at least: forward reads x and writes y;
+# backward reads g and the saved tensor and writes dx; full is both.
+TRAFFIC = {"forward": 2, "backward": 3, "full": 5}
+MATMULS = {"forward": 1, "backward": 2, "full": 3}  # 2·M·K·N flops each
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return (commit or "unknown") + ("-dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def machine_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_metadata(device: torch.device) -> dict[str, str]:
+    return {
+        "run_id": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": git_commit(),
+        "machine": machine_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def append_rows(folder: Path, name: str, rows: list[dict]) -> Path:
+    path = folder / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+class Stats:
+    """Seconds per call: median and 20th/80th percentiles over samples."""
+
+    def __init__(self, samples: list[float]) -> None:
+        self.median = float(np.median(samples))
+        self.p20 = float(np.percentile(samples, 20))
+        self.p80 = float(np.percentile(samples, 80))
+
+
+def _calls_per_sample(fn: Callable[[], object], target_s: float) -> int:
+    once = Timer("fn()", globals={"fn": fn}).timeit(1).median
+    return max(1, int(target_s / max(once, 1e-9)))
+
+
+def measure_pair(
+    ours: Callable[[], object], native: Callable[[], object], samples: int, target_s: float
+) -> tuple[Stats, Stats]:
+    """Time both callables, alternating sample by sample so drift hits both alike."""
+    for fn in (ours, native):  # warm-up (and compile, for compiled callables)
+        for _ in range(3):
+            fn()
+    numbers = [_calls_per_sample(fn, target_s) for fn in (ours, native)]
+    timers = [Timer("fn()", globals={"fn": fn}) for fn in (ours, native)]
+    if min(numbers) == 1 and Timer("fn()", globals={"fn": ours}).timeit(1).median > 0.05:
+        samples = min(samples, 7)  # seconds-long calls: 7 samples keep a large run bounded
+    times: list[list[float]] = [[], []]
+    for i in range(samples):
+        for j in (i % 2, 1 - i % 2):
+            times[j].append(timers[j].timeit(numbers[j]).median)
+    return Stats(times[0]), Stats(times[1])
+
+
+def phase_callable(func: Callable, args: tuple, phase: str) -> Callable[[], object]:
+    """forward: no autograd at all; backward: only the backward of a kept graph; full: both."""
+    if phase == "forward":
+        return lambda: func(*args)
+    inputs = [a.detach().requires_grad_() for a in args]
+    y = func(*inputs)
+    grad_y = torch.randn_like(y)
+    if phase == "backward":
+        return lambda: torch.autograd.grad(y, inputs, grad_y, retain_graph=True)
+    return lambda: torch.autograd.grad(func(*inputs), inputs, grad_y)
+
+
+def roofline(device: torch.device, quick: bool, samples: int) -> dict[str, float]:
+    """What the machine reaches on a plain copy (GB/s) and a plain matmul (GFLOP/s)."""
+    numel = (1 << 20) if quick else (1 << 24) if device.type == "cpu" else (1 << 26)
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    copy_s, _ = measure_pair(lambda: dst.copy_(src), lambda: None, samples, 0.02)
+    n = 256 if quick else 1024 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    mm_s, _ = measure_pair(lambda: torch.mm(a, b), lambda: None, samples, 0.02)
+    return {
+        "copy_gbps": 2 * numel * 4 / copy_s.median / 1e9,
+        "matmul_gflops": 2 * n**3 / mm_s.median / 1e9,
+    }
+
+
+def work(info: OpInfo, size: int, phase: str, dtype: torch.dtype) -> tuple[float, str]:
+    """Minimum bytes moved (pointwise) or flops done (linear) by one call of the phase."""
+    if info.roofline == "matmul":
+        m, k, n = linear_bench_shape(size)
+        return MATMULS[phase] * 2 * m * k * n, "GFLOP/s"
+    return TRAFFIC[phase] * size * dtype.itemsize, "GB/s"
+
+
+def bench_ops(args, device, meta, roof) -> list[dict]:
+    rows = []
+    modes = ["eager"] if args.no_compile else ["eager", "compiled"]
+    for info in OP_TABLE:
+        if args.ops and info.name not in args.ops:
+            continue
+        sizes = info.bench_sizes[:2] if args.quick else info.bench_sizes
+        for mode in modes:
+            if mode == "compiled":
+                torch._dynamo.reset()
+                ours_fn = torch.compile(info.func, backend=args.backend, dynamic=False)
+                native_fn = torch.compile(info.reference, backend=args.backend, dynamic=False)
+            else:
+                ours_fn, native_fn = info.func, info.reference
+            for size in sizes:
+                torch.manual_seed(size)
+                inputs = info.bench_inputs(size, device, args.dtype)
+                for phase in PHASES:
+                    ours, native = measure_pair(
+                        phase_callable(ours_fn, inputs, phase),
+                        phase_callable(native_fn, inputs, phase),
+                        args.samples,
+                        args.target_ms / 1000,
+                    )
+                    amount, unit = work(info, size, phase, args.dtype)
+                    limit = roof["matmul_gflops" if unit == "GFLOP/s" else "copy_gbps"]
+                    achieved = amount / ours.median / 1e9
+                    rows.append(
+                        {
+                            **meta,
+                            "op": info.name,
+                            "mode": mode if mode == "eager" else f"compiled-{args.backend}",
+                            "phase": phase,
+                            "size": size,
+                            "dtype": str(args.dtype).removeprefix("torch."),
+                            "ours_us": round(ours.median * 1e6, 3),
+                            "ours_p20_us": round(ours.p20 * 1e6, 3),
+                            "ours_p80_us": round(ours.p80 * 1e6, 3),
+                            "native_us": round(native.median * 1e6, 3),
+                            "native_p20_us": round(native.p20 * 1e6, 3),
+                            "native_p80_us": round(native.p80 * 1e6, 3),
+                            "ratio": round(ours.median / native.median, 4),
+                            "achieved": round(achieved, 3),
+                            "unit": unit,
+                            "machine_limit": round(limit, 3),
+                            "fraction_of_limit": round(achieved / limit, 4),
+                        }
+                    )
+                    print(
+                        f"{info.name:13s} {mode:8s} {phase:8s} {size:>9d}  opslib "
+                        f"{ours.median * 1e6:10.1f} us  native {native.median * 1e6:10.1f} us  "
+                        f"ratio {ours.median / native.median:5.2f}  {achieved:8.1f} {unit} "
+                        f"({100 * achieved / limit:4.0f}% of machine)",
+                        flush=True,
+                    )
+    return rows
+
+
+def saved_bytes(fn: Callable, args: tuple) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(storages.values())
+
+
+def bench_memory(args, device, meta) -> list[dict]:
+    rows = []
+    for info in OP_TABLE:
+        size = info.bench_sizes[2]
+        inputs = [a.requires_grad_() for a in info.bench_inputs(size, device, args.dtype)]
+        ours, native = saved_bytes(info.func, inputs), saved_bytes(info.reference, inputs)
+        rows.append(
+            {
+                **meta,
+                "op": info.name,
+                "size": size,
+                "dtype": str(args.dtype).removeprefix("torch."),
+                "ours_saved_bytes": ours,
+                "native_saved_bytes": native,
+                "ratio": round(ours / native, 4) if native else "",
+            }
+        )
+        print(f"{info.name:13s} saved for backward: opslib {ours:>10d} B, native {native:>10d} B")
+    return rows
+
+
+def bench_model(args, device, meta) -> list[dict]:
+    """The example classifier's training step: opslib modules vs the same torch.nn model."""
+    rows = []
+    batches = (64,) if args.quick else (64, 1024)
+    modes = ["eager"] if args.no_compile else ["eager", "compiled"]
+    for batch in batches:
+        for mode in modes:
+            torch._dynamo.reset()
+            steps, peaks = [], []
+            for native in (False, True):
+                torch.manual_seed(0)
+                model = MLPClassifier(native=native).to(device)
+                forward = model if mode == "eager" else torch.compile(model, backend=args.backend)
+                optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+                x = torch.randn(batch, 64, device=device)
+                y = torch.randint(0, 10, (batch,), device=device)
+
+                def step(forward=forward, optimizer=optimizer, x=x, y=y):
+                    optimizer.zero_grad(set_to_none=True)
+                    F.cross_entropy(forward(x), y).backward()
+                    optimizer.step()
+
+                steps.append(step)
+                if device.type == "cuda":
+                    step()
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    step()
+                    torch.cuda.synchronize()
+                    peaks.append(torch.cuda.max_memory_allocated())
+            ours, native = measure_pair(steps[0], steps[1], args.samples, args.target_ms / 1000)
+            rows.append(
+                {
+                    **meta,
+                    "model": "MLPClassifier",
+                    "mode": mode if mode == "eager" else f"compiled-{args.backend}",
+                    "batch": batch,
+                    "ours_ms": round(ours.median * 1e3, 4),
+                    "ours_p20_ms": round(ours.p20 * 1e3, 4),
+                    "ours_p80_ms": round(ours.p80 * 1e3, 4),
+                    "native_ms": round(native.median * 1e3, 4),
+                    "native_p20_ms": round(native.p20 * 1e3, 4),
+                    "native_p80_ms": round(native.p80 * 1e3, 4),
+                    "ratio": round(ours.median / native.median, 4),
+                    "ours_peak_cuda_bytes": peaks[0] if peaks else "",
+                    "native_peak_cuda_bytes": peaks[1] if peaks else "",
+                }
+            )
+            print(
+                f"training step {mode:8s} batch {batch:5d}: opslib {ours.median * 1e3:.3f} ms, "
+                f"torch.nn {native.median * 1e3:.3f} ms, ratio {ours.median / native.median:.3f}"
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two small sizes, few samples")
+    parser.add_argument("--ops", nargs="*", help="only these ops")
+    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--backend", default=None, help="torch.compile backend (default inductor)")
+    parser.add_argument("--samples", type=int, default=None, help="samples per measurement")
+    parser.add_argument("--target-ms", type=float, default=None, help="time per sample")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="CSV folder")
+    args = parser.parse_args(argv)
+    args.dtype = torch.float32
+    args.samples = args.samples or (5 if args.quick else 21)
+    args.target_ms = args.target_ms or (1.0 if args.quick else 10.0)
+    args.backend = args.backend or ("aot_eager" if args.quick else "inductor")
+    # Each (op, phase, size) compiles its own graph; keep them all instead of falling back.
+    torch._dynamo.config.cache_size_limit = 256
+    torch._dynamo.config.accumulated_cache_size_limit = 4096
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    meta = run_metadata(device)
+    print(
+        f"{meta['device']} ({meta['machine']}), torch {meta['torch']}, "
+        f"{meta['threads']} threads, commit {meta['commit']}"
+    )
+    start = time.perf_counter()
+    roof = roofline(device, args.quick, args.samples)
+    print(f"machine: copy {roof['copy_gbps']:.1f} GB/s, matmul {roof['matmul_gflops']:.1f} GFLOP/s")
+    written = [
+        append_rows(args.results, "timings", bench_ops(args, device, meta, roof)),
+        append_rows(args.results, "memory", bench_memory(args, device, meta)),
+        append_rows(args.results, "model", bench_model(args, device, meta)),
+    ]
+    print(
+        f"done in {time.perf_counter() - start:.0f} s; appended to "
+        + ", ".join(str(p) for p in written)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

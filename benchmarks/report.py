@@ -1,0 +1,225 @@
+"""Turn the benchmark CSVs into PNG plots and markdown tables (never typed by hand).
+
+python3 benchmarks/report.py            # latest run per device -> results/*.png, summary.md
+python3 benchmarks/report.py --readme   # ... and replace the README's benchmark section
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
+    """The most recent run of each device: {device: its rows}."""
+    newest: dict[str, str] = {}
+    for r in rows:
+        newest[r["device"]] = max(newest.get(r["device"], ""), r["run_id"])
+    return {
+        d: [r for r in rows if r["device"] == d and r["run_id"] == run] for d, run in newest.items()
+    }
+
+
+def size_label(op: str, size: int) -> str:
+    if op == "linear":
+        return "[1,4]x[4,4]" if size == 1 else f"[{size},1024]x[1024,1024]"
+    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    cols = 4
+    fig, axes = plt.subplots(
+        (len(ops) + cols - 1) // cols,
+        cols,
+        figsize=(4 * cols, 3.2 * ((len(ops) + cols - 1) // cols)),
+        squeeze=False,
+    )
+    styles = {"forward": ":", "backward": "--", "full": "-"}
+    for ax, op in zip(axes.flat, ops, strict=False):
+        series = defaultdict(list)
+        for r in rows:
+            if r["op"] == op:
+                series[(r["mode"], r["phase"])].append((int(r["size"]), float(r["ratio"])))
+        for (mode, phase), points in sorted(series.items()):
+            points.sort()
+            color = "tab:blue" if mode == "eager" else "tab:orange"
+            ax.plot(
+                *zip(*points, strict=True),
+                styles[phase],
+                marker="o",
+                ms=3,
+                color=color,
+                label=f"{mode} {phase}",
+            )
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(op)
+        ax.set_xlabel("rows of x" if op == "linear" else "elements")
+        ax.set_ylabel("time opslib / native")
+    for ax in list(axes.flat)[len(ops) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    r0 = rows[0]
+    fig.suptitle(
+        f"opslib / native time (lower is better; < 1 is faster than native) — "
+        f"{r0['device']}, {r0['threads']} threads, torch {r0['torch']}, {r0['commit']}"
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def ratio_table(rows: list[dict], mode_prefix: str) -> str:
+    rows = [r for r in rows if r["mode"].startswith(mode_prefix)]
+    if not rows:
+        return ""
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    size_index = sorted({i for op in ops for i, _ in enumerate(_sizes(rows, op))})
+    header = "| op | phase | " + " | ".join(f"size {i + 1}" for i in size_index) + " |"
+    lines = [header, "|---|---|" + "---|" * len(size_index)]
+    for op in ops:
+        sizes = _sizes(rows, op)
+        for phase in ("forward", "backward", "full"):
+            cells = []
+            for size in sizes:
+                match = [
+                    r
+                    for r in rows
+                    if r["op"] == op and r["phase"] == phase and int(r["size"]) == size
+                ]
+                cells.append(
+                    f"{float(match[0]['ratio']):.2f}x ({size_label(op, size)})" if match else ""
+                )
+            lines.append(f"| {op} | {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _sizes(rows: list[dict], op: str) -> list[int]:
+    return sorted({int(r["size"]) for r in rows if r["op"] == op})
+
+
+def roofline_table(rows: list[dict]) -> str:
+    """At the largest size: achieved bandwidth / FLOP rate against the machine's."""
+    lines = [
+        "| op | mode | phase | size | opslib | native | machine limit | opslib % of limit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        largest = max(_sizes(rows, op))
+        for r in rows:
+            if r["op"] == op and int(r["size"]) == largest:
+                native = float(r["achieved"]) * float(r["ratio"])
+                lines.append(
+                    f"| {op} | {r['mode']} | {r['phase']} | {size_label(op, largest)} | "
+                    f"{float(r['achieved']):.1f} {r['unit']} | {native:.1f} {r['unit']} | "
+                    f"{float(r['machine_limit']):.1f} {r['unit']} | "
+                    f"{100 * float(r['fraction_of_limit']):.0f}% |"
+                )
+    return "\n".join(lines)
+
+
+def memory_table(rows: list[dict]) -> str:
+    lines = ["| op | size | opslib saves | native saves | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['op']} | {size_label(r['op'], int(r['size']))} | "
+            f"{int(r['ours_saved_bytes']):,} B | {int(r['native_saved_bytes']):,} B | "
+            f"{r['ratio']} |"
+        )
+    return "\n".join(lines)
+
+
+def model_table(rows: list[dict]) -> str:
+    lines = ["| mode | batch | opslib step | torch.nn step | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['batch']} | {float(r['ours_ms']):.3f} ms "
+            f"({float(r['ours_p20_ms']):.3f}-{float(r['ours_p80_ms']):.3f}) | "
+            f"{float(r['native_ms']):.3f} ms ({float(r['native_p20_ms']):.3f}-"
+            f"{float(r['native_p80_ms']):.3f}) | {float(r['ratio']):.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def summary(results: Path, image_prefix: str) -> str:
+    timings = latest_runs(read(results / "timings.csv"))
+    memory = latest_runs(read(results / "memory.csv"))
+    model = latest_runs(read(results / "model.csv"))
+    parts = []
+    for device, rows in timings.items():
+        r0 = rows[0]
+        slug = "cpu" if device == "cpu" else "cuda"
+        png = results / f"ratios_{slug}.png"
+        plot(rows, png)
+        parts += [
+            f"#### {device} — {r0['machine']}, {r0['threads']} threads, torch {r0['torch']}, "
+            f"commit {r0['commit']}, run {r0['run_id']}",
+            "",
+            f"![opslib / native time per op]({image_prefix}{png.name})",
+            "",
+            "Time opslib / native (median; below 1 is faster than native), eager:",
+            "",
+            ratio_table(rows, "eager"),
+            "",
+        ]
+        compiled = ratio_table(rows, "compiled")
+        if compiled:
+            parts += ["Under torch.compile (both sides compiled):", "", compiled, ""]
+        parts += ["Against the machine (largest size):", "", roofline_table(rows), ""]
+        if device in memory:
+            parts += ["Bytes saved for backward:", "", memory_table(memory[device]), ""]
+        if device in model:
+            parts += [
+                "Example classifier training step (median, 20th-80th percentile):",
+                "",
+                model_table(model[device]),
+                "",
+            ]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--readme", action="store_true", help="update README.md's section")
+    args = parser.parse_args(argv)
+    text = summary(args.results, "")
+    (args.results / "summary.md").write_text(text + "\n")
+    print(text)
+    if args.readme:
+        readme = ROOT / "README.md"
+        content = readme.read_text()
+        start, end = content.index(README_START), content.index(README_END)
+        rel = args.results.resolve().relative_to(ROOT)
+        section = summary(args.results, f"{rel}/")
+        readme.write_text(
+            content[: start + len(README_START)] + "\n" + section + "\n" + content[end:]
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Smoke test of the benchmark scripts (no timing is asserted: CI machines are noisy)."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench.py", "--quick", "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with (tmp_path / "timings.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    ops = {r["op"] for r in rows}
+    assert ops == {"square", "cube", "exp", "relu", "sigmoid", "tanh", "linear", "learned_silu"}
+    assert {r["phase"] for r in rows} == {"forward", "backward", "full"}
+    assert {r["mode"] for r in rows} == {"eager", "compiled-aot_eager"}
+    for r in rows:
+        assert r["commit"] and r["machine"] and r["torch"] and r["threads"] and r["device"]
+        assert float(r["ours_us"]) > 0 and float(r["native_us"]) > 0
+        assert abs(float(r["ratio"]) - float(r["ours_us"]) / float(r["native_us"])) < 0.01
+    assert (tmp_path / "memory.csv").exists() and (tmp_path / "model.csv").exists()
+
+    report = subprocess.run(
+        [sys.executable, "benchmarks/report.py", "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "ratios_cpu.png").stat().st_size > 10_000
+    assert "| learned_silu | full |" in (tmp_path / "summary.md").read_text()
