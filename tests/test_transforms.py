@@ -115,7 +115,7 @@ def test_func_jvp_gives_the_true_tangent():
 @pytest.mark.xfail(
     strict=True,
     raises=RuntimeError,
-    reason="pytorch#168393: no setup_context on generated Function",
+    reason="pytorch#168393: functorch needs an autograd.Function with setup_context",
 )
 def test_func_grad_works():
     x = torch.randn(3)

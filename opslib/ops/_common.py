@@ -12,7 +12,8 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
+_STRIDED = torch.strided
 
 
 def fmt_shape(shape: Sequence[int]) -> str:
@@ -21,10 +22,21 @@ def fmt_shape(shape: Sequence[int]) -> str:
 
 
 def check_floating_input(op: str, name: str, t: Tensor) -> None:
-    """A dense floating-point tensor: what every op of the library computes on."""
+    """A dense floating-point tensor, with no forward-mode tangent: what every op computes on.
+
+    Runs on every call, so the common case is one condition; the message is worked out only
+    when it fails.
+    """
+    if (
+        isinstance(t, Tensor)
+        and t.dtype in FLOAT_DTYPES
+        and t.layout is _STRIDED
+        and forward_ad._current_level < 0
+    ):
+        return
     if not isinstance(t, Tensor):
         raise TypeError(f"customgrad.{op}: {name} must be a Tensor, got {type(t).__name__}")
-    if t.layout != torch.strided:
+    if t.layout is not _STRIDED:
         raise TypeError(
             f"customgrad.{op}: {name} must be a dense (strided) tensor, got layout {t.layout}; "
             f"call .to_dense() first"
@@ -34,10 +46,10 @@ def check_floating_input(op: str, name: str, t: Tensor) -> None:
             f"customgrad.{op}: {name} must be a floating-point tensor "
             f"(float16, bfloat16, float32 or float64), got {t.dtype}"
         )
-    # Forward-mode AD through torch.library's register_autograd silently yields a zero/None
-    # tangent (no jvp can be registered). A dual tensor reaches the kernel with its tangent
-    # still attached, so refuse it here rather than return a wrong derivative.
-    if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
+    # Forward-mode AD through a custom op silently yields a zero/None tangent (no forward-mode
+    # formula can be registered). A dual tensor reaches the kernel with its tangent still
+    # attached, so refuse it here rather than return a wrong derivative.
+    if forward_ad.unpack_dual(t).tangent is not None:
         raise NotImplementedError(
             f"customgrad.{op}: forward-mode AD (make_dual / jvp) is not supported: torch.library "
             f"custom ops have no forward-mode formula, and PyTorch would return a zero tangent. "
@@ -66,41 +78,6 @@ def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
     if len(shape) > len(target):
         return False
     return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target), strict=False))
-
-
-def register_pointwise_vmap(op: torch._library.custom_ops.CustomOpDef) -> None:
-    """A one-input elementwise op is its own batching rule: run it on the batched tensor.
-
-    Without a rule, ``torch.func.vmap`` falls back to a slow per-sample loop and warns.
-    """
-
-    def batching_rule(info, in_dims: tuple[int | None], x: Tensor) -> tuple[Tensor, int | None]:
-        return op(x), in_dims[0]
-
-    op.register_vmap(batching_rule)
-
-
-def register_autocast_to_autocast_dtype(
-    op: torch._library.custom_ops.CustomOpDef, device_type: str
-) -> None:
-    """Under ``torch.autocast(device_type)``, cast floating inputs to the autocast dtype.
-
-    This is what native matmul-like ops (``F.linear``) do. ``torch.library.register_autocast``
-    casts to one dtype fixed at registration; this is the same rule (same dispatch key, same
-    cast helper) with the dtype read when the op is called, so ``torch.autocast("cpu",
-    dtype=torch.float16)`` gives float16 as it does for ``F.linear``.
-    """
-    from torch.amp.autocast_mode import _cast
-
-    autocast_key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
-    excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, autocast_key))
-
-    def autocast_kernel(_keyset, *args):
-        cast_to = torch.get_autocast_dtype(device_type)
-        with torch._C._ExcludeDispatchKeyGuard(excluded):
-            return op._opoverload(*_cast(args, device_type, cast_to))
-
-    op._lib.impl(op._name, autocast_kernel, autocast_key, with_keyset=True)
 
 
 def input_grad_flags(ctx, num_inputs: int) -> tuple[bool, ...]:

@@ -18,16 +18,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opslib.ops._common import check_floating_input, register_pointwise_vmap
+from opslib.ops._common import check_floating_input
+from opslib.ops._registration import define_op, register_autocast, register_pointwise_vmap
 
 
-@torch.library.custom_op("customgrad::exp", mutates_args=())
-def _exp(x: Tensor) -> Tensor:
+def _exp_kernel(x: Tensor) -> Tensor:
     check_floating_input("exp", "x", x)
     return torch.exp(x)
 
 
-@_exp.register_fake
 def _exp_fake(x: Tensor) -> Tensor:
     check_floating_input("exp", "x", x)
     return torch.empty_like(x)
@@ -44,15 +43,22 @@ def _exp_backward(ctx, grad_y: Tensor) -> Tensor | None:
     return grad_y * y
 
 
-_exp.register_autograd(_exp_backward, setup_context=_exp_setup_context)
-register_pointwise_vmap(_exp)
+_exp = define_op(
+    "exp",
+    "(Tensor x) -> Tensor",
+    kernel=_exp_kernel,
+    fake=_exp_fake,
+    setup_context=_exp_setup_context,
+    backward=_exp_backward,
+)
+register_pointwise_vmap("exp")
 # Native exp is on CUDA autocast's float32 list; CPU autocast casts nothing.
-torch.library.register_autocast(_exp, "cuda", torch.float32)
+register_autocast("exp", "cuda", torch.float32)
 
 
 def exp(x: Tensor) -> Tensor:
     """Elementwise eˣ, with the gradient y·g written out in ``opslib/ops/exp.py``."""
-    return torch.ops.customgrad.exp(x)
+    return _exp(x)
 
 
 def exp_onnx(x):

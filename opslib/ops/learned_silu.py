@@ -43,6 +43,7 @@ from opslib.ops._common import (
     fmt_shape,
     input_grad_flags,
 )
+from opslib.ops._registration import define_op, register_vmap
 
 
 def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
@@ -57,13 +58,11 @@ def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
         )
 
 
-@torch.library.custom_op("customgrad::learned_silu", mutates_args=())
-def _learned_silu(x: Tensor, slope: Tensor) -> Tensor:
+def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
     _check_learned_silu(x, slope)
     return F.silu(x) * slope  # silu(x) = x · sigmoid(x), one fused native kernel
 
 
-@_learned_silu.register_fake
 def _learned_silu_fake(x: Tensor, slope: Tensor) -> Tensor:
     _check_learned_silu(x, slope)
     return torch.empty_like(x)
@@ -85,10 +84,16 @@ def _learned_silu_backward(ctx, grad_y: Tensor):
     return grad_x, grad_slope
 
 
-_learned_silu.register_autograd(_learned_silu_backward, setup_context=_learned_silu_setup_context)
+_learned_silu = define_op(
+    "learned_silu",
+    "(Tensor x, Tensor slope) -> Tensor",
+    kernel=_learned_silu_kernel,
+    fake=_learned_silu_fake,
+    setup_context=_learned_silu_setup_context,
+    backward=_learned_silu_backward,
+)
 
 
-@_learned_silu.register_vmap
 def _learned_silu_vmap(info, in_dims, x: Tensor, slope: Tensor):
     """Batch dims go to the front; slope [B, *s] is padded to [B, 1, ..., *s] so that it
     broadcasts against x [B, *x] exactly as the unbatched slope did against x."""
@@ -101,6 +106,8 @@ def _learned_silu_vmap(info, in_dims, x: Tensor, slope: Tensor):
     return _learned_silu(x, slope), 0
 
 
+register_vmap("learned_silu", _learned_silu_vmap)
+
 # No autocast rule: the native expression (mul, sigmoid) is on neither autocast list.
 
 
@@ -109,7 +116,7 @@ def learned_silu(x: Tensor, slope: Tensor) -> Tensor:
 
     slope broadcasts to x: ``[]`` or ``[1]`` for one slope, ``[C]`` per channel of the last dim.
     """
-    return torch.ops.customgrad.learned_silu(x, slope)
+    return _learned_silu(x, slope)
 
 
 def learned_silu_onnx(x, slope):

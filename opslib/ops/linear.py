@@ -29,7 +29,6 @@ autograd differentiates again (for example d(dL/dx)/dW contracts the incoming gr
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -39,7 +38,11 @@ from opslib.ops._common import (
     check_same_dtype_and_device,
     fmt_shape,
     input_grad_flags,
+)
+from opslib.ops._registration import (
+    define_op,
     register_autocast_to_autocast_dtype,
+    register_vmap,
 )
 
 
@@ -78,8 +81,7 @@ def _check_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> list[int]:
     return out_shape
 
 
-@torch.library.custom_op("customgrad::linear", mutates_args=())
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def _linear_kernel(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     _check_linear(x, weight, bias)
     if bias is None or bias.dim() == 1 or x.dim() == 2:
         return F.linear(x, weight, bias)  # one fused addmm/matmul for these bias forms
@@ -88,7 +90,6 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight) + bias
 
 
-@_linear.register_fake
 def _linear_fake(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     out_shape = _check_linear(x, weight, bias)
     return x.new_empty(out_shape)  # F.linear's output is always a fresh contiguous tensor
@@ -120,10 +121,16 @@ def _linear_backward(ctx, grad_y: Tensor):
     return grad_x, grad_w, grad_b
 
 
-_linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+_linear = define_op(
+    "linear",
+    "(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor",
+    kernel=_linear_kernel,
+    fake=_linear_fake,
+    setup_context=_linear_setup_context,
+    backward=_linear_backward,
+)
 
 
-@_linear.register_vmap
 def _linear_vmap(info, in_dims, x: Tensor, weight: Tensor, bias: Tensor | None = None):
     """Batch dims go to the front. An unbatched weight keeps the op (its leading dims are batch
     dims already); a per-sample weight [B, out, in] is a batched matmul, done with torch ops.
@@ -144,9 +151,11 @@ def _linear_vmap(info, in_dims, x: Tensor, weight: Tensor, bias: Tensor | None =
     return (y if bias is None else y + bias), 0
 
 
+register_vmap("linear", _linear_vmap)
+
 # Like F.linear: under autocast, compute in the autocast dtype (bfloat16/float16).
-register_autocast_to_autocast_dtype(_linear, "cpu")
-register_autocast_to_autocast_dtype(_linear, "cuda")
+register_autocast_to_autocast_dtype("linear", "cpu")
+register_autocast_to_autocast_dtype("linear", "cuda")
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -155,7 +164,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     x ``[*, in]`` or ``[in]``, weight ``[out, in]``, bias ``None`` or any shape broadcasting to
     the output ``[*, out]`` (``[out]``, ``[1, out]``, ``[batch, out]``).
     """
-    return torch.ops.customgrad.linear(x, weight, bias)
+    return _linear(x, weight, bias)
 
 
 def linear_onnx(x, weight, bias=None):

@@ -12,10 +12,14 @@ Backward (g = dL/dy)
     rather than "y > 0" so that, as in native relu, the gradient passes through where x is nan
     (both comparisons are false for nan).
 
+    Computed by ``aten.threshold_backward(g, y, 0)``, which is exactly where(y <= 0, 0, g) in
+    one pass (torch.where would first write a bool mask: 1.5x the memory traffic).
+
 Saved for backward: the output y, as native ``torch.relu`` saves it.
 
 Double backward: dL/dx is linear in g (d/dg = the same mask); the mask itself is piecewise
-constant in x, so the second derivative with respect to x is 0 wherever it exists.
+constant in x, so the second derivative with respect to x is 0 wherever it exists
+(threshold_backward has exactly these derivatives registered).
 """
 
 from __future__ import annotations
@@ -23,16 +27,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opslib.ops._common import check_floating_input, register_pointwise_vmap
+from opslib.ops._common import check_floating_input
+from opslib.ops._registration import define_op, register_pointwise_vmap
 
 
-@torch.library.custom_op("customgrad::relu", mutates_args=())
-def _relu(x: Tensor) -> Tensor:
+def _relu_kernel(x: Tensor) -> Tensor:
     check_floating_input("relu", "x", x)
     return torch.relu(x)
 
 
-@_relu.register_fake
 def _relu_fake(x: Tensor) -> Tensor:
     check_floating_input("relu", "x", x)
     return torch.empty_like(x)
@@ -46,17 +49,24 @@ def _relu_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    return torch.where(y <= 0, 0, grad_y)
+    return torch.ops.aten.threshold_backward(grad_y, y, 0)
 
 
-_relu.register_autograd(_relu_backward, setup_context=_relu_setup_context)
-register_pointwise_vmap(_relu)
+_relu = define_op(
+    "relu",
+    "(Tensor x) -> Tensor",
+    kernel=_relu_kernel,
+    fake=_relu_fake,
+    setup_context=_relu_setup_context,
+    backward=_relu_backward,
+)
+register_pointwise_vmap("relu")
 # relu is on neither autocast list, so no autocast rule: it runs in its input's dtype, as native.
 
 
 def relu(x: Tensor) -> Tensor:
     """Elementwise max(x, 0), with the gradient written out in ``opslib/ops/relu.py``."""
-    return torch.ops.customgrad.relu(x)
+    return _relu(x)
 
 
 def relu_onnx(x):

@@ -17,16 +17,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opslib.ops._common import check_floating_input, register_pointwise_vmap
+from opslib.ops._common import check_floating_input
+from opslib.ops._registration import define_op, register_autocast, register_pointwise_vmap
 
 
-@torch.library.custom_op("customgrad::square", mutates_args=())
-def _square(x: Tensor) -> Tensor:
+def _square_kernel(x: Tensor) -> Tensor:
     check_floating_input("square", "x", x)
     return x * x
 
 
-@_square.register_fake
 def _square_fake(x: Tensor) -> Tensor:
     check_floating_input("square", "x", x)
     return torch.empty_like(x)
@@ -44,15 +43,22 @@ def _square_backward(ctx, grad_y: Tensor) -> Tensor | None:
     return grad_y * 2 * x
 
 
-_square.register_autograd(_square_backward, setup_context=_square_setup_context)
-register_pointwise_vmap(_square)
+_square = define_op(
+    "square",
+    "(Tensor x) -> Tensor",
+    kernel=_square_kernel,
+    fake=_square_fake,
+    setup_context=_square_setup_context,
+    backward=_square_backward,
+)
+register_pointwise_vmap("square")
 # Native torch.square is pow(x, 2), which CUDA autocast runs in float32; CPU autocast casts nothing.
-torch.library.register_autocast(_square, "cuda", torch.float32)
+register_autocast("square", "cuda", torch.float32)
 
 
 def square(x: Tensor) -> Tensor:
     """Elementwise x², with the gradient 2x·g written out in ``opslib/ops/square.py``."""
-    return torch.ops.customgrad.square(x)
+    return _square(x)
 
 
 def square_onnx(x):

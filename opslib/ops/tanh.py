@@ -6,11 +6,14 @@ Forward
 Backward (g = dL/dy)
     dy/dx = 1 - tanh²(x) = 1 - y²   =>  dL/dx = g · (1 - y²)
 
+    Computed by ``aten.tanh_backward(g, y)``: this formula, g · (1 - y²), in one pass.
+
     In saturation (|x| > ~20 in float32) y is exactly ±1 and the gradient exactly 0, as native.
 
 Saved for backward: the output y, as native ``torch.tanh`` saves it.
 
-Double backward: y is the op's output, so autograd reaches x through dy/dx = 1 - y²:
+Double backward: tanh_backward is differentiable (its derivatives are registered), and y is the
+op's output, so autograd reaches x through dy/dx = 1 - y²:
 d(dL/dx)/dx = g · (-2y) · (1 - y²) and d(dL/dx)/dg = 1 - y².
 """
 
@@ -19,16 +22,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opslib.ops._common import check_floating_input, register_pointwise_vmap
+from opslib.ops._common import check_floating_input
+from opslib.ops._registration import define_op, register_pointwise_vmap
 
 
-@torch.library.custom_op("customgrad::tanh", mutates_args=())
-def _tanh(x: Tensor) -> Tensor:
+def _tanh_kernel(x: Tensor) -> Tensor:
     check_floating_input("tanh", "x", x)
     return torch.tanh(x)
 
 
-@_tanh.register_fake
 def _tanh_fake(x: Tensor) -> Tensor:
     check_floating_input("tanh", "x", x)
     return torch.empty_like(x)
@@ -42,17 +44,24 @@ def _tanh_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    return grad_y * (1 - y * y)
+    return torch.ops.aten.tanh_backward(grad_y, y)
 
 
-_tanh.register_autograd(_tanh_backward, setup_context=_tanh_setup_context)
-register_pointwise_vmap(_tanh)
+_tanh = define_op(
+    "tanh",
+    "(Tensor x) -> Tensor",
+    kernel=_tanh_kernel,
+    fake=_tanh_fake,
+    setup_context=_tanh_setup_context,
+    backward=_tanh_backward,
+)
+register_pointwise_vmap("tanh")
 # tanh is on neither autocast list, so no autocast rule: it runs in its input's dtype.
 
 
 def tanh(x: Tensor) -> Tensor:
     """Elementwise tanh(x), with the gradient (1 - y²)·g written out in ``opslib/ops/tanh.py``."""
-    return torch.ops.customgrad.tanh(x)
+    return _tanh(x)
 
 
 def tanh_onnx(x):
