@@ -28,6 +28,14 @@ three x-sized tensors where this op keeps one.
 
 Double backward: s is recomputed with torch.sigmoid, so the backward is differentiable torch
 code in g, x and slope, and autograd differentiates it again.
+
+Fused CPU path: as torch ops, forward reads and writes memory twice (silu, then the multiply)
+and backward about eight times. For large contiguous CPU tensors (a single slope, or one per
+channel of the last dim) the forward and the first-order backward each run as one loop that
+inductor generates from the very formulas above, compiled once per process and dtype
+(``run_fused``: later processes load it from inductor's on-disk cache; if compiling fails
+it warns once and the torch-op path runs instead). A backward that
+must itself be differentiable (``create_graph=True``) always takes the torch-op path.
 """
 
 from __future__ import annotations
@@ -42,8 +50,9 @@ from opslib.ops._common import (
     check_same_dtype_and_device,
     fmt_shape,
     input_grad_flags,
+    run_fused,
 )
-from opslib.ops._registration import define_op, register_vmap
+from opslib.ops._registration import _only_plain_tensors, define_op, register_vmap
 
 
 def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
@@ -58,9 +67,50 @@ def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
         )
 
 
+FUSED_MIN_NUMEL = 1 << 16  # below this, a fused call's fixed cost (~30 µs) outweighs the gain
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _fusable(x: Tensor, slope: Tensor) -> bool:
+    return x.numel() >= FUSED_MIN_NUMEL and _fusable_layout(x, slope)
+
+
+def _fusable_layout(x: Tensor, slope: Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _FUSED_DTYPES
+        and x.is_contiguous()
+        and (slope.numel() == 1 or tuple(slope.shape) == (x.shape[-1],))
+    )
+
+
+def _flat(x: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
+    """x as [N] with a 0-d slope, or [N, C] with a [C] slope: two loop shapes cover every
+    fusable call, so each dtype compiles at most twice (sizes are dynamic)."""
+    if slope.numel() == 1:
+        return x.reshape(-1), slope.reshape(())
+    return x.reshape(-1, slope.shape[0]), slope
+
+
+def _forward_formula(x: Tensor, slope: Tensor) -> Tensor:
+    return slope * x * torch.sigmoid(x)
+
+
+def _backward_formula(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sigmoid(x)
+    grad_x = grad_y * slope * s * (1 + x * (1 - s))
+    grad_slope = (grad_y * x * s).sum_to_size(slope.shape)
+    return grad_x, grad_slope
+
+
 def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
     _check_learned_silu(x, slope)
-    return F.silu(x) * slope  # silu(x) = x · sigmoid(x), one fused native kernel
+    if _fusable(x, slope):
+        with torch.no_grad():  # one compiled graph whether or not grad mode is on
+            y = run_fused(_forward_formula, *_flat(x, slope))
+        if y is not None:
+            return y.view(x.shape)
+    return F.silu(x) * slope  # silu(x) = x · sigmoid(x), one native kernel, then the multiply
 
 
 def _learned_silu_fake(x: Tensor, slope: Tensor) -> Tensor:
@@ -78,6 +128,19 @@ def _learned_silu_setup_context(ctx, inputs: tuple[Tensor, Tensor], output: Tens
 def _learned_silu_backward(ctx, grad_y: Tensor):
     x, slope = ctx.saved_tensors
     needs_x, needs_slope = input_grad_flags(ctx, 2)
+    if (
+        needs_x
+        and not torch.is_grad_enabled()  # first-order backward: nothing differentiates this
+        and _fusable(x, slope)
+        and _only_plain_tensors((grad_y, x, slope))  # not while compile/export traces it
+    ):
+        flat_x, flat_slope = _flat(x, slope)
+        grads = run_fused(
+            _backward_formula, grad_y.contiguous().view(flat_x.shape), flat_x, flat_slope
+        )
+        if grads is not None:
+            grad_x, grad_slope = grads
+            return grad_x.view(x.shape), grad_slope.view(ctx.slope_shape) if needs_slope else None
     s = torch.sigmoid(x)
     grad_x = grad_y * slope * s * (1 + x * (1 - s)) if needs_x else None
     grad_slope = (grad_y * x * s).sum_to_size(ctx.slope_shape) if needs_slope else None
