@@ -27,6 +27,8 @@ class BadCall:
 
 
 X, W = t(4, 3), t(5, 3)
+with torch.inference_mode():
+    INFERENCE_X = t(4, 3)
 CATALOGUE = [
     BadCall(
         "linear: in_features mismatch",
@@ -167,6 +169,19 @@ CATALOGUE = [
         TypeError,
         r"customgrad\.sigmoid: x must be a dense \(strided\) tensor",
         compiles=False,
+    ),
+    BadCall(
+        "linear: inference-mode x where autograd must save it",
+        lambda: opslib.linear(INFERENCE_X, W.clone().requires_grad_()),
+        RuntimeError,
+        r"customgrad\.linear: x created under torch\.inference_mode\(\) cannot be saved",
+        compiles=False,  # compile traces with fake tensors; the refusal happens at run time
+    ),
+    BadCall(
+        "learned_silu: slope where x is a 0-d tensor and slope [2]",
+        lambda: opslib.learned_silu(t(), t(2)),
+        ValueError,
+        r"customgrad\.learned_silu: slope of shape \[2\] does not broadcast to x's shape \[\]",
     ),
     BadCall(
         "tanh: a list, not a tensor",

@@ -69,6 +69,7 @@ def define_op(
     op = getattr(torch.ops.customgrad, name).default
     arguments = op._schema.arguments
     defaults = tuple(a.default_value if a.has_default_value() else None for a in arguments)
+    arg_names = tuple(a.name for a in arguments)
 
     def forward(ctx, *args: object) -> Tensor:
         with _BelowAutograd():
@@ -86,7 +87,21 @@ def define_op(
         if len(args) < len(arguments):  # the dispatcher drops trailing defaults (bias=None)
             args = args + defaults[len(args) :]
         if _is_grad_enabled() and _any_requires_grad(*args):
-            return Function.apply(*args)
+            try:
+                return Function.apply(*args)
+            except RuntimeError as err:
+                if "Inference tensors cannot be saved" not in str(err):
+                    raise
+                culprits = [
+                    n
+                    for n, a in zip(arg_names, args, strict=True)
+                    if isinstance(a, Tensor) and a.is_inference()
+                ]
+                raise RuntimeError(
+                    f"customgrad.{name}: {', '.join(culprits)} created under "
+                    f"torch.inference_mode() cannot be saved for backward; create it outside "
+                    f"inference mode or pass a .clone() made outside it"
+                ) from err
         if _only_plain_tensors(args):
             return kernel(*args)
         with _BelowAutograd():

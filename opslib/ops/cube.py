@@ -41,7 +41,9 @@ def _cube_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (x,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    return grad_y * 3 * x * x
+    # 3·g·x² in two passes over memory (g·x, then addcmul's fused "+ 3·(g·x)·x") instead of
+    # three multiplies; addcmul is differentiable, so double backward is unchanged.
+    return torch.addcmul(grad_y.new_zeros(()), grad_y * x, x, value=3)
 
 
 _cube = define_op(

@@ -141,9 +141,18 @@ def _learned_silu_backward(ctx, grad_y: Tensor):
         if grads is not None:
             grad_x, grad_slope = grads
             return grad_x.view(x.shape), grad_slope.view(ctx.slope_shape) if needs_slope else None
+    # float16/bfloat16: compute in float32 and round once at the end (as native kernels do
+    # internally); the formula's five roundings in half precision cost several ulps.
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        grad_y, x = grad_y.float(), x.float()
+        slope = None if slope is None else slope.float()
     s = torch.sigmoid(x)
     grad_x = grad_y * slope * s * (1 + x * (1 - s)) if needs_x else None
     grad_slope = (grad_y * x * s).sum_to_size(ctx.slope_shape) if needs_slope else None
+    if dtype != x.dtype:
+        grad_x = None if grad_x is None else grad_x.to(dtype)
+        grad_slope = None if grad_slope is None else grad_slope.to(dtype)
     return grad_x, grad_slope
 
 
