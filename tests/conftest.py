@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+# Without a GPU, Triton kernels run on CPU tensors under Triton's interpreter; it must be
+# switched on before anything imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 import opslib  # noqa: F401  (registers the ops)
 from opslib.op_table import OP_TABLE, OpInfo, Sample

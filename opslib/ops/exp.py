@@ -20,11 +20,13 @@ from torch import Tensor
 
 from opslib.ops._common import check_floating_input
 from opslib.ops._registration import define_op, register_autocast, register_pointwise_vmap
+from opslib.ops._triton import EXP, cuda_unary_backward, cuda_unary_forward
 
 
 def _exp_kernel(x: Tensor) -> Tensor:
     check_floating_input("exp", "x", x)
-    return torch.exp(x)
+    y = cuda_unary_forward(EXP, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    return y if y is not None else torch.exp(x)
 
 
 def _exp_fake(x: Tensor) -> Tensor:
@@ -40,7 +42,8 @@ def _exp_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    return grad_y * y
+    fused = cuda_unary_backward(EXP, grad_y, y)  # CUDA: one Triton kernel
+    return fused if fused is not None else grad_y * y
 
 
 _exp = define_op(

@@ -53,6 +53,7 @@ from opslib.ops._common import (
     run_fused,
 )
 from opslib.ops._registration import _only_plain_tensors, define_op, register_vmap
+from opslib.ops._triton import cuda_learned_silu_backward, cuda_learned_silu_forward
 
 
 def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
@@ -105,6 +106,9 @@ def _backward_formula(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor,
 
 def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
     _check_learned_silu(x, slope)
+    y = cuda_learned_silu_forward(x, slope)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    if y is not None:
+        return y
     if _fusable(x, slope):
         with torch.no_grad():  # one compiled graph whether or not grad mode is on
             y = run_fused(_forward_formula, *_flat(x, slope))
@@ -128,6 +132,10 @@ def _learned_silu_setup_context(ctx, inputs: tuple[Tensor, Tensor], output: Tens
 def _learned_silu_backward(ctx, grad_y: Tensor):
     x, slope = ctx.saved_tensors
     needs_x, needs_slope = input_grad_flags(ctx, 2)
+    fused = cuda_learned_silu_backward(grad_y, x, slope) if needs_x else None
+    if fused is not None:  # CUDA: one Triton pass, the slope terms reduced per block in it
+        grad_x, grad_slope = fused
+        return grad_x, grad_slope if needs_slope else None
     if (
         needs_x
         and not torch.is_grad_enabled()  # first-order backward: nothing differentiates this

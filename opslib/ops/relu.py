@@ -29,11 +29,13 @@ from torch import Tensor
 
 from opslib.ops._common import check_floating_input
 from opslib.ops._registration import define_op, register_pointwise_vmap
+from opslib.ops._triton import RELU, cuda_unary_backward, cuda_unary_forward
 
 
 def _relu_kernel(x: Tensor) -> Tensor:
     check_floating_input("relu", "x", x)
-    return torch.relu(x)
+    y = cuda_unary_forward(RELU, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    return y if y is not None else torch.relu(x)
 
 
 def _relu_fake(x: Tensor) -> Tensor:
@@ -49,7 +51,8 @@ def _relu_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    return torch.ops.aten.threshold_backward(grad_y, y, 0)
+    fused = cuda_unary_backward(RELU, grad_y, y)  # CUDA: one Triton kernel
+    return fused if fused is not None else torch.ops.aten.threshold_backward(grad_y, y, 0)
 
 
 _relu = define_op(

@@ -27,11 +27,13 @@ from torch import Tensor
 
 from opslib.ops._common import check_floating_input
 from opslib.ops._registration import define_op, register_pointwise_vmap
+from opslib.ops._triton import SIGMOID, cuda_unary_backward, cuda_unary_forward
 
 
 def _sigmoid_kernel(x: Tensor) -> Tensor:
     check_floating_input("sigmoid", "x", x)
-    return torch.sigmoid(x)
+    y = cuda_unary_forward(SIGMOID, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    return y if y is not None else torch.sigmoid(x)
 
 
 def _sigmoid_fake(x: Tensor) -> Tensor:
@@ -47,7 +49,8 @@ def _sigmoid_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    return torch.ops.aten.sigmoid_backward(grad_y, y)
+    fused = cuda_unary_backward(SIGMOID, grad_y, y)  # CUDA: one Triton kernel
+    return fused if fused is not None else torch.ops.aten.sigmoid_backward(grad_y, y)
 
 
 _sigmoid = define_op(

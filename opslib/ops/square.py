@@ -19,11 +19,13 @@ from torch import Tensor
 
 from opslib.ops._common import check_floating_input
 from opslib.ops._registration import define_op, register_autocast, register_pointwise_vmap
+from opslib.ops._triton import SQUARE, cuda_unary_backward, cuda_unary_forward
 
 
 def _square_kernel(x: Tensor) -> Tensor:
     check_floating_input("square", "x", x)
-    return x * x
+    y = cuda_unary_forward(SQUARE, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    return y if y is not None else x * x
 
 
 def _square_fake(x: Tensor) -> Tensor:
@@ -40,7 +42,8 @@ def _square_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (x,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    return grad_y * 2 * x
+    fused = cuda_unary_backward(SQUARE, grad_y, x)  # CUDA: one Triton kernel
+    return fused if fused is not None else grad_y * 2 * x
 
 
 _square = define_op(

@@ -24,11 +24,13 @@ from torch import Tensor
 
 from opslib.ops._common import check_floating_input
 from opslib.ops._registration import define_op, register_pointwise_vmap
+from opslib.ops._triton import TANH, cuda_unary_backward, cuda_unary_forward
 
 
 def _tanh_kernel(x: Tensor) -> Tensor:
     check_floating_input("tanh", "x", x)
-    return torch.tanh(x)
+    y = cuda_unary_forward(TANH, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    return y if y is not None else torch.tanh(x)
 
 
 def _tanh_fake(x: Tensor) -> Tensor:
@@ -44,7 +46,8 @@ def _tanh_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    return torch.ops.aten.tanh_backward(grad_y, y)
+    fused = cuda_unary_backward(TANH, grad_y, y)  # CUDA: one Triton kernel
+    return fused if fused is not None else torch.ops.aten.tanh_backward(grad_y, y)
 
 
 _tanh = define_op(

@@ -1,0 +1,126 @@
+"""Triton kernels for the CUDA path: one pass over memory per forward and per backward.
+
+Imported only through ``opslib.ops._triton`` (lazily: opslib works without Triton). The same
+kernels run on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``), which is how
+CI tests them without a GPU. Every kernel loads its inputs, computes in float32 (so float16 and
+bfloat16 round once, at the store) and stores in the output's dtype.
+
+The formulas are the ones derived in each op's file (``opslib/ops/<name>.py``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from opslib.ops import _triton as codes
+
+# Jitted code may read only constexpr globals: the op codes of _triton.py, wrapped.
+SQUARE = tl.constexpr(codes.SQUARE)
+CUBE = tl.constexpr(codes.CUBE)
+EXP = tl.constexpr(codes.EXP)
+RELU = tl.constexpr(codes.RELU)
+SIGMOID = tl.constexpr(codes.SIGMOID)
+
+
+@triton.jit
+def _tanh(x):
+    """tanh in float32 from float64 exp: (1 - e^-2|x|) / (1 + e^-2|x|), and its Taylor series
+    for |x| < 1e-3 where 1 - e^-2|x| would cancel. Saturates to ±1; nan stays nan."""
+    ax = tl.abs(x).to(tl.float64)
+    t = tl.exp(-2.0 * ax)
+    ratio = (1.0 - t) / (1.0 + t)
+    series = ax * (1.0 - ax * ax / 3.0 + 2.0 * ax * ax * ax * ax / 15.0)
+    r = tl.where(ax < 1e-3, series, ratio).to(tl.float32)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def unary_forward_kernel(x_ptr, y_ptr, n, OP: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if OP == SQUARE:
+        y = x * x
+    elif OP == CUBE:
+        y = x * x * x
+    elif OP == EXP:
+        y = tl.exp(x)
+    elif OP == RELU:
+        y = tl.where(x < 0, 0.0, x)  # "x < 0", not "x > 0": nan stays nan, as torch.relu
+    elif OP == SIGMOID:
+        y = tl.sigmoid(x)
+    else:
+        y = _tanh(x)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def unary_backward_kernel(g_ptr, saved_ptr, out_ptr, n, OP: tl.constexpr, BLOCK: tl.constexpr):
+    """dL/dx from g and the saved tensor: x for square and cube, y for the others."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(saved_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if OP == SQUARE:
+        d = g * 2.0 * s
+    elif OP == CUBE:
+        d = g * 3.0 * s * s
+    elif OP == EXP:
+        d = g * s
+    elif OP == RELU:
+        d = tl.where(s <= 0, 0.0, g)
+    elif OP == SIGMOID:
+        d = g * s * (1.0 - s)
+    else:
+        d = g * (1.0 - s * s)
+    tl.store(out_ptr + offs, d.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def learned_silu_forward_kernel(
+    x_ptr, slope_ptr, y_ptr, n, C, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr
+):
+    """y = slope · x · sigmoid(x); x viewed as [n / C, C], slope one value or one per column."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if PER_CHANNEL:
+        a = tl.load(slope_ptr + offs % C, mask=mask, other=0.0).to(tl.float32)
+    else:
+        a = tl.load(slope_ptr).to(tl.float32)
+    y = a * x * tl.sigmoid(x)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def learned_silu_backward_kernel(
+    g_ptr,
+    x_ptr,
+    slope_ptr,
+    grad_x_ptr,
+    partial_ptr,
+    R,
+    C,
+    PER_CHANNEL: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """One pass over a [BLOCK_R, BLOCK_C] tile of x viewed as [R, C]:
+    dL/dx = g · slope · s · (1 + x(1 - s)), and the tile's column sums of g · x · s (the slope
+    gradient's terms) into partial[row_block, column]; the caller sums that small buffer."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows[:, None] < R) & (cols[None, :] < C)
+    offs = rows[:, None] * C + cols[None, :]
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if PER_CHANNEL:
+        a = tl.load(slope_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+    else:
+        a = tl.load(slope_ptr).to(tl.float32)
+    s = tl.sigmoid(x)
+    grad_x = g * a * s * (1.0 + x * (1.0 - s))
+    tl.store(grad_x_ptr + offs, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    terms = tl.where(mask, g * x * s, 0.0)
+    tl.store(partial_ptr + tl.program_id(0) * C + cols, tl.sum(terms, axis=0), mask=cols < C)
