@@ -32,7 +32,8 @@ def fused_path_must_compile():
 def fused_always(monkeypatch):
     """Tiny samples (sizes 0 and 1 included) each specialise a compile: allow them all."""
     monkeypatch.setattr(learned_silu_module, "FUSED_MIN_NUMEL", 0)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 64)
+    with torch._dynamo.config.patch(recompile_limit=64):  # dynamo's own way to set its config
+        yield
 
 
 def _fused_samples(dtype):
