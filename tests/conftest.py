@@ -17,6 +17,14 @@ import opslib  # noqa: F401  (registers the ops)
 from opslib.op_table import OP_TABLE, OpInfo, Sample
 
 HAS_CUDA = torch.cuda.is_available()
+# Every check torch.library.opcheck has (its default leaves out test_aot_dispatch_static).
+ALL_OPCHECK_TESTS = (
+    "test_schema",
+    "test_autograd_registration",
+    "test_faketensor",
+    "test_aot_dispatch_static",
+    "test_aot_dispatch_dynamic",
+)
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
 

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import assert_close_named, fresh_leaves
+from conftest import ALL_OPCHECK_TESTS, assert_close_named, fresh_leaves
 
 import opslib
 from opslib.op_table import OPS_BY_NAME
@@ -83,13 +83,7 @@ def test_opcheck_gradcheck_gradgradcheck_through_the_fused_path(index):
     result = torch.library.opcheck(
         INFO.op,
         sample.args,
-        test_utils=(
-            "test_schema",
-            "test_autograd_registration",
-            "test_faketensor",
-            "test_aot_dispatch_static",
-            "test_aot_dispatch_dynamic",
-        ),
+        test_utils=ALL_OPCHECK_TESTS,
     )
     assert set(result.values()) == {"SUCCESS"}, result
     args64 = fresh_leaves(sample.args, torch.float64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    ALL_OPCHECK_TESTS,
     DEVICES,
     assert_close_named,
     fresh_leaves,
@@ -17,14 +18,6 @@ from conftest import (
     grads_of,
     op_params,
     op_sample_params,
-)
-
-ALL_OPCHECK_TESTS = (
-    "test_schema",
-    "test_autograd_registration",
-    "test_faketensor",
-    "test_aot_dispatch_static",
-    "test_aot_dispatch_dynamic",
 )
 
 

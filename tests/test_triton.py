@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import HAS_CUDA, assert_close_named, requires_cuda
+from conftest import ALL_OPCHECK_TESTS, HAS_CUDA, assert_close_named, requires_cuda
 
 from opslib.op_table import OPS_BY_NAME
 from opslib.ops import _triton
@@ -201,11 +201,5 @@ def test_ops_take_the_triton_path_on_cuda_and_keep_the_contract(name, monkeypatc
         torch.library.opcheck(
             info.op,
             sample.args,
-            test_utils=(
-                "test_schema",
-                "test_autograd_registration",
-                "test_faketensor",
-                "test_aot_dispatch_static",
-                "test_aot_dispatch_dynamic",
-            ),
+            test_utils=ALL_OPCHECK_TESTS,
         )
