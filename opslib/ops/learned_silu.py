@@ -19,8 +19,9 @@ Backward (g = dL/dy)
                 (sum_to_size(slope.shape): all of them for a scalar slope, all but the last
                 for a per-channel [C] slope)
 
-    For x → -∞, s → 0 exactly and both gradients are exactly 0 (never nan); for x → +∞,
-    1 - s → 0 and dy/dx → slope.
+    For large negative x (say -1e4) s is exactly 0 and both gradients are exactly 0, never nan;
+    for large positive x, 1 - s is exactly 0 and dy/dx = slope. At x = ±inf itself the formula
+    meets inf · 0 and gives nan, as native does.
 
 Saved for backward: x (always) and slope (only if x needs a gradient); s is recomputed from x
 in backward. Native ``slope * x * torch.sigmoid(x)`` keeps slope, x, slope·x and sigmoid(x):
@@ -34,8 +35,9 @@ and backward about eight times. For large contiguous CPU tensors (a single slope
 channel of the last dim) the forward and the first-order backward each run as one loop that
 inductor generates from the very formulas above, compiled once per process and dtype
 (``run_fused``: later processes load it from inductor's on-disk cache; if compiling fails
-it warns once and the torch-op path runs instead). A backward that
-must itself be differentiable (``create_graph=True``) always takes the torch-op path.
+it warns once and the torch-op path runs instead). On CUDA the same formulas run as one Triton
+kernel each (``opslib/ops/_triton_kernels.py``). A backward that must itself be differentiable
+(``create_graph=True``) always takes the torch-op path.
 """
 
 from __future__ import annotations
