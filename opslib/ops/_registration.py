@@ -33,7 +33,7 @@ _functorch_transform_active = torch._C._functorch.peek_interpreter_stack
 _BelowAutograd = torch._C._AutoDispatchBelowAutograd
 
 
-def _only_plain_tensors(args: tuple) -> bool:
+def only_plain_tensors(args: tuple) -> bool:
     """True when nothing below the autograd key could see this call: no TorchDispatchMode and
     no functorch transform (vmap/grad/jvp wrappers exist only inside one) is active, and every
     tensor is a plain ``torch.Tensor`` (not a FakeTensor or another subclass). Then running the
@@ -102,7 +102,7 @@ def define_op(
                     f"torch.inference_mode() cannot be saved for backward; create it outside "
                     f"inference mode or pass a .clone() made outside it"
                 ) from err
-        if _only_plain_tensors(args):
+        if only_plain_tensors(args):
             return kernel(*args)
         with _BelowAutograd():
             return op(*args)

@@ -23,7 +23,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from opslib.ops._registration import _only_plain_tensors
+from opslib.ops._registration import only_plain_tensors
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SQUARE, CUBE, EXP, RELU, SIGMOID, TANH = range(6)  # which formula unary kernels compute
@@ -161,7 +161,7 @@ def _cuda_path(*tensors: Tensor) -> bool:
         first.is_cuda  # first: on CPU this is the only check a call pays
         and first.dtype in TRITON_DTYPES
         and kernels() is not None
-        and _only_plain_tensors(tensors)  # never on fake tensors while compile traces
+        and only_plain_tensors(tensors)  # never on fake tensors while compile traces
     )
 
 

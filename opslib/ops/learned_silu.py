@@ -54,7 +54,7 @@ from opslib.ops._common import (
     input_grad_flags,
     run_fused,
 )
-from opslib.ops._registration import _only_plain_tensors, define_op, register_vmap
+from opslib.ops._registration import define_op, only_plain_tensors, register_vmap
 from opslib.ops._triton import cuda_learned_silu_backward, cuda_learned_silu_forward
 
 
@@ -142,7 +142,7 @@ def _learned_silu_backward(ctx, grad_y: Tensor):
         needs_x
         and not torch.is_grad_enabled()  # first-order backward: nothing differentiates this
         and _fusable(x, slope)
-        and _only_plain_tensors((grad_y, x, slope))  # not while compile/export traces it
+        and only_plain_tensors((grad_y, x, slope))  # not while compile/export traces it
     ):
         flat_x, flat_slope = _flat(x, slope)
         grads = run_fused(
