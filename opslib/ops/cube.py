@@ -19,14 +19,23 @@ import torch
 from torch import Tensor
 
 from opslib.ops._common import check_floating_input
-from opslib.ops._registration import define_op, register_autocast, register_pointwise_vmap
+from opslib.ops._registration import (
+    define_op,
+    register_autocast,
+    register_inductor_decomposition,
+    register_pointwise_vmap,
+)
 from opslib.ops._triton import CUBE, cuda_unary_backward, cuda_unary_forward
+
+
+def _cube_formula(x: Tensor) -> Tensor:
+    return torch.pow(x, 3)
 
 
 def _cube_kernel(x: Tensor) -> Tensor:
     check_floating_input("cube", "x", x)
     y = cuda_unary_forward(CUBE, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
-    return y if y is not None else torch.pow(x, 3)
+    return y if y is not None else _cube_formula(x)
 
 
 def _cube_fake(x: Tensor) -> Tensor:
@@ -60,6 +69,8 @@ _cube = define_op(
     backward=_cube_backward,
 )
 register_pointwise_vmap("cube")
+# Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
+register_inductor_decomposition("cube", _cube_formula)
 # Native pow(x, 3) runs in float32 under CUDA autocast; CPU autocast casts nothing.
 register_autocast("cube", "cuda", torch.float32)
 

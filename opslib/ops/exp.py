@@ -19,7 +19,12 @@ import torch
 from torch import Tensor
 
 from opslib.ops._common import check_floating_input
-from opslib.ops._registration import define_op, register_autocast, register_pointwise_vmap
+from opslib.ops._registration import (
+    define_op,
+    register_autocast,
+    register_inductor_decomposition,
+    register_pointwise_vmap,
+)
 from opslib.ops._triton import EXP, cuda_unary_backward, cuda_unary_forward
 
 
@@ -55,6 +60,8 @@ _exp = define_op(
     backward=_exp_backward,
 )
 register_pointwise_vmap("exp")
+# Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
+register_inductor_decomposition("exp", torch.exp)
 # Native exp is on CUDA autocast's float32 list; CPU autocast casts nothing.
 register_autocast("exp", "cuda", torch.float32)
 

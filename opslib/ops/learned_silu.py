@@ -54,7 +54,12 @@ from opslib.ops._common import (
     input_grad_flags,
     run_fused,
 )
-from opslib.ops._registration import define_op, only_plain_tensors, register_vmap
+from opslib.ops._registration import (
+    define_op,
+    only_plain_tensors,
+    register_inductor_decomposition,
+    register_vmap,
+)
 from opslib.ops._triton import cuda_learned_silu_backward, cuda_learned_silu_forward
 
 
@@ -189,6 +194,9 @@ def _learned_silu_vmap(info, in_dims, x: Tensor, slope: Tensor):
 
 
 register_vmap("learned_silu", _learned_silu_vmap)
+# Under torch.compile, inductor computes the forward from the formula above, in one loop fused
+# with its neighbours (the eager fused path, by other means).
+register_inductor_decomposition("learned_silu", _forward_formula)
 
 # No autocast rule: the native expression (mul, sigmoid) is on neither autocast list.
 

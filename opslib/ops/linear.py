@@ -42,6 +42,7 @@ from opslib.ops._common import (
 from opslib.ops._registration import (
     define_op,
     register_autocast_to_autocast_dtype,
+    register_inductor_decomposition,
     register_vmap,
 )
 
@@ -81,13 +82,17 @@ def _check_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> list[int]:
     return out_shape
 
 
-def _linear_kernel(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    _check_linear(x, weight, bias)
+def _linear_formula(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if bias is None or bias.dim() == 1 or x.dim() == 2:
         return F.linear(x, weight, bias)  # one fused addmm/matmul for these bias forms
     # F.linear flattens a contiguous 3-D x to 2-D for addmm, which cannot broadcast a bias such
     # as [1, 1, out] or [batch, seq, out]: add those separately.
     return F.linear(x, weight) + bias
+
+
+def _linear_kernel(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    _check_linear(x, weight, bias)
+    return _linear_formula(x, weight, bias)
 
 
 def _linear_fake(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -152,6 +157,9 @@ def _linear_vmap(info, in_dims, x: Tensor, weight: Tensor, bias: Tensor | None =
 
 
 register_vmap("linear", _linear_vmap)
+# Under torch.compile, inductor computes the forward from this formula: the bias add and a
+# following activation fuse into the matmul's epilogue instead of each making a pass over y.
+register_inductor_decomposition("linear", _linear_formula)
 
 # Like F.linear: under autocast, compute in the autocast dtype (bfloat16/float16).
 register_autocast_to_autocast_dtype("linear", "cpu")

@@ -28,7 +28,11 @@ import torch
 from torch import Tensor
 
 from opslib.ops._common import check_floating_input
-from opslib.ops._registration import define_op, register_pointwise_vmap
+from opslib.ops._registration import (
+    define_op,
+    register_inductor_decomposition,
+    register_pointwise_vmap,
+)
 from opslib.ops._triton import RELU, cuda_unary_backward, cuda_unary_forward
 
 
@@ -64,6 +68,8 @@ _relu = define_op(
     backward=_relu_backward,
 )
 register_pointwise_vmap("relu")
+# Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
+register_inductor_decomposition("relu", torch.relu)
 # relu is on neither autocast list, so no autocast rule: it runs in its input's dtype, as native.
 
 

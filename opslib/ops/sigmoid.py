@@ -26,7 +26,11 @@ import torch
 from torch import Tensor
 
 from opslib.ops._common import check_floating_input
-from opslib.ops._registration import define_op, register_pointwise_vmap
+from opslib.ops._registration import (
+    define_op,
+    register_inductor_decomposition,
+    register_pointwise_vmap,
+)
 from opslib.ops._triton import SIGMOID, cuda_unary_backward, cuda_unary_forward
 
 
@@ -62,6 +66,8 @@ _sigmoid = define_op(
     backward=_sigmoid_backward,
 )
 register_pointwise_vmap("sigmoid")
+# Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
+register_inductor_decomposition("sigmoid", torch.sigmoid)
 # sigmoid is on neither autocast list, so no autocast rule: it runs in its input's dtype.
 
 

@@ -18,7 +18,12 @@ import torch
 from torch import Tensor
 
 from opslib.ops._common import check_floating_input
-from opslib.ops._registration import define_op, register_autocast, register_pointwise_vmap
+from opslib.ops._registration import (
+    define_op,
+    register_autocast,
+    register_inductor_decomposition,
+    register_pointwise_vmap,
+)
 from opslib.ops._triton import SQUARE, cuda_unary_backward, cuda_unary_forward
 
 
@@ -55,6 +60,8 @@ _square = define_op(
     backward=_square_backward,
 )
 register_pointwise_vmap("square")
+# Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
+register_inductor_decomposition("square", torch.square)  # = x * x, one multiply
 # Native torch.square is pow(x, 2), which CUDA autocast runs in float32; CPU autocast casts nothing.
 register_autocast("square", "cuda", torch.float32)
 

@@ -23,7 +23,11 @@ import torch
 from torch import Tensor
 
 from opslib.ops._common import check_floating_input
-from opslib.ops._registration import define_op, register_pointwise_vmap
+from opslib.ops._registration import (
+    define_op,
+    register_inductor_decomposition,
+    register_pointwise_vmap,
+)
 from opslib.ops._triton import TANH, cuda_unary_backward, cuda_unary_forward
 
 
@@ -59,6 +63,8 @@ _tanh = define_op(
     backward=_tanh_backward,
 )
 register_pointwise_vmap("tanh")
+# Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
+register_inductor_decomposition("tanh", torch.tanh)
 # tanh is on neither autocast list, so no autocast rule: it runs in its input's dtype.
 
 
