@@ -11,7 +11,17 @@ Each op's forward, fake implementation, backward derivation and ONNX translation
 
 from opslib import nn
 from opslib.functions import Cube, Exp, LearnedSiLU, Linear, ReLU, Sigmoid, Square, Tanh
-from opslib.ops import cube, exp, learned_silu, linear, relu, sigmoid, square, tanh
+from opslib.ops import (
+    cpu_fast_path_enabled,
+    cube,
+    exp,
+    learned_silu,
+    linear,
+    relu,
+    sigmoid,
+    square,
+    tanh,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +34,7 @@ __all__ = [
     "Sigmoid",
     "Square",
     "Tanh",
+    "cpu_fast_path_enabled",
     "cube",
     "exp",
     "learned_silu",

@@ -11,6 +11,10 @@ registers them, the same pieces ``torch.library.custom_op`` + ``register_autogra
   forward calls the op below autograd and saves what ``setup_context`` asks, and whose backward
   is the op's backward; otherwise it runs the forward without recording anything.
 
+On CPU, calls that need no autograd skip this Python round trip altogether: the C++ kernels of
+``opslib/csrc/cpu_fast_path.cpp`` (loaded by ``opslib/ops/_cpu_fast_path.py``) take the
+AutogradCPU key and hand every call they do not compute back to the autograd kernel above.
+
 Each op file may also register its forward formula for inductor
 (``register_inductor_decomposition``): under ``torch.compile`` inductor then generates the
 forward itself, fused with its neighbours, instead of calling the op as an opaque kernel.
@@ -82,8 +86,11 @@ def define_op(
     arg_names = tuple(a.name for a in arguments)
 
     def forward(ctx, *args: object) -> Tensor:
-        with _BelowAutograd():
-            output = op(*args)
+        if only_plain_tensors(args):  # what the redispatch below would run, without the trip
+            output = kernel(*args)
+        else:
+            with _BelowAutograd():
+                output = op(*args)
         setup_context(ctx, args, output)
         return output
 

@@ -33,6 +33,7 @@ def _cube_formula(x: Tensor) -> Tensor:
 
 
 def _cube_kernel(x: Tensor) -> Tensor:
+    # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("cube", "x", x)
     y = cuda_unary_forward(CUBE, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
     return y if y is not None else _cube_formula(x)

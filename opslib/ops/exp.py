@@ -29,6 +29,7 @@ from opslib.ops._triton import EXP, cuda_unary_backward, cuda_unary_forward
 
 
 def _exp_kernel(x: Tensor) -> Tensor:
+    # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("exp", "x", x)
     y = cuda_unary_forward(EXP, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
     return y if y is not None else torch.exp(x)

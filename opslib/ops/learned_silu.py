@@ -112,6 +112,7 @@ def _backward_formula(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor,
 
 
 def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
+    # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     _check_learned_silu(x, slope)
     y = cuda_learned_silu_forward(x, slope)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
     if y is not None:

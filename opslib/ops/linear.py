@@ -91,6 +91,7 @@ def _linear_formula(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
 
 
 def _linear_kernel(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     _check_linear(x, weight, bias)
     return _linear_formula(x, weight, bias)
 

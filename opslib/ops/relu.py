@@ -37,6 +37,7 @@ from opslib.ops._triton import RELU, cuda_unary_backward, cuda_unary_forward
 
 
 def _relu_kernel(x: Tensor) -> Tensor:
+    # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("relu", "x", x)
     y = cuda_unary_forward(RELU, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
     return y if y is not None else torch.relu(x)

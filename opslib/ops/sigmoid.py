@@ -35,6 +35,7 @@ from opslib.ops._triton import SIGMOID, cuda_unary_backward, cuda_unary_forward
 
 
 def _sigmoid_kernel(x: Tensor) -> Tensor:
+    # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("sigmoid", "x", x)
     y = cuda_unary_forward(SIGMOID, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
     return y if y is not None else torch.sigmoid(x)

@@ -28,6 +28,7 @@ from opslib.ops._triton import SQUARE, cuda_unary_backward, cuda_unary_forward
 
 
 def _square_kernel(x: Tensor) -> Tensor:
+    # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("square", "x", x)
     y = cuda_unary_forward(SQUARE, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
     return y if y is not None else x * x

@@ -32,6 +32,7 @@ from opslib.ops._triton import TANH, cuda_unary_backward, cuda_unary_forward
 
 
 def _tanh_kernel(x: Tensor) -> Tensor:
+    # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("tanh", "x", x)
     y = cuda_unary_forward(TANH, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
     return y if y is not None else torch.tanh(x)
