@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
-import opslib  # noqa: F401  (registers the ops)
+import opslib
 from opslib.models import MLPClassifier
 from opslib.op_table import OP_TABLE, OpInfo, linear_bench_shape
 
@@ -99,18 +99,27 @@ def run_metadata(device: torch.device) -> dict[str, str]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
+        # Whether CPU calls without autograd took opslib's C++ fast path in this run.
+        "cpu_fast_path": str(opslib.cpu_fast_path_enabled()),
     }
 
 
 def append_rows(folder: Path, name: str, rows: list[dict]) -> Path:
+    """Add this run's rows to ``<name>.csv``, rewriting the (small) file whole with every column
+    any run has had, so a column added later never puts a value under the wrong header (older
+    rows get an empty cell)."""
     path = folder / f"{name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    old_rows: list[dict] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            old_rows = list(csv.DictReader(f))
+    all_rows = old_rows + rows
+    columns = list(dict.fromkeys(column for row in all_rows for column in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(all_rows)
     return path
 
 

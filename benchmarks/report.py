@@ -176,7 +176,8 @@ def summary(results: Path, image_prefix: str) -> str:
         plot(rows, png)
         parts += [
             f"#### {device} — {r0['machine']}, {r0['threads']} threads, torch {r0['torch']}, "
-            f"commit {r0['commit']}, run {r0['run_id']}",
+            f"commit {r0['commit']}, run {r0['run_id']}"
+            + (f", C++ CPU fast path: {r0['cpu_fast_path']}" if r0.get("cpu_fast_path") else ""),
             "",
             f"![opslib / native time per op]({image_prefix}{png.name})",
             "",
