@@ -22,8 +22,10 @@ import argparse
 import csv
 import ctypes
 import datetime
+import os
 import platform
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -354,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     torch._dynamo.config.cache_size_limit = 256
     torch._dynamo.config.accumulated_cache_size_limit = 4096
 
+    # A fresh inductor cache: its key does not cover how opslib's ops lower (the decompositions
+    # or backward formulas), so a cache filled by an older opslib would be measured instead.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="opslib-bench-"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steady = steady_allocator()
     meta = run_metadata(device)
