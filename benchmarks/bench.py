@@ -199,6 +199,8 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
         if args.ops and info.name not in args.ops:
             continue
         sizes = info.bench_sizes[:2] if args.quick else info.bench_sizes
+        if args.sizes:
+            sizes = [size for size in sizes if size in args.sizes]
         for mode in modes:
             if mode == "compiled":
                 torch._dynamo.reset()
@@ -339,9 +341,16 @@ def bench_model(args, device, meta) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A fresh inductor cache: its key does not cover how opslib's ops lower (the decompositions
+    # or backward formulas), so a cache filled by an older opslib would be measured instead.
+    # First thing: importing torch._dynamo fixes inductor's cache folder for the process.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="opslib-bench-"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two small sizes, few samples")
     parser.add_argument("--ops", nargs="*", help="only these ops")
+    parser.add_argument(
+        "--sizes", nargs="*", type=int, help="only these sizes (elements; rows for linear)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument("--backend", default=None, help="torch.compile backend (default inductor)")
     parser.add_argument("--samples", type=int, default=None, help="samples per measurement")
@@ -356,9 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     torch._dynamo.config.cache_size_limit = 256
     torch._dynamo.config.accumulated_cache_size_limit = 4096
 
-    # A fresh inductor cache: its key does not cover how opslib's ops lower (the decompositions
-    # or backward formulas), so a cache filled by an older opslib would be measured instead.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="opslib-bench-"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steady = steady_allocator()
     meta = run_metadata(device)
