@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -222,3 +223,37 @@ def test_when_it_cannot_be_built_opslib_warns_once_and_works(tmp_path):
     assert "fast path: False" in result.stdout and "ops ok" in result.stdout
     assert result.stderr.count("CpuFastPathWarning") == 1, result.stderr
     assert "OPSLIB_CPU_FAST_PATH=0" in result.stderr, result.stderr
+
+
+def test_only_a_lock_older_than_any_build_is_removed(tmp_path):
+    from opslib.ops._cpu_fast_path import STALE_LOCK_SECONDS, remove_stale_lock
+
+    fresh, stale = tmp_path / "fresh", tmp_path / "stale"
+    fresh.touch()
+    stale.touch()
+    old = time.time() - STALE_LOCK_SECONDS - 60
+    os.utime(stale, (old, old))
+    remove_stale_lock(fresh)  # a build in progress elsewhere: wait for it
+    remove_stale_lock(stale)  # left by a killed build: every import would wait forever
+    remove_stale_lock(tmp_path / "absent")
+    assert fresh.exists() and not stale.exists()
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_import(tmp_path, monkeypatch):
+    from opslib.ops import _cpu_fast_path
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = _cpu_fast_path.build_directory() / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    old = time.time() - _cpu_fast_path.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHECK_OPS_WITHOUT_FAST_PATH)],
+        capture_output=True,
+        text=True,
+        timeout=300,  # torch's builder would wait on the lock for ever
+        env={**os.environ, "OPSLIB_CPU_FAST_PATH": "1", "CXX": "false"},
+    )
+    assert result.returncode == 0 and "ops ok" in result.stdout, result.stderr
+    assert not lock.exists()

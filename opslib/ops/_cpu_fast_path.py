@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "cpu_fast_path.cpp"
 ENV_SWITCH = "OPSLIB_CPU_FAST_PATH"
+STALE_LOCK_SECONDS = 600  # a build takes 15-60 s; a lock this old was left by a killed build
 
 _loaded = False
 
@@ -38,14 +41,18 @@ def load() -> bool:
         return True
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return False
-    # One library per torch version: a C++ extension is tied to the ABI of the torch it was
-    # built against, and torch's own build cache does not look at the torch version.
-    name = "opslib_cpu_fast_path_" + re.sub(r"\W", "_", torch.__version__)
     try:
         from torch.utils import cpp_extension
 
+        folder = build_directory()
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_lock(folder / "lock")
         cpp_extension.load(
-            name=name, sources=[str(SOURCE)], extra_cflags=["-O2"], is_python_module=False
+            name=folder.name,
+            sources=[str(SOURCE)],
+            build_directory=str(folder),
+            extra_cflags=["-O2"],
+            is_python_module=False,
         )
     except Exception as err:  # no compiler, no ninja, a read-only cache folder...
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -59,6 +66,28 @@ def load() -> bool:
         return False
     _loaded = True
     return True
+
+
+def build_directory() -> Path:
+    """Where the library is built and cached: one folder per Python and torch version, since a
+    C++ extension is tied to the ABI of the torch it was built against (torch's own default
+    folder does not look at the torch version)."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    version = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}"
+    return Path(root) / ("opslib_cpu_fast_path_" + re.sub(r"\W", "_", version))
+
+
+def remove_stale_lock(lock: Path) -> None:
+    """torch's builder waits, without end, for the lock file of a build in progress. A build
+    killed outright (SIGKILL, a CI timeout) leaves that file behind, and every later import
+    would hang; one older than any real build is removed."""
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def is_loaded() -> bool:
