@@ -64,7 +64,9 @@ def plot(rows: list[dict], out: Path) -> None:
                 series[(r["mode"], r["phase"])].append((int(r["size"]), float(r["ratio"])))
         for (mode, phase), points in sorted(series.items()):
             points.sort()
-            color = "tab:blue" if mode == "eager" else "tab:orange"
+            color = {"eager": "tab:blue", "compiled": "tab:orange"}.get(
+                mode.split("-")[0], "tab:green"
+            )
             ax.plot(
                 *zip(*points, strict=True),
                 styles[phase],
@@ -189,6 +191,15 @@ def summary(results: Path, image_prefix: str) -> str:
         compiled = ratio_table(rows, "compiled")
         if compiled:
             parts += ["Under torch.compile (both sides compiled):", "", compiled, ""]
+        against = ratio_table(rows, "vs-compiled")
+        if against:
+            parts += [
+                "opslib eager against torch.compile of the native expression (ops whose eager "
+                "path is fused):",
+                "",
+                against,
+                "",
+            ]
         parts += ["Against the machine (largest size):", "", roofline_table(rows), ""]
         if device in memory:
             parts += ["Bytes saved for backward:", "", memory_table(memory[device]), ""]

@@ -66,6 +66,9 @@ class OpInfo:
     bench_sizes: tuple[int, ...]
     bench_inputs: Callable[[int, torch.device | str, torch.dtype], tuple[Tensor, ...]]
     roofline: str = "bandwidth"
+    # Also time the eager op against torch.compile of its reference: for ops whose eager path is
+    # itself fused, the question is whether that is as good as what the compiler makes.
+    bench_against_compiled: bool = False
     dtypes: tuple[torch.dtype, ...] = ALL_FLOAT_DTYPES
     # (atol, rtol) against the reference in float32 (values and gradients). float16/bfloat16 are
     # judged against a float64 reference relative to native's own error (see tests).
@@ -359,6 +362,7 @@ OP_TABLE: list[OpInfo] = [
         onnx_translation=learned_silu_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_learned_silu_bench,
+        bench_against_compiled=True,
     ),
 ]
 

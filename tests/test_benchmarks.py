@@ -22,7 +22,9 @@ def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
     ops = {r["op"] for r in rows}
     assert ops == {"square", "cube", "exp", "relu", "sigmoid", "tanh", "linear", "learned_silu"}
     assert {r["phase"] for r in rows} == {"forward", "backward", "full"}
-    assert {r["mode"] for r in rows} == {"eager", "compiled-aot_eager"}
+    assert {r["mode"] for r in rows} == {"eager", "compiled-aot_eager", "vs-compiled-aot_eager"}
+    against = {r["op"] for r in rows if r["mode"] == "vs-compiled-aot_eager"}
+    assert against == {"learned_silu"}, against
     for r in rows:
         assert r["commit"] and r["machine"] and r["torch"] and r["threads"] and r["device"]
         assert float(r["ours_us"]) > 0 and float(r["native_us"]) > 0
