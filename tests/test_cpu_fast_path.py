@@ -21,7 +21,7 @@ from conftest import get_sample, op_params, op_sample_params
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import opslib
-from opslib.ops.learned_silu import FUSED_MIN_NUMEL
+from opslib.ops.learned_silu import FUSED_FORWARD_MIN_NUMEL
 
 FAST_PATH_OFF = os.environ.get("OPSLIB_CPU_FAST_PATH") == "0"
 needs_fast_path = pytest.mark.skipif(FAST_PATH_OFF, reason="OPSLIB_CPU_FAST_PATH=0")
@@ -87,7 +87,7 @@ PLAIN_CALLS = [
     ("learned_silu", (t(4, 5), t())),
     ("learned_silu", (t(4, 5), t(1))),
     ("learned_silu", (t(4, 5), t(5))),
-    ("learned_silu", (t(FUSED_MIN_NUMEL - 1), t(1))),
+    ("learned_silu", (t(FUSED_FORWARD_MIN_NUMEL - 1), t(1))),
 ]
 
 
@@ -108,7 +108,7 @@ def test_plain_call_without_autograd_takes_the_fast_path(name, args, python_kern
 
 
 def _fused_learned_silu_call():
-    x = t(FUSED_MIN_NUMEL)
+    x = t(FUSED_FORWARD_MIN_NUMEL)
     return opslib.learned_silu(x, t(1))
 
 
@@ -138,16 +138,16 @@ def test_every_other_call_goes_to_the_python_kernel(case, python_kernel_calls):
 
 
 def test_learned_silu_sizes_the_fast_path_leaves_to_the_fused_loop(monkeypatch):
-    """The C++ constant for learned_silu's fused size equals FUSED_MIN_NUMEL: below it the op
-    computes without the fused loop, from it on through it."""
+    """The C++ constant for learned_silu's fused size equals FUSED_FORWARD_MIN_NUMEL: below it
+    the op computes without the fused loop, from it on through it."""
     module = importlib.import_module("opslib.ops.learned_silu")
     fused_calls = []
     original = module.run_fused
     monkeypatch.setattr(module, "run_fused", lambda *a: fused_calls.append(1) or original(*a))
-    opslib.learned_silu(t(FUSED_MIN_NUMEL - 1), t(1))
+    opslib.learned_silu(t(FUSED_FORWARD_MIN_NUMEL - 1), t(1))
     assert not fused_calls
     y = _fused_learned_silu_call()
-    assert fused_calls and y.shape == (FUSED_MIN_NUMEL,)
+    assert fused_calls and y.shape == (FUSED_FORWARD_MIN_NUMEL,)
 
 
 class SeesEveryOp(TorchDispatchMode):

@@ -5,6 +5,7 @@ small samples of the op table go through it too."""
 from __future__ import annotations
 
 import importlib
+import re
 import warnings
 
 import pytest
@@ -31,7 +32,8 @@ def fused_path_must_compile():
 @pytest.fixture
 def fused_always(monkeypatch):
     """Tiny samples (sizes 0 and 1 included) each specialise a compile: allow them all."""
-    monkeypatch.setattr(learned_silu_module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(learned_silu_module, "FUSED_FORWARD_MIN_NUMEL", 0)
+    monkeypatch.setattr(learned_silu_module, "FUSED_BACKWARD_MIN_NUMEL", 0)
     with torch._dynamo.config.patch(recompile_limit=64):  # dynamo's own way to set its config
         yield
 
@@ -49,9 +51,10 @@ def test_the_table_has_fusable_samples():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("slope_shape", [(1,), (256,)], ids=["single-slope", "per-channel"])
 def test_large_tensors_take_the_fused_path_and_match_native(dtype, slope_shape):
-    x = torch.randn(512, 256, dtype=dtype, requires_grad=True)  # 128K elements
+    x = torch.randn(4096, 256, dtype=dtype, requires_grad=True)  # 1M elements: both loops
     slope = (torch.rand(slope_shape, dtype=dtype) + 0.5).requires_grad_()
-    assert learned_silu_module._fusable(x, slope)
+    assert learned_silu_module._fusable(x, slope, learned_silu_module.FUSED_FORWARD_MIN_NUMEL)
+    assert learned_silu_module._fusable(x, slope, learned_silu_module.FUSED_BACKWARD_MIN_NUMEL)
     ref_x, ref_slope = fresh_leaves((x, slope))
     y, y_ref = opslib.learned_silu(x, slope), INFO.reference(ref_x, ref_slope)
     assert_close_named(y, y_ref, f"fused forward {dtype}")
@@ -99,7 +102,8 @@ def test_fused_and_torch_op_paths_agree_on_the_same_inputs(monkeypatch):
         opslib.learned_silu(x, slope),
         *torch.autograd.grad(opslib.learned_silu(x, slope).sum(), (x, slope)),
     ]
-    monkeypatch.setattr(learned_silu_module, "FUSED_MIN_NUMEL", 1 << 62)
+    monkeypatch.setattr(learned_silu_module, "FUSED_FORWARD_MIN_NUMEL", 1 << 62)
+    monkeypatch.setattr(learned_silu_module, "FUSED_BACKWARD_MIN_NUMEL", 1 << 62)
     plain = [
         opslib.learned_silu(x, slope),
         *torch.autograd.grad(opslib.learned_silu(x, slope).sum(), (x, slope)),
@@ -116,8 +120,15 @@ def test_a_failed_compile_falls_back_to_torch_ops_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(_common, "_compiled", broken)
     monkeypatch.setattr(_common, "_failed_fusions", set())
-    x = torch.randn(512, 256)
-    slope = torch.tensor([0.5])
-    with pytest.warns(FusedKernelWarning, match="no C\\+\\+ compiler"):
+    x = torch.randn(1024, 1024, requires_grad=True)  # 1M elements: both loops would be fused
+    slope = torch.tensor([0.5], requires_grad=True)
+    with pytest.warns(FusedKernelWarning, match="no C\\+\\+ compiler") as caught:
         y = opslib.learned_silu(x, slope)
-    assert_close_named(y, INFO.reference(x, slope), "fallback forward")
+        grads = torch.autograd.grad(y.sum(), (x, slope))
+    warned = {re.search(r"fused (\w+) kernel", str(w.message)).group(1) for w in caught}
+    assert warned == {"_forward_formula", "_backward_formula"}, warned
+    ref_x, ref_slope = fresh_leaves((x, slope))
+    y_ref = INFO.reference(ref_x, ref_slope)
+    assert_close_named(y, y_ref, "fallback forward")
+    for g, g_ref in zip(grads, torch.autograd.grad(y_ref.sum(), (ref_x, ref_slope)), strict=True):
+        assert_close_named(g, g_ref, "fallback gradient", rtol=1e-4, atol=1e-3)

@@ -32,9 +32,9 @@ using c10::DispatchKey;
 using c10::DispatchKeySet;
 using torch::jit::Stack;
 
-// Learned_silu tensors from this many elements on take the Python kernel's fused loop
-// (FUSED_MIN_NUMEL in opslib/ops/learned_silu.py; a test pins the two together).
-constexpr int64_t kLearnedSiluFusedMinNumel = 1 << 16;
+// Learned_silu tensors from this many elements on take the Python kernel's fused forward loop
+// (FUSED_FORWARD_MIN_NUMEL in opslib/ops/learned_silu.py; a test pins the two together).
+constexpr int64_t kLearnedSiluFusedForwardMinNumel = 1 << 20;
 
 // The dispatch keys of a call on plain dense CPU tensors. Anything more (Python for
 // subclasses and modes, Functionalize, functorch, Conjugate, a second device...) is not plain.
@@ -123,7 +123,7 @@ void learned_silu(const c10::OperatorHandle& op, DispatchKeySet keys, Stack* sta
     const at::Tensor& x = (*stack)[n - 2].toTensor();
     const at::Tensor& slope = (*stack)[n - 1].toTensor();
     if (plain_float(x) && plain_float(slope) && slope.scalar_type() == x.scalar_type() &&
-        broadcasts_to(slope.sizes(), x.sizes()) && x.numel() < kLearnedSiluFusedMinNumel) {
+        broadcasts_to(slope.sizes(), x.sizes()) && x.numel() < kLearnedSiluFusedForwardMinNumel) {
       return replace_arguments_with(stack, 2, at::silu(x) * slope);
     }
   }

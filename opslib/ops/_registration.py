@@ -141,8 +141,9 @@ def register_inductor_decomposition(name: str, formula: Callable[..., Tensor]) -
     Only inductor's own decomposition table gets the formula: dynamo's graph, ``torch.export``,
     the ``aot_eager`` backend and the ONNX exporter still see ``customgrad::<name>``, and the
     backward is always the op's registered one (autograd runs above the decomposition).
-    ``formula`` must compute exactly what the op's CPU kernel computes; the inputs were already
-    validated by the fake implementation while dynamo traced them.
+    ``formula`` must be the same math as the op's CPU kernel (inductor may round differently,
+    as it does for any torch code); the inputs were already validated by the fake
+    implementation while dynamo traced them.
     """
     _INDUCTOR_DECOMPOSITIONS[getattr(torch.ops.customgrad, name).default] = formula
 

@@ -75,12 +75,17 @@ def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
         )
 
 
-FUSED_MIN_NUMEL = 1 << 16  # below this, a fused call's fixed cost (~30 µs) outweighs the gain
+# Sizes from which each fused loop pays for its fixed cost (~25-30 µs to call a compiled
+# function). The forward saves one pass over memory, which matters only once x outgrows the
+# caches (measured on a 2-core AMD EPYC: fused 1.2x slower at 256K elements, 1.04x at 512K,
+# 0.87x at 1M); the backward replaces about eight passes and is faster from 64K (0.61x).
+FUSED_FORWARD_MIN_NUMEL = 1 << 20
+FUSED_BACKWARD_MIN_NUMEL = 1 << 16
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def _fusable(x: Tensor, slope: Tensor) -> bool:
-    return x.numel() >= FUSED_MIN_NUMEL and _fusable_layout(x, slope)
+def _fusable(x: Tensor, slope: Tensor, min_numel: int) -> bool:
+    return x.numel() >= min_numel and _fusable_layout(x, slope)
 
 
 def _fusable_layout(x: Tensor, slope: Tensor) -> bool:
@@ -117,7 +122,7 @@ def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
     y = cuda_learned_silu_forward(x, slope)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
     if y is not None:
         return y
-    if _fusable(x, slope):
+    if _fusable(x, slope, FUSED_FORWARD_MIN_NUMEL):
         with torch.no_grad():  # one compiled graph whether or not grad mode is on
             y = run_fused(_forward_formula, *_flat(x, slope))
         if y is not None:
@@ -147,7 +152,7 @@ def _learned_silu_backward(ctx, grad_y: Tensor):
     if (
         needs_x
         and not torch.is_grad_enabled()  # first-order backward: nothing differentiates this
-        and _fusable(x, slope)
+        and _fusable(x, slope, FUSED_BACKWARD_MIN_NUMEL)
         and only_plain_tensors((grad_y, x, slope))  # not while compile/export traces it
     ):
         flat_x, flat_slope = _flat(x, slope)
