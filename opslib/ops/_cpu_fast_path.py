@@ -8,8 +8,8 @@ not loaded, runs the op's Python kernels: same results, same errors, only slower
 It is compiled with ``torch.utils.cpp_extension`` (a C++ compiler and ninja) on the first
 ``import opslib`` for each torch version: ~15 s once; later imports load the cached library
 from torch's extension folder (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``)
-in ~0.2 s, most of it importing torch's extension builder. If it cannot be built, opslib warns once and runs without it.
-``OPSLIB_CPU_FAST_PATH=0`` skips it altogether.
+in ~0.2 s, most of it importing torch's extension builder. If it cannot be built, opslib warns
+once and runs without it. ``OPSLIB_CPU_FAST_PATH=0`` skips it altogether.
 """
 
 from __future__ import annotations
