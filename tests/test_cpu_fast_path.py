@@ -226,7 +226,7 @@ def test_when_it_cannot_be_built_opslib_warns_once_and_works(tmp_path):
 
 
 def test_only_a_lock_older_than_any_build_is_removed(tmp_path):
-    from opslib.ops._cpu_fast_path import STALE_LOCK_SECONDS, remove_stale_lock
+    from opslib.core.cpu_fast_path import STALE_LOCK_SECONDS, remove_stale_lock
 
     fresh, stale = tmp_path / "fresh", tmp_path / "stale"
     fresh.touch()
@@ -240,7 +240,7 @@ def test_only_a_lock_older_than_any_build_is_removed(tmp_path):
 
 
 def test_a_lock_left_by_a_killed_build_does_not_hang_the_import(tmp_path, monkeypatch):
-    from opslib.ops import _cpu_fast_path
+    from opslib.core import cpu_fast_path as _cpu_fast_path
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     lock = _cpu_fast_path.build_directory() / "lock"

@@ -13,8 +13,8 @@ import torch
 from conftest import ALL_OPCHECK_TESTS, assert_close_named, fresh_leaves
 
 import opslib
+from opslib.core.compiled_loops import FusedKernelWarning
 from opslib.op_table import OPS_BY_NAME
-from opslib.ops._common import FusedKernelWarning
 
 INFO = OPS_BY_NAME["learned_silu"]
 # The module, not the function opslib.ops.learned_silu that shadows it.
@@ -113,7 +113,7 @@ def test_fused_and_torch_op_paths_agree_on_the_same_inputs(monkeypatch):
 
 
 def test_a_failed_compile_falls_back_to_torch_ops_with_a_warning(monkeypatch):
-    from opslib.ops import _common
+    from opslib.core import compiled_loops as _common
 
     def broken(formula):
         raise RuntimeError("no C++ compiler")

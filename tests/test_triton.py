@@ -1,4 +1,4 @@
-"""The Triton kernels of the CUDA path (opslib/ops/_triton_kernels.py).
+"""The Triton kernels of the CUDA path (opslib/core/triton_kernels.py).
 
 Without a GPU they run on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1, set by
 conftest.py); on a CUDA machine the same tests run on the GPU, and the op-level tests below
@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import ALL_OPCHECK_TESTS, HAS_CUDA, assert_close_named, requires_cuda
 
+from opslib.core import triton_launchers as _triton
 from opslib.op_table import OPS_BY_NAME
-from opslib.ops import _triton
 
 pytestmark = pytest.mark.skipif(_triton.kernels() is None, reason="Triton is not installed")
 

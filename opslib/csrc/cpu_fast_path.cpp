@@ -9,7 +9,7 @@
 //     the way) whose arguments are valid is computed right here, with the same ATen call as
 //     the op's Python kernel, and returns;
 //   - every other call goes, untouched, to the op's Python autograd kernel
-//     (opslib/ops/_registration.py), which does the rest: autograd, validation and its error
+//     (opslib/core/registration.py), which does the rest: autograd, validation and its error
 //     messages, tracing (compile, export, vmap), CUDA.
 //
 // So this file decides only "plain and valid, or not"; it never raises. When in doubt it hands
@@ -41,7 +41,7 @@ constexpr int64_t kLearnedSiluFusedForwardMinNumel = 1 << 20;
 const DispatchKeySet kPlainCpuCall({DispatchKey::CPU, DispatchKey::AutogradCPU,
                                     DispatchKey::ADInplaceOrView});
 
-// What check_floating_input (opslib/ops/_common.py) accepts without a word, and with no
+// What check_floating_input (opslib/core/checks.py) accepts without a word, and with no
 // gradient to record.
 bool plain_float(const at::Tensor& t) {
   const auto dtype = t.scalar_type();
@@ -52,7 +52,7 @@ bool plain_float(const at::Tensor& t) {
          !t._fw_grad(/*level=*/0).defined();
 }
 
-// broadcasts_to in opslib/ops/_common.py: `shape` broadcasts to `target` without enlarging it.
+// broadcasts_to in opslib/core/checks.py: `shape` broadcasts to `target` without enlarging it.
 bool broadcasts_to(c10::IntArrayRef shape, c10::IntArrayRef target) {
   if (shape.size() > target.size()) return false;
   const size_t offset = target.size() - shape.size();

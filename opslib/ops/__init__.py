@@ -1,6 +1,6 @@
 """The ops. Importing this package registers every ``customgrad::*`` op with torch.library."""
 
-from opslib.ops import _cpu_fast_path
+from opslib.core import cpu_fast_path as _cpu_fast_path
 from opslib.ops.cube import cube
 from opslib.ops.exp import exp
 from opslib.ops.learned_silu import learned_silu

@@ -18,14 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opslib.ops._common import check_floating_input
-from opslib.ops._registration import (
+from opslib.core.checks import check_floating_input
+from opslib.core.registration import (
     define_op,
     register_autocast,
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
-from opslib.ops._triton import CUBE, cuda_unary_backward, cuda_unary_forward
+from opslib.core.triton_launchers import CUBE, cuda_unary_backward, cuda_unary_forward
 
 
 def _cube_formula(x: Tensor) -> Tensor:
@@ -35,7 +35,7 @@ def _cube_formula(x: Tensor) -> Tensor:
 def _cube_kernel(x: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("cube", "x", x)
-    y = cuda_unary_forward(CUBE, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    y = cuda_unary_forward(CUBE, x)  # CUDA: a Triton kernel (core/triton_launchers.py)
     return y if y is not None else _cube_formula(x)
 
 

@@ -18,20 +18,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opslib.ops._common import check_floating_input
-from opslib.ops._registration import (
+from opslib.core.checks import check_floating_input
+from opslib.core.registration import (
     define_op,
     register_autocast,
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
-from opslib.ops._triton import EXP, cuda_unary_backward, cuda_unary_forward
+from opslib.core.triton_launchers import EXP, cuda_unary_backward, cuda_unary_forward
 
 
 def _exp_kernel(x: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("exp", "x", x)
-    y = cuda_unary_forward(EXP, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    y = cuda_unary_forward(EXP, x)  # CUDA: a Triton kernel (core/triton_launchers.py)
     return y if y is not None else torch.exp(x)
 
 

@@ -36,7 +36,7 @@ channel of the last dim) the forward and the first-order backward each run as on
 inductor generates from the very formulas above, compiled once per process and dtype
 (``run_fused``: later processes load it from inductor's on-disk cache; if compiling fails
 it warns once and the torch-op path runs instead). On CUDA the same formulas run as one Triton
-kernel each (``opslib/ops/_triton_kernels.py``). A backward that must itself be differentiable
+kernel each (``opslib/core/triton_kernels.py``). A backward that must itself be differentiable
 (``create_graph=True``) always takes the torch-op path.
 """
 
@@ -46,21 +46,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from opslib.ops._common import (
+from opslib.core.checks import (
     broadcasts_to,
     check_floating_input,
     check_same_dtype_and_device,
     fmt_shape,
     input_grad_flags,
-    run_fused,
 )
-from opslib.ops._registration import (
+from opslib.core.compiled_loops import run_fused
+from opslib.core.registration import (
     define_op,
     only_plain_tensors,
     register_inductor_decomposition,
     register_vmap,
 )
-from opslib.ops._triton import cuda_learned_silu_backward, cuda_learned_silu_forward
+from opslib.core.triton_launchers import cuda_learned_silu_backward, cuda_learned_silu_forward
 
 
 def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
@@ -119,7 +119,7 @@ def _backward_formula(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor,
 def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     _check_learned_silu(x, slope)
-    y = cuda_learned_silu_forward(x, slope)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    y = cuda_learned_silu_forward(x, slope)  # CUDA: a Triton kernel (core/triton_launchers.py)
     if y is not None:
         return y
     if _fusable(x, slope, FUSED_FORWARD_MIN_NUMEL):

@@ -32,14 +32,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from opslib.ops._common import (
+from opslib.core.checks import (
     broadcasts_to,
     check_floating_input,
     check_same_dtype_and_device,
     fmt_shape,
     input_grad_flags,
 )
-from opslib.ops._registration import (
+from opslib.core.registration import (
     define_op,
     register_autocast_to_autocast_dtype,
     register_inductor_decomposition,

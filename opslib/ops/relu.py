@@ -27,19 +27,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opslib.ops._common import check_floating_input
-from opslib.ops._registration import (
+from opslib.core.checks import check_floating_input
+from opslib.core.registration import (
     define_op,
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
-from opslib.ops._triton import RELU, cuda_unary_backward, cuda_unary_forward
+from opslib.core.triton_launchers import RELU, cuda_unary_backward, cuda_unary_forward
 
 
 def _relu_kernel(x: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("relu", "x", x)
-    y = cuda_unary_forward(RELU, x)  # CUDA: one Triton kernel (opslib/ops/_triton.py)
+    y = cuda_unary_forward(RELU, x)  # CUDA: a Triton kernel (core/triton_launchers.py)
     return y if y is not None else torch.relu(x)
 
 

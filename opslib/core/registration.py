@@ -12,7 +12,7 @@ registers them, the same pieces ``torch.library.custom_op`` + ``register_autogra
   backward is the op's backward; otherwise it runs the kernel without recording anything.
 
 On CPU, calls that need no autograd skip this Python round trip altogether: the C++ kernels of
-``opslib/csrc/cpu_fast_path.cpp`` (loaded by ``opslib/ops/_cpu_fast_path.py``) take the
+``opslib/csrc/cpu_fast_path.cpp`` (loaded by ``opslib/core/cpu_fast_path.py``) take the
 AutogradCPU key and hand every call they do not compute back to the autograd kernel above.
 
 Each op file may also register its forward formula for inductor

@@ -1,9 +1,10 @@
 """Triton kernels for the CUDA path: one pass over memory per forward and per backward.
 
-Imported only through ``opslib.ops._triton`` (lazily: opslib works without Triton). The same
-kernels run on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``), which is how
-CI tests them without a GPU. Every kernel loads its inputs, computes in float32 (so float16 and
-bfloat16 round once, at the store) and stores in the output's dtype.
+Imported only through ``opslib.core.triton_launchers`` (lazily: opslib works without
+Triton). The same kernels run on CPU tensors under the Triton interpreter
+(``TRITON_INTERPRET=1``), which is how CI tests them without a GPU. Every kernel loads its
+inputs, computes in float32 (so float16 and bfloat16 round once, at the store) and stores in the
+output's dtype.
 
 The formulas are the ones derived in each op's file (``opslib/ops/<name>.py``).
 """

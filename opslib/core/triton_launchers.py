@@ -23,7 +23,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from opslib.ops._registration import only_plain_tensors
+from opslib.core.registration import only_plain_tensors
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SQUARE, CUBE, EXP, RELU, SIGMOID, TANH = range(6)  # which formula unary kernels compute
@@ -33,7 +33,7 @@ BLOCK = 1024
 @functools.cache
 def kernels() -> ModuleType | None:
     try:
-        from opslib.ops import _triton_kernels
+        from opslib.core import triton_kernels as _triton_kernels
     except ImportError:  # no Triton on this machine
         return None
     return _triton_kernels
