@@ -1,13 +1,17 @@
-"""Per-call cost of the ways an op can be registered, measured in one run (issue: "measure both").
+"""Per-call cost of every op of the op table at its smallest benchmark size, against native.
 
     python3 benchmarks/registration_overhead.py
 
-The same relu (kernel torch.relu, backward threshold_backward) registered with
-``torch.library.custom_op`` + ``register_autograd``, and as opslib's ``customgrad::relu``
-(``Library.define`` + an autograd kernel, opslib/ops/_registration.py), with and without its C++
-CPU fast path (opslib/csrc/cpu_fast_path.cpp; "without" runs in a child process started with
-OPSLIB_CPU_FAST_PATH=0). On 16 elements: forward without grad and forward + backward, each as a
-ratio to native ``torch.relu`` timed alongside it.
+For each op (16 elements; linear [1, 4] x [4, 4]): forward without grad and forward + backward,
+each as a ratio to the op's native reference timed alongside it (interleaved samples). Three
+registrations in one run:
+
+- ``torch.library.custom_op`` + ``register_autograd`` (relu only: the high-level API, for scale);
+- opslib as shipped: ``Library.define`` + ``torch.library.register_autograd``, with the C++ CPU
+  fast path (opslib/csrc/cpu_fast_path.cpp) taking calls that need no autograd;
+- opslib with Python kernels only (a child process started with ``OPSLIB_CPU_FAST_PATH=0``).
+
+The bounds opslib holds itself to: no-grad <= 3x native, forward + backward <= 2.5x native.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import torch
 from bench import measure_pair
 
 import opslib
+from opslib.op_table import OP_TABLE
+
+SAMPLES, TARGET_S = 21, 0.01
+BOUNDS = {"no grad": 3.0, "fwd+bwd": 2.5}
 
 
 @torch.library.custom_op("opslib_bench::relu", mutates_args=())
@@ -34,33 +42,63 @@ custom_op_relu.register_autograd(
 )
 
 
-def measure(name: str, op) -> None:
-    x = torch.randn(16)
-    xg = torch.randn(16, requires_grad=True)
-    g = torch.ones(16)
-    fwd, fwd_native = measure_pair(lambda: op(x), lambda: torch.relu(x), 21, 0.01)
-    full, full_native = measure_pair(
-        lambda: torch.autograd.grad(op(xg), xg, g),
-        lambda: torch.autograd.grad(torch.relu(xg), xg, g),
-        21,
-        0.01,
+def _leaves(args: tuple) -> tuple:
+    return tuple(
+        a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in args
     )
+
+
+def measure(label: str, func, reference, args: tuple) -> tuple[float, float]:
+    """(no-grad ratio, forward+backward ratio) of ``func`` against ``reference``."""
+    leaves = _leaves(args)
+    tensors = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+    grad_y = torch.ones_like(reference(*args))
+    fwd, fwd_native = measure_pair(lambda: func(*args), lambda: reference(*args), SAMPLES, TARGET_S)
+    full, full_native = measure_pair(
+        lambda: torch.autograd.grad(func(*leaves), tensors, grad_y),
+        lambda: torch.autograd.grad(reference(*leaves), tensors, grad_y),
+        SAMPLES,
+        TARGET_S,
+    )
+    ratios = fwd.median / fwd_native.median, full.median / full_native.median
     print(
-        f"{name:44s}{fwd.median * 1e6:8.2f} us ({fwd.median / fwd_native.median:4.1f}x native)"
-        f"{full.median * 1e6:12.2f} us ({full.median / full_native.median:4.1f}x native)",
+        f"{label:34s}{fwd.median * 1e6:8.2f} us {ratios[0]:5.2f}x"
+        f"{full.median * 1e6:12.2f} us {ratios[1]:5.2f}x",
         flush=True,
     )
+    return ratios
 
 
 def main() -> int:
-    if os.environ.get("OPSLIB_CPU_FAST_PATH") == "0":  # the child process: Python kernels only
-        measure("opslib.relu, Python kernels only", opslib.relu)
+    python_only = os.environ.get("OPSLIB_CPU_FAST_PATH") == "0"
+    if not python_only:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"{'':34s}{'forward, no grad':>22s}{'forward + backward':>24s}  (x native)")
+        torch.manual_seed(0)
+        x = torch.randn(16)
+        measure("relu via custom_op", torch.ops.opslib_bench.relu.default, torch.relu, (x,))
+    path = (
+        "Python kernels only"
+        if python_only
+        else "C++ fast path"
+        if opslib.cpu_fast_path_enabled()
+        else "fast path NOT BUILT"
+    )
+    worst = dict.fromkeys(BOUNDS, 0.0)
+    for info in OP_TABLE:
+        torch.manual_seed(0)
+        args = info.bench_inputs(info.bench_sizes[0], "cpu", torch.float32)
+        ratios = measure(f"{info.name} ({path})", info.func, info.reference, args)
+        for key, ratio in zip(BOUNDS, ratios, strict=True):
+            worst[key] = max(worst[key], ratio)
+    print(
+        f"worst ({path}): "
+        + ", ".join(f"{k} {worst[k]:.2f}x (bound {BOUNDS[k]}x)" for k in BOUNDS),
+        flush=True,
+    )
+    if python_only:
         return 0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, relu on 16 elements")
-    print(f"{'registration':44s}{'forward, no grad':>28s}{'forward + backward':>30s}")
-    measure("custom_op + register_autograd", torch.ops.opslib_bench.relu.default)
-    fast = "with" if opslib.cpu_fast_path_enabled() else "WITHOUT (not built)"
-    measure(f"opslib.relu, {fast} C++ CPU fast path", opslib.relu)
     child = subprocess.run(
         [sys.executable, __file__], env={**os.environ, "OPSLIB_CPU_FAST_PATH": "0"}, check=False
     )
