@@ -1,29 +1,28 @@
-"""How every customgrad op is registered: torch.library's lower-level API with an autograd kernel.
+"""How every customgrad op is registered: ``Library.define`` and the official torch.library API.
 
 ``define_op`` takes the pieces each op file writes (kernel, fake, setup_context, backward) and
-registers them, the same pieces ``torch.library.custom_op`` + ``register_autograd`` take:
+registers them:
 
 - ``Library.define`` with the op's schema;
 - the kernel at ``CompositeExplicitAutograd``: one Python kernel serves CPU and CUDA (a device
-  may later get its own kernel, e.g. Triton on CUDA);
+  may compute differently inside it, e.g. Triton on CUDA);
 - the fake implementation with ``torch.library.register_fake`` (FakeTensor and meta tensors);
-- an ``Autograd`` kernel: when a gradient is needed it runs an ``autograd.Function`` whose
-  forward runs the kernel (below autograd) and saves what ``setup_context`` asks, and whose
-  backward is the op's backward; otherwise it runs the kernel without recording anything.
+- the backward with ``torch.library.register_autograd(..., setup_context=...)``, the API that
+  PyTorch's custom-op documentation recommends: its kernel sits at the ``Autograd`` alias key,
+  runs the kernel below autograd, and calls ``setup_context`` and the backward.
 
-On CPU, calls that need no autograd skip this Python round trip altogether: the C++ kernels of
+On CPU, calls that need no autograd skip the Python round trip altogether: the C++ kernels of
 ``opslib/csrc/cpu_fast_path.cpp`` (loaded by ``opslib/core/cpu_fast_path.py``) take the
-AutogradCPU key and hand every call they do not compute back to the autograd kernel above.
+AutogradCPU key, a slot of its own that ``register_autograd``'s kernel leaves to them, and hand
+every call they do not compute to ``register_autograd``'s kernel through AutogradOther.
 
 Each op file may also register its forward formula for inductor
 (``register_inductor_decomposition``): under ``torch.compile`` inductor then generates the
 forward itself, fused with its neighbours, instead of calling the op as an opaque kernel.
 
-Why not ``custom_op``: its Python wrappers cost ~10 µs per call (native relu: ~1.2 µs). Here a
-relu without grad costs ~3.9 µs through the Python kernels and ~2.2 µs through the C++ fast path,
-and forward + backward about two thirds of custom_op's (``benchmarks/registration_overhead.py``).
-Every check of the op contract (opcheck with all five tests, gradcheck, gradgradcheck, compile,
-export, vmap, autocast, ONNX) runs on these ops.
+Why not ``custom_op``: its Python wrappers cost ~8 µs per call (native relu: ~0.8 µs); through
+``Library.define`` the same op costs ~1.5 µs with the C++ fast path and ~3 µs through the Python
+kernels (``python3 benchmarks/registration_overhead.py`` measures every op).
 """
 
 from __future__ import annotations
@@ -34,21 +33,29 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _disable_current_modes
 
-LIB = torch.library.Library("customgrad", "DEF")
+Op = torch._ops.OpOverloadPacket
 
-_is_grad_enabled = torch._C.is_grad_enabled
-_any_requires_grad = torch._C._any_requires_grad
+_LIBRARIES: dict[str, torch.library.Library] = {}
+# Every op's Python kernel by qualified name ("customgrad::relu"): what the op computes when
+# the C++ fast path does not take a call (tests compare the two).
+PYTHON_KERNELS: dict[str, Callable[..., Tensor]] = {}
+
 _dispatch_modes_active = torch._C._len_torch_dispatch_stack
 _functorch_transform_active = torch._C._functorch.peek_interpreter_stack
-_BelowAutograd = torch._C._AutoDispatchBelowAutograd
+
+
+def library(namespace: str) -> torch.library.Library:
+    """The ``torch.library.Library`` that defines ``namespace``'s ops (made once)."""
+    if namespace not in _LIBRARIES:
+        _LIBRARIES[namespace] = torch.library.Library(namespace, "DEF")
+    return _LIBRARIES[namespace]
 
 
 def only_plain_tensors(args: tuple) -> bool:
-    """True when nothing below the autograd key could see this call: no TorchDispatchMode and
-    no functorch transform (vmap/grad/jvp wrappers exist only inside one) is active, and every
-    tensor is a plain ``torch.Tensor`` (not a FakeTensor or another subclass). Then running the
-    kernel here is exactly what a redispatch would do, minus a second trip through the
-    dispatcher (~2 µs of a ~4 µs call)."""
+    """True when nothing but real computation could see this call: no TorchDispatchMode and no
+    functorch transform (vmap/grad/jvp wrappers exist only inside one) is active, and every
+    tensor is a plain ``torch.Tensor`` (not a FakeTensor or another subclass). Fast paths that
+    launch their own kernels (Triton, fused loops) take only such calls."""
     if _dispatch_modes_active() or _functorch_transform_active() is not None:
         return False
     for a in args:
@@ -65,87 +72,69 @@ def define_op(
     fake: Callable[..., Tensor],
     setup_context: Callable[..., None],
     backward: Callable[..., tuple[Tensor | None, ...] | Tensor | None],
-) -> torch._ops.OpOverloadPacket:
-    """Register ``customgrad::<name><schema>`` and return ``torch.ops.customgrad.<name>``
+    namespace: str = "customgrad",
+) -> Op:
+    """Register ``<namespace>::<name><schema>`` and return ``torch.ops.<namespace>.<name>``
     (the packet, not ``.default``: TorchScript can call a packet bound to a module global).
 
-    ``setup_context(ctx, inputs, output)`` and ``backward(ctx, *grads)`` have the signatures
-    ``torch.library.register_autograd`` uses; ``inputs`` always holds every argument of the
-    schema (defaults filled in).
+    ``setup_context(ctx, inputs, output)`` and ``backward(ctx, *grads)`` are what
+    ``torch.library.register_autograd`` takes; ``inputs`` holds every argument of the schema,
+    defaults filled in. A tensor that ``setup_context`` saves must not be an inference tensor:
+    that is refused here, with a message naming the op and the argument (torch itself would
+    refuse later, inside ``Function.apply``, with a message that names neither).
     """
-    LIB.define(name + schema)
-    LIB.impl(name, kernel, "CompositeExplicitAutograd")
+    lib = library(namespace)
+    qualname = f"{namespace}::{name}"
+    lib.define(name + schema)
+    lib.impl(name, kernel, "CompositeExplicitAutograd")
+    PYTHON_KERNELS[qualname] = kernel
 
     def traced_fake(*args: object) -> Tensor:
         install_inductor_decompositions()  # a fake runs only while something traces the op
         return fake(*args)
 
-    torch.library.register_fake(f"customgrad::{name}", traced_fake, lib=LIB)
-    op = getattr(torch.ops.customgrad, name).default
-    arguments = op._schema.arguments
-    defaults = tuple(a.default_value if a.has_default_value() else None for a in arguments)
-    arg_names = tuple(a.name for a in arguments)
+    torch.library.register_fake(qualname, traced_fake, lib=lib)
+    op = getattr(getattr(torch.ops, namespace), name)
+    arg_names = tuple(a.name for a in op.default._schema.arguments)
 
-    def forward(ctx, *args: object) -> Tensor:
-        if only_plain_tensors(args):  # what the redispatch below would run, without the trip
-            output = kernel(*args)
-        else:
-            with _BelowAutograd():
-                output = op(*args)
-        setup_context(ctx, args, output)
-        return output
+    def setup_context_refusing_inference_tensors(ctx, inputs: tuple, output: Tensor) -> None:
+        setup_context(ctx, inputs, output)
+        saved = [t for t in getattr(ctx, "to_save", None) or () if t is not None]
+        if any(t.is_inference() for t in saved):
+            culprits = [
+                n
+                for n, a in zip(arg_names, inputs, strict=False)
+                if isinstance(a, Tensor) and a.is_inference() and any(a is t for t in saved)
+            ]
+            raise RuntimeError(
+                f"{namespace}.{name}: {', '.join(culprits) or 'a tensor'} created under "
+                f"torch.inference_mode() cannot be saved for backward; create it outside "
+                f"inference mode or pass a .clone() made outside it"
+            )
 
-    Function = type(
-        f"{name.title().replace('_', '')}Backward",  # what y.grad_fn shows, e.g. LinearBackward
-        (torch.autograd.Function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    torch.library.register_autograd(
+        qualname, backward, setup_context=setup_context_refusing_inference_tensors, lib=lib
     )
-
-    def autograd_kernel(*args: object) -> Tensor:
-        if len(args) < len(arguments):  # the dispatcher drops trailing defaults (bias=None)
-            args = args + defaults[len(args) :]
-        if _is_grad_enabled() and _any_requires_grad(*args):
-            try:
-                return Function.apply(*args)
-            except RuntimeError as err:
-                if "Inference tensors cannot be saved" not in str(err):
-                    raise
-                culprits = [
-                    n
-                    for n, a in zip(arg_names, args, strict=True)
-                    if isinstance(a, Tensor) and a.is_inference()
-                ]
-                raise RuntimeError(
-                    f"customgrad.{name}: {', '.join(culprits)} created under "
-                    f"torch.inference_mode() cannot be saved for backward; create it outside "
-                    f"inference mode or pass a .clone() made outside it"
-                ) from err
-        if only_plain_tensors(args):
-            return kernel(*args)
-        with _BelowAutograd():
-            return op(*args)
-
-    LIB.impl(name, autograd_kernel, "Autograd")
-    return getattr(torch.ops.customgrad, name)
+    return op
 
 
 _INDUCTOR_DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable[..., Tensor]] = {}
 _installed_in_inductor: set[torch._ops.OpOverload] = set()
 
 
-def register_inductor_decomposition(name: str, formula: Callable[..., Tensor]) -> None:
+def register_inductor_decomposition(op: Op, formula: Callable[..., Tensor]) -> None:
     """Under ``torch.compile`` with inductor (the default backend), compute the op's forward as
     ``formula``: torch ops that inductor fuses with the ops around it, where the op itself would
     be an opaque call that nothing fuses into (a bias add, an activation, a second activation).
 
     Only inductor's own decomposition table gets the formula: dynamo's graph, ``torch.export``,
-    the ``aot_eager`` backend and the ONNX exporter still see ``customgrad::<name>``, and the
+    the ``aot_eager`` backend and the ONNX exporter still see the op itself, and the
     backward is always the op's registered one (autograd runs above the decomposition).
     ``formula`` must be the same math as the op's CPU kernel (inductor may round differently,
     as it does for any torch code); the inputs were already validated by the fake
     implementation while dynamo traced them.
     """
-    _INDUCTOR_DECOMPOSITIONS[getattr(torch.ops.customgrad, name).default] = formula
+    _INDUCTOR_DECOMPOSITIONS[op.default] = formula
 
 
 def install_inductor_decompositions() -> None:
@@ -172,29 +161,34 @@ def install_inductor_decompositions() -> None:
     _installed_in_inductor.update(missing)
 
 
-def register_vmap(name: str, rule: Callable) -> None:
-    torch.library.register_vmap(f"customgrad::{name}", rule, lib=LIB)
+def register_vmap(op: Op, rule: Callable) -> None:
+    torch.library.register_vmap(
+        op._qualified_op_name, rule, lib=library(op._qualified_op_name.split("::")[0])
+    )
 
 
-def register_pointwise_vmap(name: str) -> None:
-    """A one-input elementwise op is its own batching rule: run it on the batched tensor.
+def register_pointwise_vmap(op: Op) -> None:
+    """An elementwise op of one tensor ``x`` (and any non-tensor arguments) is its own batching
+    rule: run it on the batched tensor.
 
     Without a rule, ``torch.func.vmap`` falls back to a slow per-sample loop and warns.
     """
-    op = getattr(torch.ops.customgrad, name).default
 
-    def batching_rule(info, in_dims: tuple[int | None], x: Tensor) -> tuple[Tensor, int | None]:
-        return op(x), in_dims[0]
+    def batching_rule(info, in_dims: tuple, x: Tensor, *rest: object) -> tuple[Tensor, int | None]:
+        return op(x, *rest), in_dims[0]
 
-    register_vmap(name, batching_rule)
+    register_vmap(op, batching_rule)
 
 
-def register_autocast(name: str, device_type: str, cast_to: torch.dtype) -> None:
+def register_autocast(op: Op, device_type: str, cast_to: torch.dtype) -> None:
     """Native-style fixed autocast policy (e.g. float32 for exp/pow on CUDA)."""
-    torch.library.register_autocast(f"customgrad::{name}", device_type, cast_to, lib=LIB)
+    namespace = op._qualified_op_name.split("::")[0]
+    torch.library.register_autocast(
+        op._qualified_op_name, device_type, cast_to, lib=library(namespace)
+    )
 
 
-def register_autocast_to_autocast_dtype(name: str, device_type: str) -> None:
+def register_autocast_to_autocast_dtype(op: Op, device_type: str) -> None:
     """Under ``torch.autocast(device_type)``, cast floating inputs to the autocast dtype.
 
     This is what native matmul-like ops (``F.linear``) do. ``torch.library.register_autocast``
@@ -204,13 +198,13 @@ def register_autocast_to_autocast_dtype(name: str, device_type: str) -> None:
     """
     from torch.amp.autocast_mode import _cast
 
-    op = getattr(torch.ops.customgrad, name).default
+    namespace, name = op._qualified_op_name.split("::")
     autocast_key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, autocast_key))
 
     def autocast_kernel(_keyset, *args):
         cast_to = torch.get_autocast_dtype(device_type)
         with torch._C._ExcludeDispatchKeyGuard(excluded):
-            return op(*_cast(args, device_type, cast_to))
+            return op.default(*_cast(args, device_type, cast_to))
 
-    LIB.impl(name, autocast_kernel, autocast_key, with_keyset=True)
+    library(namespace).impl(name, autocast_kernel, autocast_key, with_keyset=True)

@@ -69,11 +69,11 @@ _cube = define_op(
     setup_context=_cube_setup_context,
     backward=_cube_backward,
 )
-register_pointwise_vmap("cube")
+register_pointwise_vmap(_cube)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
-register_inductor_decomposition("cube", _cube_formula)
+register_inductor_decomposition(_cube, _cube_formula)
 # Native pow(x, 3) runs in float32 under CUDA autocast; CPU autocast casts nothing.
-register_autocast("cube", "cuda", torch.float32)
+register_autocast(_cube, "cuda", torch.float32)
 
 
 def cube(x: Tensor) -> Tensor:

@@ -60,11 +60,11 @@ _exp = define_op(
     setup_context=_exp_setup_context,
     backward=_exp_backward,
 )
-register_pointwise_vmap("exp")
+register_pointwise_vmap(_exp)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
-register_inductor_decomposition("exp", torch.exp)
+register_inductor_decomposition(_exp, torch.exp)
 # Native exp is on CUDA autocast's float32 list; CPU autocast casts nothing.
-register_autocast("exp", "cuda", torch.float32)
+register_autocast(_exp, "cuda", torch.float32)
 
 
 def exp(x: Tensor) -> Tensor:

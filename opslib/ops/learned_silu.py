@@ -199,10 +199,10 @@ def _learned_silu_vmap(info, in_dims, x: Tensor, slope: Tensor):
     return _learned_silu(x, slope), 0
 
 
-register_vmap("learned_silu", _learned_silu_vmap)
+register_vmap(_learned_silu, _learned_silu_vmap)
 # Under torch.compile, inductor computes the forward from the formula above, in one loop fused
 # with its neighbours (the eager fused path, by other means).
-register_inductor_decomposition("learned_silu", _forward_formula)
+register_inductor_decomposition(_learned_silu, _forward_formula)
 
 # No autocast rule: the native expression (mul, sigmoid) is on neither autocast list.
 

@@ -157,14 +157,14 @@ def _linear_vmap(info, in_dims, x: Tensor, weight: Tensor, bias: Tensor | None =
     return (y if bias is None else y + bias), 0
 
 
-register_vmap("linear", _linear_vmap)
+register_vmap(_linear, _linear_vmap)
 # Under torch.compile, inductor computes the forward from this formula: the bias add and a
 # following activation fuse into the matmul's epilogue instead of each making a pass over y.
-register_inductor_decomposition("linear", _linear_formula)
+register_inductor_decomposition(_linear, _linear_formula)
 
 # Like F.linear: under autocast, compute in the autocast dtype (bfloat16/float16).
-register_autocast_to_autocast_dtype("linear", "cpu")
-register_autocast_to_autocast_dtype("linear", "cuda")
+register_autocast_to_autocast_dtype(_linear, "cpu")
+register_autocast_to_autocast_dtype(_linear, "cuda")
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -68,9 +68,9 @@ _relu = define_op(
     setup_context=_relu_setup_context,
     backward=_relu_backward,
 )
-register_pointwise_vmap("relu")
+register_pointwise_vmap(_relu)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
-register_inductor_decomposition("relu", torch.relu)
+register_inductor_decomposition(_relu, torch.relu)
 # relu is on neither autocast list, so no autocast rule: it runs in its input's dtype, as native.
 
 

@@ -66,9 +66,9 @@ _sigmoid = define_op(
     setup_context=_sigmoid_setup_context,
     backward=_sigmoid_backward,
 )
-register_pointwise_vmap("sigmoid")
+register_pointwise_vmap(_sigmoid)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
-register_inductor_decomposition("sigmoid", torch.sigmoid)
+register_inductor_decomposition(_sigmoid, torch.sigmoid)
 # sigmoid is on neither autocast list, so no autocast rule: it runs in its input's dtype.
 
 

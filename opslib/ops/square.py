@@ -60,11 +60,11 @@ _square = define_op(
     setup_context=_square_setup_context,
     backward=_square_backward,
 )
-register_pointwise_vmap("square")
+register_pointwise_vmap(_square)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
-register_inductor_decomposition("square", torch.square)  # = x * x, one multiply
+register_inductor_decomposition(_square, torch.square)  # = x * x, one multiply
 # Native torch.square is pow(x, 2), which CUDA autocast runs in float32; CPU autocast casts nothing.
-register_autocast("square", "cuda", torch.float32)
+register_autocast(_square, "cuda", torch.float32)
 
 
 def square(x: Tensor) -> Tensor:

@@ -63,9 +63,9 @@ _tanh = define_op(
     setup_context=_tanh_setup_context,
     backward=_tanh_backward,
 )
-register_pointwise_vmap("tanh")
+register_pointwise_vmap(_tanh)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
-register_inductor_decomposition("tanh", torch.tanh)
+register_inductor_decomposition(_tanh, torch.tanh)
 # tanh is on neither autocast list, so no autocast rule: it runs in its input's dtype.
 
 
