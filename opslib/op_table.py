@@ -5,22 +5,29 @@ them by adding one ``OpInfo`` here (and its translation next to its code).
 
 Samples are deliberately awkward (the PyTorch custom-op tutorials' advice): 0-d and empty tensors,
 transposed views, offset and strided slices, expanded (stride-0) views, extra leading dims, every
-bias form, and inputs with and without ``requires_grad``.
+bias form, and inputs with and without ``requires_grad``. Arguments that are not tensors (floats,
+ints, bools, lists, None) are passed as they are, in samples and batches alike, with values
+other than their defaults where the op has them.
+
+What differs from op to op is declared here, in its ``OpInfo``, and nowhere else: the tests,
+benchmarks, export scripts and examples loop over ``OP_TABLE`` and name no op.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from opslib.core import triton_launchers as triton
 from opslib.ops.cube import cube, cube_onnx
 from opslib.ops.exp import exp, exp_onnx
-from opslib.ops.learned_silu import learned_silu, learned_silu_onnx
+from opslib.ops.learned_silu import FUSED_FORWARD_MIN_NUMEL, learned_silu, learned_silu_onnx
 from opslib.ops.linear import linear, linear_onnx
 from opslib.ops.relu import relu, relu_onnx
 from opslib.ops.sigmoid import sigmoid, sigmoid_onnx
@@ -28,6 +35,14 @@ from opslib.ops.square import square, square_onnx
 from opslib.ops.tanh import tanh, tanh_onnx
 
 ALL_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def describe(arg: Any) -> str:
+    """How an argument reads in test ids and failure messages: a tensor by its shape ("(nc)" if
+    not contiguous), anything else by its repr."""
+    if isinstance(arg, Tensor):
+        return f"{list(arg.shape)}{'' if arg.is_contiguous() else '(nc)'}"
+    return repr(arg)
 
 
 @dataclass(frozen=True)
@@ -38,14 +53,61 @@ class Sample:
     args: tuple[Any, ...]
 
     def __repr__(self) -> str:  # shows up in pytest ids and failure messages
-        shapes = ", ".join(
-            "None" if a is None else f"{list(a.shape)}{'' if a.is_contiguous() else '(nc)'}"
-            for a in self.args
-        )
-        return f"{self.name}({shapes})"
+        return f"{self.name}({', '.join(describe(a) for a in self.args)})"
+
+
+def leaves(args: tuple, requires_grad: bool = True, dtype: torch.dtype | None = None) -> tuple:
+    """Fresh copies of the floating-point tensors of ``args`` (detached, optionally cast, each
+    requiring grad if asked); every other argument (integer tensors, floats, None...) as is."""
+    out = []
+    for a in args:
+        if isinstance(a, Tensor) and a.is_floating_point():
+            a = (a.detach().to(dtype) if dtype is not None else a.detach().clone()).requires_grad_(
+                requires_grad
+            )
+        out.append(a)
+    return tuple(out)
+
+
+def requiring_grad(args: tuple) -> list[Tensor]:
+    """The tensors of ``args`` that require grad, in order: what a gradient is taken for."""
+    return [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+
+
+@dataclass(frozen=True)
+class ErrorInput:
+    """A bad call of one op and the error it must raise, in eager mode and compiled."""
+
+    name: str
+    args: Callable[[], tuple]  # built when the test runs (some need inference mode, meta...)
+    error: type[Exception]
+    message: str  # regex that must appear: the op's name and the problem
+    compiles: bool = True  # dynamo cannot trace some inputs at all (sparse tensors, lists)
+
+
+@dataclass(frozen=True)
+class TritonPath:
+    """What an op launches on CUDA (``opslib/core/triton_launchers.py``), called directly so that
+    the tests can run it anywhere (on CPU tensors under the Triton interpreter)."""
+
+    forward: Callable[..., Tensor]  # (*args) -> y
+    backward: Callable[..., tuple[Tensor, ...]]  # (grad_y, *args) -> gradient of each tensor
+    supports: Callable[..., bool] = lambda *args: True  # calls the kernels take
 
 
 SampleFn = Callable[[torch.device | str, torch.dtype, bool], list[Sample]]
+
+
+def _unary_extremes(x: Tensor) -> tuple:
+    return (x,)
+
+
+def _unary_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    return (draw(tensors()),)
+
+
+def _never(args: tuple) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -58,13 +120,14 @@ class OpInfo:
     reference_text: str  # how the reference reads, for reports
     formula: str  # forward and gradient, one line each, for the README
     sample_inputs: SampleFn
-    # Inputs for benchmarks and ONNX export: a batch of `rows` rows at the op's benchmark width.
-    batch_inputs: Callable[[int, torch.device | str, torch.dtype], tuple[Tensor, ...]]
+    # Arguments for compile, export, ONNX, vmap, memory and autocast tests: a batch of `rows` rows
+    # (dim 0 of the first tensor is the batch), non-tensor arguments at non-default values.
+    batch_inputs: Callable[[int, torch.device | str, torch.dtype], tuple]
     onnx_translation: Callable[..., Any]
     # Benchmarks: sizes from per-call overhead (16 elements) to large, inputs for one size, and
     # the hardware limit the op is judged against ("bandwidth" or "matmul").
     bench_sizes: tuple[int, ...]
-    bench_inputs: Callable[[int, torch.device | str, torch.dtype], tuple[Tensor, ...]]
+    bench_inputs: Callable[[int, torch.device | str, torch.dtype], tuple]
     roofline: str = "bandwidth"
     # Also time the eager op against torch.compile of its reference: for ops whose eager path is
     # itself fused, the question is whether that is as good as what the compiler makes.
@@ -73,11 +136,34 @@ class OpInfo:
     # (atol, rtol) against the reference in float32 (values and gradients). float16/bfloat16 are
     # judged against a float64 reference relative to native's own error (see tests).
     float32_tol: tuple[float, float] = (1e-5, 1.3e-6)
-    extremes: bool = True  # run the ±inf/nan/±1000 comparison
+    # The op's arguments around a 1-D tensor of extreme values (±inf, nan, ±1e4...), for the
+    # comparison with native; None: not run (linear: its sums of ±inf are order-dependent).
+    extreme_inputs: Callable[[Tensor], tuple] | None = _unary_extremes
+    # Property tests: the op's arguments, drawn with hypothesis's ``draw`` from its strategies
+    # module ``st`` and the test's ``tensors(shape=None)`` strategy (random shape, layout and
+    # extreme values). The test passes both in: the package does not depend on hypothesis.
+    property_inputs: Callable[[Callable, ModuleType, Callable], tuple] = _unary_property_inputs
+    # Property tests: calls where the op may give ±inf where native's float64 expression gives
+    # nan (the op computes the limit; see learned_silu).
+    inf_allowed_where_native_nan: Callable[[tuple], bool] = _never
+    # Bad calls particular to this op (the tests add those every op shares: wrong dtypes,
+    # layouts and devices, non-tensors).
+    error_inputs: Callable[[], list[ErrorInput]] = list
+    # The CUDA path's Triton kernels, or None if the op has none.
+    triton: TritonPath | None = None
+    # Which valid calls without autograd the C++ CPU fast path (opslib/csrc) computes itself;
+    # None if the op has no C++ kernel. Every other call must reach the Python kernel.
+    cpu_fast_path: Callable[..., bool] | None = None
+    namespace: str = "customgrad"
 
     @property
     def op(self) -> torch._ops.OpOverload:
-        return getattr(torch.ops.customgrad, self.name).default
+        return getattr(getattr(torch.ops, self.namespace), self.name).default
+
+    @property
+    def label(self) -> str:
+        """How the op's error messages name it, e.g. ``customgrad.linear``."""
+        return f"{self.namespace}.{self.name}"
 
 
 def _make(shape, device, dtype, requires_grad: bool, *, scale: float = 1.0) -> Tensor:
@@ -264,6 +350,148 @@ def _native_learned_silu(x: Tensor, slope: Tensor) -> Tensor:
     return slope * x * torch.sigmoid(x)
 
 
+def _linear_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    batch = draw(st.lists(st.integers(0, 4), min_size=0, max_size=3))
+    in_f, out_f = draw(st.integers(0, 4)), draw(st.integers(1, 4))
+    x = draw(tensors(shape=[*batch, in_f]))
+    w = draw(tensors(shape=[out_f, in_f]))
+    bias_shape = draw(st.sampled_from([None, [out_f], [1] * len(batch) + [out_f], [*batch, out_f]]))
+    return (x, w, None if bias_shape is None else draw(tensors(shape=bias_shape)))
+
+
+def _learned_silu_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    x = draw(tensors())
+    # slope must broadcast to x without enlarging it: [] always; [1] and [C] need a dim
+    slope_shape = draw(st.sampled_from([[], [1], list(x.shape[-1:])] if x.dim() else [[]]))
+    return (x, draw(tensors(shape=slope_shape)))
+
+
+def _learned_silu_extremes(x: Tensor) -> tuple:
+    return (x, torch.tensor([0.75], requires_grad=x.requires_grad))
+
+
+def _learned_silu_infinite_slope(args: tuple) -> bool:
+    """With an infinite slope, native computes dL/dx = slope·s + (slope·x)·s(1-s) as inf + inf·0
+    = nan where sigmoid(x) rounds to 1; the op's slope·s·(1 + x(1-s)) gives the limit, ±inf."""
+    return bool(torch.isinf(args[1]).any())
+
+
+def _t(*shape: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Tensor:
+    return torch.randn(shape, device=device).to(dtype)
+
+
+def _inference_x() -> tuple:
+    with torch.inference_mode():
+        x = _t(4, 3)
+    return (x, _t(5, 3).requires_grad_())
+
+
+def _linear_error_inputs() -> list[ErrorInput]:
+    x, w = _t(4, 3), _t(5, 3)
+    return [
+        ErrorInput(
+            "in_features mismatch",
+            lambda: (_t(4, 6), w),
+            ValueError,
+            r"customgrad\.linear: x has 6 features .* in_features=3",
+        ),
+        ErrorInput(
+            "weight 1-D",
+            lambda: (x, _t(3)),
+            ValueError,
+            r"customgrad\.linear: weight must be 2-D .* got shape \[3\]",
+        ),
+        ErrorInput(
+            "weight 3-D",
+            lambda: (x, _t(2, 5, 3)),
+            ValueError,
+            r"customgrad\.linear: weight must be 2-D",
+        ),
+        ErrorInput(
+            "0-d x",
+            lambda: (_t(), w),
+            ValueError,
+            r"customgrad\.linear: x must have at least 1 dimension",
+        ),
+        ErrorInput(
+            "bias wrong width",
+            lambda: (x, w, _t(7)),
+            ValueError,
+            r"customgrad\.linear: bias of shape \[7\] does not broadcast .*\[4, 5\]",
+        ),
+        ErrorInput(
+            "bias wrong batch",
+            lambda: (x, w, _t(3, 5)),
+            ValueError,
+            r"customgrad\.linear: bias of shape \[3, 5\] does not broadcast",
+        ),
+        ErrorInput(
+            "bias would enlarge output",
+            lambda: (x, w, _t(2, 4, 5)),
+            ValueError,
+            r"customgrad\.linear: bias of shape \[2, 4, 5\] does not broadcast",
+        ),
+        ErrorInput(
+            "inference-mode x where autograd must save it",
+            _inference_x,
+            RuntimeError,
+            r"customgrad\.linear: x created under torch\.inference_mode\(\) cannot be saved",
+            compiles=False,  # compile traces with fake tensors; the refusal happens at run time
+        ),
+    ]
+
+
+def _learned_silu_error_inputs() -> list[ErrorInput]:
+    return [
+        ErrorInput(
+            "slope wrong width",
+            lambda: (_t(4, 5), _t(3)),
+            ValueError,
+            r"customgrad\.learned_silu: slope of shape \[3\] does not broadcast",
+        ),
+        ErrorInput(
+            "slope higher rank",
+            lambda: (_t(4, 5), _t(2, 4, 5)),
+            ValueError,
+            r"customgrad\.learned_silu: slope of shape \[2, 4, 5\] does not broadcast",
+        ),
+        ErrorInput(
+            "slope [2] for a 0-d x",
+            lambda: (_t(), _t(2)),
+            ValueError,
+            r"customgrad\.learned_silu: slope of shape \[2\] does not broadcast to x's shape \[\]",
+        ),
+    ]
+
+
+def _unary_triton(kernel: int, saved: Callable[[Tensor], Tensor] | None = None) -> TritonPath:
+    """The one-input kernels: ``saved`` is what the op keeps for backward, computed from x (y for
+    exp/relu/sigmoid/tanh; x itself when None)."""
+    return TritonPath(
+        forward=lambda x: triton.unary_forward(kernel, x),
+        backward=lambda g, x: (triton.unary_backward(kernel, g, x if saved is None else saved(x)),),
+    )
+
+
+_LEARNED_SILU_TRITON = TritonPath(
+    forward=triton.learned_silu_forward,
+    backward=lambda g, x, slope: triton.learned_silu_backward(g, x, slope),
+    supports=triton.learned_silu_supported,
+)
+
+
+def _every_call(*args: object) -> bool:
+    return True
+
+
+def _linear_fast_path(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    return bias is None or bias.dim() == 1  # other bias forms: the Python kernel
+
+
+def _learned_silu_fast_path(x: Tensor, slope: Tensor) -> bool:
+    return x.numel() < FUSED_FORWARD_MIN_NUMEL  # larger: the Python kernel's fused loop
+
+
 OP_TABLE: list[OpInfo] = [
     OpInfo(
         name="square",
@@ -276,6 +504,8 @@ OP_TABLE: list[OpInfo] = [
         onnx_translation=square_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
+        triton=_unary_triton(triton.SQUARE),
+        cpu_fast_path=_every_call,
     ),
     OpInfo(
         name="cube",
@@ -288,6 +518,8 @@ OP_TABLE: list[OpInfo] = [
         onnx_translation=cube_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
+        triton=_unary_triton(triton.CUBE),
+        cpu_fast_path=_every_call,
     ),
     OpInfo(
         name="exp",
@@ -300,6 +532,8 @@ OP_TABLE: list[OpInfo] = [
         onnx_translation=exp_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
+        triton=_unary_triton(triton.EXP, torch.exp),
+        cpu_fast_path=_every_call,
     ),
     OpInfo(
         name="relu",
@@ -312,6 +546,8 @@ OP_TABLE: list[OpInfo] = [
         onnx_translation=relu_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
+        triton=_unary_triton(triton.RELU, torch.relu),
+        cpu_fast_path=_every_call,
     ),
     OpInfo(
         name="sigmoid",
@@ -324,6 +560,8 @@ OP_TABLE: list[OpInfo] = [
         onnx_translation=sigmoid_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
+        triton=_unary_triton(triton.SIGMOID, torch.sigmoid),
+        cpu_fast_path=_every_call,
     ),
     OpInfo(
         name="tanh",
@@ -336,6 +574,8 @@ OP_TABLE: list[OpInfo] = [
         onnx_translation=tanh_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
+        triton=_unary_triton(triton.TANH, torch.tanh),
+        cpu_fast_path=_every_call,
     ),
     OpInfo(
         name="linear",
@@ -346,10 +586,13 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_linear_samples,
         batch_inputs=_linear_batch,
         onnx_translation=linear_onnx,
-        extremes=False,
+        extreme_inputs=None,
         bench_sizes=LINEAR_BENCH_ROWS,
         bench_inputs=_linear_bench,
         roofline="matmul",
+        property_inputs=_linear_property_inputs,
+        error_inputs=_linear_error_inputs,
+        cpu_fast_path=_linear_fast_path,
     ),
     OpInfo(
         name="learned_silu",
@@ -363,6 +606,12 @@ OP_TABLE: list[OpInfo] = [
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_learned_silu_bench,
         bench_against_compiled=True,
+        extreme_inputs=_learned_silu_extremes,
+        property_inputs=_learned_silu_property_inputs,
+        inf_allowed_where_native_nan=_learned_silu_infinite_slope,
+        error_inputs=_learned_silu_error_inputs,
+        triton=_LEARNED_SILU_TRITON,
+        cpu_fast_path=_learned_silu_fast_path,
     ),
 ]
 

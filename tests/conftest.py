@@ -29,17 +29,17 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
 
 
-def op_sample_params() -> list:
+def op_sample_params(table: list[OpInfo] = OP_TABLE) -> list:
     """One pytest param per (op, sample) of the table, named op-sample."""
     params = []
-    for info in OP_TABLE:
+    for info in table:
         for index, sample in enumerate(info.sample_inputs("cpu", torch.float32, True)):
             params.append(pytest.param(info, index, id=f"{info.name}-{sample.name}"))
     return params
 
 
-def op_params() -> list:
-    return [pytest.param(info, id=info.name) for info in OP_TABLE]
+def op_params(table: list[OpInfo] = OP_TABLE) -> list:
+    return [pytest.param(info, id=info.name) for info in table]
 
 
 def get_sample(info: OpInfo, index: int, device, dtype, requires_grad: bool = True) -> Sample:
@@ -68,3 +68,17 @@ def assert_close_named(actual, expected, what: str, **tol) -> None:
     torch.testing.assert_close(
         actual, expected, equal_nan=True, msg=lambda m: f"{what}: {m}", **tol
     )
+
+
+def bind_constants(func, args: tuple):
+    """``(f, tensors)``: ``f(*tensors)`` calls ``func(*args)`` with every argument that is not a
+    tensor (floats, ints, None...) bound as a constant, the way a model's code holds its
+    hyperparameters; ``tensors`` are the tensor arguments in order."""
+    constants = {i: a for i, a in enumerate(args) if not isinstance(a, torch.Tensor)}
+    tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
+
+    def with_constants(*given):
+        rest = iter(given)
+        return func(*(constants[i] if i in constants else next(rest) for i in range(len(args))))
+
+    return with_constants, tensors

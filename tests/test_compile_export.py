@@ -10,11 +10,11 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_named, op_params
+from conftest import assert_close_named, bind_constants, op_params
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE
+from opslib.op_table import OP_TABLE, leaves, requiring_grad
 
 BATCHES_AFTER_WARMUP = [3, 8, 64, 129]
 
@@ -27,27 +27,66 @@ def fresh_dynamo():
 
 
 def _forward_and_grads(fn, args):
-    args = [a.detach().clone().requires_grad_() for a in args]
+    args = leaves(args)
     y = fn(*args)
     y.backward(torch.ones_like(y))
-    return y.detach(), [a.grad for a in args]
+    return y.detach(), [a.grad for a in requiring_grad(args)]
 
 
 @pytest.mark.parametrize("info", op_params())
 def test_op_compiles_fullgraph_dynamic_batch_without_recompiles(info):
-    """Forward and backward, one frame; after warming up on batch 2, other batch sizes reuse it."""
+    """Forward and backward, one frame; after warming up on batch 2, other batch sizes reuse it.
+    Non-tensor arguments are constants of the compiled code (see the next test for floats
+    passed in as inputs)."""
     counter = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(info.func, backend=counter, fullgraph=True, dynamic=True)
-    _forward_and_grads(compiled, info.batch_inputs(2, "cpu", torch.float32))
+    func, warmup = bind_constants(info.func, info.batch_inputs(2, "cpu", torch.float32))
+    compiled = torch.compile(func, backend=counter, fullgraph=True, dynamic=True)
+    _forward_and_grads(compiled, warmup)
     with torch.compiler.set_stance("fail_on_recompile"):
         for rows in BATCHES_AFTER_WARMUP:
-            args = info.batch_inputs(rows, "cpu", torch.float32)
+            _, args = bind_constants(info.func, info.batch_inputs(rows, "cpu", torch.float32))
             y, grads = _forward_and_grads(compiled, args)
-            y_ref, grads_ref = _forward_and_grads(info.func, args)
+            y_ref, grads_ref = _forward_and_grads(func, args)
             assert_close_named(y, y_ref, f"{info.name} compiled forward, batch {rows}")
             for i, (g, g_ref) in enumerate(zip(grads, grads_ref, strict=True)):
                 assert_close_named(g, g_ref, f"{info.name} compiled grad {i}, batch {rows}")
     assert counter.frame_count == 1, f"{info.name}: compiled {counter.frame_count} frames"
+
+
+def _float_params(table=OP_TABLE) -> list:
+    return [
+        p
+        for p in op_params(table)
+        if any(type(a) is float for a in p.values[0].batch_inputs(2, "cpu", torch.float32))
+    ]
+
+
+def _backend_calls(fn, args_per_call) -> int:
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(fn, backend=counter, fullgraph=True, dynamic=True)
+    for args in args_per_call:
+        _forward_and_grads(compiled, args)
+    return counter.frame_count
+
+
+@pytest.mark.parametrize("info", _float_params())
+def test_float_arguments_given_as_inputs_compile_like_native(info):
+    """A float that is an input of the compiled function (or a module attribute) is symbolic
+    under dynamic=True, and dynamo restarts its analysis once to specialise it when it reaches
+    an op that takes a Python float: native ops do exactly the same (F.layer_norm's eps,
+    F.elu's alpha). So: no more backend calls than native, the same float value never
+    recompiles, and a changed value compiles once more (a guard on its value)."""
+    same = [info.batch_inputs(rows, "cpu", torch.float32) for rows in (2, 3, 8)]
+    changed = [tuple(a + 0.25 if type(a) is float else a for a in args) for args in same[-1:]]
+    ours, native = (_backend_calls(fn, same) for fn in (info.func, info.reference))
+    assert ours <= native, f"{info.name}: {ours} backend calls, native {native}"
+    ours_changed = _backend_calls(info.func, same + changed)
+    assert ours_changed == ours + 1, f"{info.name}: a changed float gave {ours_changed} calls"
+    for args in same + changed:
+        y, grads = _forward_and_grads(torch.compile(info.func, backend="aot_eager"), args)
+        y_ref, grads_ref = _forward_and_grads(info.func, args)
+        assert_close_named(y, y_ref, f"{info.name} compiled with float inputs")
 
 
 def test_model_is_one_graph_with_no_breaks():
@@ -87,27 +126,29 @@ def test_training_step_with_inductor_matches_eager_without_recompiles():
     assert counter.frame_count == 1
 
 
-def test_inductor_fuses_every_op_forward_and_keeps_the_registered_backward():
+def test_inductor_fuses_every_op_forward_and_keeps_the_registered_backward(table=OP_TABLE):
     """Under inductor, each op's forward is its registered formula in generated code (no call
     to a customgrad op is left to run); values and gradients still equal eager's, so the
     backward is the op's own. One compile over every op of the table keeps this test short."""
     from torch._inductor.utils import fresh_inductor_cache, run_and_get_code
 
     torch.manual_seed(0)
-    inputs = [info.batch_inputs(6, "cpu", torch.float32) for info in OP_TABLE]
+    bound = [
+        bind_constants(info.func, info.batch_inputs(6, "cpu", torch.float32)) for info in table
+    ]
 
     def every_op(*flat):
         outputs, i = [], 0
-        for info, args in zip(OP_TABLE, inputs, strict=True):
-            outputs.append(info.func(*flat[i : i + len(args)]))
-            i += len(args)
+        for func, tensors in bound:
+            outputs.append(func(*flat[i : i + len(tensors)]))
+            i += len(tensors)
         return outputs
 
     def run(fn):
-        flat = [a.detach().clone().requires_grad_() for args in inputs for a in args]
+        flat = leaves(tuple(t for _, tensors in bound for t in tensors))
         outputs = fn(*flat)
         sum(y.sum() for y in outputs).backward()
-        return outputs, [a.grad for a in flat]
+        return outputs, [a.grad for a in requiring_grad(flat)]
 
     with fresh_inductor_cache():  # code compiled before the decompositions must not be reused
         (outputs, grads), code = run_and_get_code(
@@ -116,7 +157,7 @@ def test_inductor_fuses_every_op_forward_and_keeps_the_registered_backward():
     calls = [line for c in code for line in c.splitlines() if "torch.ops.customgrad" in line]
     assert not calls, f"inductor still calls customgrad ops: {calls}"
     expected_outputs, expected_grads = run(every_op)
-    for info, y, y_ref in zip(OP_TABLE, outputs, expected_outputs, strict=True):
+    for info, y, y_ref in zip(table, outputs, expected_outputs, strict=True):
         assert_close_named(y, y_ref, f"{info.name} inductor forward")
     for i, (g, g_ref) in enumerate(zip(grads, expected_grads, strict=True)):
         assert_close_named(g, g_ref, f"inductor gradient of input {i}", atol=1e-5, rtol=1e-5)
@@ -124,19 +165,20 @@ def test_inductor_fuses_every_op_forward_and_keeps_the_registered_backward():
 
 @pytest.mark.parametrize("info", op_params())
 def test_op_exports_with_dynamic_batch_and_keeps_its_node(info):
-    class OpModule(torch.nn.Module):
-        def forward(self, *args):
-            return info.func(*args)
+    func, tensors = bind_constants(info.func, info.batch_inputs(4, "cpu", torch.float32))
 
-    args = info.batch_inputs(4, "cpu", torch.float32)
+    class OpModule(torch.nn.Module):
+        def forward(self, *tensors):
+            return func(*tensors)
+
     batch = torch.export.Dim("batch", min=2)
-    dynamic_shapes = ({0: batch}, *([None] * (len(args) - 1)))
-    program = torch.export.export(OpModule(), args, dynamic_shapes=(dynamic_shapes,))
+    dynamic_shapes = ({0: batch}, *([None] * (len(tensors) - 1)))
+    program = torch.export.export(OpModule(), tensors, dynamic_shapes=(dynamic_shapes,))
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
-    assert f"customgrad.{info.name}.default" in targets, targets
+    assert str(info.op) in targets, targets
     for rows in (2, 37):
-        args = info.batch_inputs(rows, "cpu", torch.float32)
-        assert_close_named(program.module()(*args), info.func(*args), f"{info.name} exported")
+        _, tensors = bind_constants(info.func, info.batch_inputs(rows, "cpu", torch.float32))
+        assert_close_named(program.module()(*tensors), func(*tensors), f"{info.name} exported")
 
 
 def _run_python(code: str, *argv: str) -> subprocess.CompletedProcess:

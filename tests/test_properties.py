@@ -25,6 +25,8 @@ from conftest import op_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from opslib.op_table import describe, leaves, requiring_grad
+
 settings.register_profile(
     "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -87,33 +89,19 @@ def tensors(draw, shape=None, min_dims=0):
 
 
 @st.composite
-def op_inputs(draw, name):
-    """Arguments for one op (float64 master copies; cast per dtype by the test)."""
-    if name == "linear":
-        batch = draw(st.lists(st.integers(0, 4), min_size=0, max_size=3))
-        in_f, out_f = draw(st.integers(0, 4)), draw(st.integers(1, 4))
-        x = draw(tensors(shape=[*batch, in_f]))
-        w = draw(tensors(shape=[out_f, in_f]))
-        out_shape = [*batch, out_f]
-        bias_shape = draw(st.sampled_from([None, [out_f], [1] * len(batch) + [out_f], out_shape]))
-        b = None if bias_shape is None else draw(tensors(shape=bias_shape))
-        return (x, w, b)
-    if name == "learned_silu":
-        x = draw(tensors())
-        # slope must broadcast to x without enlarging it: [] always; [1] and [C] need a dim
-        slope_shape = draw(st.sampled_from([[], [1], list(x.shape[-1:])] if x.dim() else [[]]))
-        slope = draw(tensors(shape=list(slope_shape)))
-        return (x, slope)
-    return (draw(tensors()),)
+def op_inputs(draw, info):
+    """Arguments for one op (float64 master copies; cast per dtype by the test), as its OpInfo
+    draws them."""
+    return info.property_inputs(draw, st, tensors)
 
 
 def _leaves(args, dtype):
-    return tuple(None if a is None else a.detach().to(dtype).requires_grad_(True) for a in args)
+    return leaves(args, requires_grad=True, dtype=dtype)
 
 
 def _run(fn, args, grad_y):
     y = fn(*args)
-    inputs = [a for a in args if a is not None]
+    inputs = requiring_grad(args)
     grads = (
         torch.autograd.grad(y, inputs, grad_y, allow_unused=True)
         if y.numel()
@@ -127,34 +115,33 @@ def _nonfinite_class(t: torch.Tensor) -> torch.Tensor:
     return torch.isnan(t) * 1 + torch.isposinf(t) * 2 + torch.isneginf(t) * 3
 
 
-def _expected_pattern(native, exact, dtype, infinite_slope):
+def _expected_pattern(native, exact, dtype, inf_limit_allowed):
     """Where nan/inf must be: native's pattern, except where native's own expression evaluated
     in float64 (rounded to dtype) has another one. There native's nan is an artefact of its
     composite (slope·x overflowing to inf, then inf·0), and the op must give what float64 gives.
-    With an infinite learned_silu slope, native computes dL/dx = slope·s + (slope·x)·s(1-s) as
-    inf + inf·0 = nan even in float64 where sigmoid(x) rounds to 1; the op's
-    slope·s·(1 + x(1-s)) gives the limit, ±inf, which is accepted there."""
+    Where the op's OpInfo allows it (``inf_allowed_where_native_nan``: learned_silu with an
+    infinite slope), ±inf is accepted where float64 gives nan: the op computes the limit."""
     want = _nonfinite_class(native)
     exact_class = _nonfinite_class(exact.to(dtype))
     want = torch.where(want != exact_class, exact_class, want)
-    return want, (torch.isnan(exact) if infinite_slope else torch.zeros_like(torch.isnan(exact)))
+    return want, (torch.isnan(exact) if inf_limit_allowed else torch.zeros_like(torch.isnan(exact)))
 
 
 def _check(info, args, dtype):
-    leaves = _leaves(args, dtype)
-    native_leaves = _leaves(leaves, dtype)  # same rounded values
+    cast = _leaves(args, dtype)
+    native_leaves = _leaves(cast, dtype)  # same rounded values
     y_shape = info.reference(*native_leaves).shape
     grad_y = torch.randn(y_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     grad_y = grad_y.to(dtype)
-    ours = _run(info.func, leaves, grad_y)
+    ours = _run(info.func, cast, grad_y)
     native = _run(info.reference, native_leaves, grad_y)
     names = ["output"] + [f"grad {i}" for i in range(len(ours) - 1)]
-    what = f"{info.name} {dtype} shapes {[None if a is None else list(a.shape) for a in args]}"
-    infinite_slope = info.name == "learned_silu" and bool(torch.isinf(leaves[1]).any())
-    exact = _run(info.reference, _leaves(leaves, torch.float64), grad_y.double())
+    what = f"{info.name} {dtype} args {[describe(a) for a in args]}"
+    inf_limit_allowed = info.inf_allowed_where_native_nan(cast)
+    exact = _run(info.reference, _leaves(cast, torch.float64), grad_y.double())
     if dtype in (torch.float32, torch.float64):
         for name, o, n, e in zip(names, ours, native, exact, strict=True):
-            want, inf_limit_ok = _expected_pattern(n, e, dtype, infinite_slope)
+            want, inf_limit_ok = _expected_pattern(n, e, dtype, inf_limit_allowed)
             got = _nonfinite_class(o)
             bad = (got != want) & ~(inf_limit_ok & (got >= 2))
             assert not bad.any(), (
@@ -186,7 +173,7 @@ def _check(info, args, dtype):
 
 @pytest.mark.parametrize("info", op_params())
 def test_op_agrees_with_native_on_random_inputs(info):
-    @given(args=op_inputs(info.name), dtype=st.sampled_from(info.dtypes))
+    @given(args=op_inputs(info), dtype=st.sampled_from(info.dtypes))
     def check(args, dtype):
         _check(info, args, dtype)
 

@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-import torch.nn.functional as F
 from conftest import assert_close_named, op_params
 
 import opslib
+from opslib.op_table import OP_TABLE, leaves, requiring_grad
 
 B = 5
 
@@ -25,73 +25,81 @@ def _loop(fn, in_dims, args):
     return torch.stack(outs)
 
 
-VMAP_CASES = [
-    ("square", (0,), [(B, 3, 4)]),
-    ("cube", (1,), [(3, B, 4)]),
-    ("exp", (0,), [(B,)]),
-    ("relu", (2,), [(3, 4, B)]),
-    ("sigmoid", (0,), [(B, 7)]),
-    ("tanh", (0,), [(B, 2, 3)]),
-    ("linear", (0, None, None), [(B, 4, 3), (6, 3), (6,)]),
-    ("linear", (None, 0, None), [(4, 3), (B, 6, 3), (6,)]),
-    ("linear", (0, 0, 0), [(B, 4, 3), (B, 6, 3), (B, 1, 6)]),
-    ("linear", (None, None, 0), [(4, 3), (6, 3), (B, 4, 6)]),
-    ("linear", (1, None, None), [(3, B), (6, 3), None]),
-    ("learned_silu", (0, None), [(B, 4, 6), (6,)]),
-    ("learned_silu", (0, 0), [(B, 4, 6), (B, 6)]),
-    ("learned_silu", (None, 0), [(4, 6), (B, 1)]),
-]
+def _batched(args: tuple, in_dims: tuple) -> list:
+    """B independent copies of each argument with an in_dim, stacked along it: each slice is a
+    valid call of the op, whatever the other arguments are."""
+    return [
+        a if d is None else torch.stack([torch.randn_like(a) for _ in range(B)], dim=d)
+        for a, d in zip(args, in_dims, strict=True)
+    ]
 
 
-@pytest.mark.parametrize(
-    "name,in_dims,shapes", VMAP_CASES, ids=[f"{c[0]}-{c[1]}" for c in VMAP_CASES]
-)
-def test_vmap_matches_a_python_loop_without_fallback(name, in_dims, shapes):
-    fn = getattr(opslib, name)
-    args = [None if s is None else torch.randn(s) for s in shapes]
+def vmap_cases(table=OP_TABLE) -> list:
+    """For every op: every tensor argument batched at dim 0; the first batched alone at its
+    last dim; and, for ops of several tensors, each one batched alone (a per-sample weight,
+    bias or slope). Non-tensor arguments are never batched."""
+    cases = []
+    for info in table:
+        args = info.batch_inputs(3, "cpu", torch.float32)
+        tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        plans = {"all-0": dict.fromkeys(tensors, 0), "first-last": {tensors[0]: args[0].dim()}}
+        if len(tensors) > 1:
+            plans.update({f"only-{i}": {i: 0} for i in tensors})
+        for plan_name, plan in plans.items():
+            in_dims = tuple(plan.get(i) for i in range(len(args)))
+            cases.append(pytest.param(info, args, in_dims, id=f"{info.name}-{plan_name}"))
+    return cases
+
+
+@pytest.mark.parametrize("info,args,in_dims", vmap_cases())
+def test_vmap_matches_a_python_loop_without_fallback(info, args, in_dims):
+    torch.manual_seed(0)
+    batched = _batched(args, in_dims)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the per-sample fallback warns of a performance drop
-        batched = torch.vmap(fn, in_dims=in_dims)(*args)
-    assert_close_named(batched, _loop(fn, in_dims, args), f"vmap {name} {in_dims}")
+        out = torch.vmap(info.func, in_dims=in_dims)(*batched)
+    assert_close_named(out, _loop(info.func, in_dims, batched), f"vmap {info.name} {in_dims}")
 
 
-def test_vmap_of_pointwise_op_runs_once_not_per_sample():
-    calls = []
-    handle = torch.ops.customgrad.relu.default  # counted via a dispatch-mode spy
+class _CallSpy(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self, op):
+        super().__init__()
+        self.op, self.shapes = op, []
 
-    class Spy(torch.utils._python_dispatch.TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is handle:
-                calls.append(args[0].shape)
-            return func(*args, **(kwargs or {}))
-
-    with Spy():
-        torch.vmap(opslib.relu)(torch.randn(B, 3))
-    assert calls == [torch.Size([B, 3])]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is self.op:
+            self.shapes.append(args[0].shape)
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("info", op_params())
-def test_autocast_cpu_bfloat16_follows_native(info):
-    args = info.batch_inputs(8, "cpu", torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours, native = info.func(*args), info.reference(*args)
-    assert ours.dtype == native.dtype, f"{info.name}: {ours.dtype} vs native {native.dtype}"
-    assert_close_named(ours, native, f"{info.name} under autocast")
+def test_vmap_runs_the_op_once_on_the_batch_not_per_sample(info):
+    """The first tensor batched (the others shared): one call of the op on the whole batch."""
+    args = info.batch_inputs(3, "cpu", torch.float32)
+    in_dims = (0, *([None] * (len(args) - 1)))
+    with _CallSpy(info.op) as spy:
+        torch.vmap(info.func, in_dims=in_dims)(*_batched(args, in_dims))
+    assert len(spy.shapes) == 1 and spy.shapes[0][0] == B, f"{info.name}: {spy.shapes}"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_autocast_linear_computes_in_the_autocast_dtype_like_F_linear(dtype):
-    x, w, b = (
-        t.requires_grad_()
-        for t in opslib.op_table.OPS_BY_NAME["linear"].batch_inputs(8, "cpu", torch.float32)
-    )
+@pytest.mark.parametrize("info", op_params())
+def test_autocast_cpu_follows_native(info, dtype):
+    """Under CPU autocast the op computes in the dtype native does (linear: the autocast dtype,
+    like F.linear; pointwise ops: their input's), and its gradients reach the inputs in the
+    dtype native's do."""
+    args = leaves(info.batch_inputs(8, "cpu", torch.float32))
+    native_args = leaves(args)
     with torch.autocast("cpu", dtype=dtype):
-        ours = opslib.linear(x, w, b)
-        native = F.linear(x, w, b)
-    assert ours.dtype == native.dtype == dtype
-    assert_close_named(ours, native, "linear under autocast", atol=0, rtol=0)
+        ours, native = info.func(*args), info.reference(*native_args)
+    assert ours.dtype == native.dtype, f"{info.name}: {ours.dtype} vs native {native.dtype}"
+    assert_close_named(ours, native, f"{info.name} under autocast")
     ours.float().sum().backward()
-    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32  # grads to the params
+    native.float().sum().backward()
+    for i, (a, b) in enumerate(zip(requiring_grad(args), requiring_grad(native_args), strict=True)):
+        assert a.grad.dtype == b.grad.dtype, (
+            f"{info.name} grad {i}: {a.grad.dtype} vs {b.grad.dtype}"
+        )
 
 
 # Known upstream limits (README "Known limits"). Each test asserts the *correct* behaviour and is
