@@ -37,7 +37,7 @@ from torch.utils.benchmark import Timer
 
 import opslib
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, OpInfo, linear_bench_shape
+from opslib.op_table import OP_TABLE, OpInfo, leaves, linear_bench_shape, requiring_grad
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -161,12 +161,13 @@ def phase_callable(func: Callable, args: tuple, phase: str) -> Callable[[], obje
     """forward: no autograd at all; backward: only the backward of a kept graph; full: both."""
     if phase == "forward":
         return lambda: func(*args)
-    inputs = [a.detach().requires_grad_() for a in args]
+    inputs = leaves(args)
+    wrt = requiring_grad(inputs)
     y = func(*inputs)
     grad_y = torch.randn_like(y)
     if phase == "backward":
-        return lambda: torch.autograd.grad(y, inputs, grad_y, retain_graph=True)
-    return lambda: torch.autograd.grad(func(*inputs), inputs, grad_y)
+        return lambda: torch.autograd.grad(y, wrt, grad_y, retain_graph=True)
+    return lambda: torch.autograd.grad(func(*inputs), wrt, grad_y)
 
 
 def roofline(device: torch.device, quick: bool, samples: int) -> dict[str, float]:
@@ -272,7 +273,7 @@ def bench_memory(args, device, meta) -> list[dict]:
     rows = []
     for info in OP_TABLE:
         size = info.bench_sizes[2]
-        inputs = [a.requires_grad_() for a in info.bench_inputs(size, device, args.dtype)]
+        inputs = leaves(info.bench_inputs(size, device, args.dtype))
         ours, native = saved_bytes(info.func, inputs), saved_bytes(info.reference, inputs)
         rows.append(
             {

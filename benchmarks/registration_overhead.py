@@ -24,7 +24,7 @@ import torch
 from bench import measure_pair
 
 import opslib
-from opslib.op_table import OP_TABLE
+from opslib.op_table import OP_TABLE, leaves, requiring_grad
 
 SAMPLES, TARGET_S = 21, 0.01
 BOUNDS = {"no grad": 3.0, "fwd+bwd": 2.5}
@@ -42,22 +42,15 @@ custom_op_relu.register_autograd(
 )
 
 
-def _leaves(args: tuple) -> tuple:
-    return tuple(
-        a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-        for a in args
-    )
-
-
 def measure(label: str, func, reference, args: tuple) -> tuple[float, float]:
     """(no-grad ratio, forward+backward ratio) of ``func`` against ``reference``."""
-    leaves = _leaves(args)
-    tensors = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+    inputs = leaves(args)
+    tensors = requiring_grad(inputs)
     grad_y = torch.ones_like(reference(*args))
     fwd, fwd_native = measure_pair(lambda: func(*args), lambda: reference(*args), SAMPLES, TARGET_S)
     full, full_native = measure_pair(
-        lambda: torch.autograd.grad(func(*leaves), tensors, grad_y),
-        lambda: torch.autograd.grad(reference(*leaves), tensors, grad_y),
+        lambda: torch.autograd.grad(func(*inputs), tensors, grad_y),
+        lambda: torch.autograd.grad(reference(*inputs), tensors, grad_y),
         SAMPLES,
         TARGET_S,
     )

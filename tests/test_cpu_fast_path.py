@@ -1,9 +1,11 @@
 """The C++ CPU fast path (opslib/csrc/cpu_fast_path.cpp): built here, taken by plain calls that
 need no autograd, bit-for-bit the Python kernel's result, and never taken by any other call.
 
-Which path ran is told by the Python kernel's input check: every Python kernel calls its
-module's ``check_floating_input``, the C++ path calls nothing in Python, so a counter put in
-its place stays at zero exactly when the fast path computed the call.
+Which path ran is told by the Python kernel itself: a profile hook (``sys.setprofile``) sees
+every call into the code of a registered kernel (``PYTHON_KERNELS``), and the C++ path calls
+nothing in Python. Which calls the C++ path computes is declared per op in the op table
+(``OpInfo.cpu_fast_path``). Bad calls never reach it either: they raise the Python kernel's
+errors, with the fast path on, in tests/test_bad_input.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -21,36 +24,50 @@ from conftest import get_sample, op_params, op_sample_params
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import opslib
+from opslib.core.registration import PYTHON_KERNELS
+from opslib.op_table import OP_TABLE, leaves
 from opslib.ops.learned_silu import FUSED_FORWARD_MIN_NUMEL
 
 FAST_PATH_OFF = os.environ.get("OPSLIB_CPU_FAST_PATH") == "0"
 needs_fast_path = pytest.mark.skipif(FAST_PATH_OFF, reason="OPSLIB_CPU_FAST_PATH=0")
 
 
-def python_kernel(name: str):
-    """The op's CPU kernel, ``opslib/ops/<name>.py: _<name>_kernel``, called directly."""
-    return getattr(importlib.import_module(f"opslib.ops.{name}"), f"_{name}_kernel")
+def python_kernel(info):
+    """The op's Python kernel, as define_op registered it."""
+    return PYTHON_KERNELS[info.op._schema.name]
 
 
-@pytest.fixture
-def python_kernel_calls(monkeypatch):
-    """``calls[name]``: how many times op ``name``'s Python kernel checked its input."""
-    calls: dict[str, int] = {}
-    for info in opslib.op_table.OP_TABLE:
-        module = importlib.import_module(f"opslib.ops.{info.name}")
-        original = module.check_floating_input
+@contextmanager
+def python_kernel_calls():
+    """Yields a list that collects the qualified name of every Python kernel run inside."""
+    codes = {kernel.__code__: name for name, kernel in PYTHON_KERNELS.items()}
+    seen: list[str] = []
 
-        def counting(op, *args, _original=original):
-            calls[op] = calls.get(op, 0) + 1
-            return _original(op, *args)
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            seen.append(codes[frame.f_code])
 
-        monkeypatch.setattr(module, "check_floating_input", counting)
-    return calls
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(previous)
 
 
 @needs_fast_path
 def test_fast_path_is_built_and_loaded():
     assert opslib.cpu_fast_path_enabled(), "the C++ CPU fast path failed to build or load"
+
+
+def test_the_table_declares_exactly_the_ops_that_have_a_cpp_kernel():
+    if not opslib.cpu_fast_path_enabled():
+        pytest.skip("the fast path is not loaded")
+    for info in OP_TABLE:
+        has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(
+            info.op._schema.name, "AutogradCPU"
+        )
+        assert has_kernel == (info.cpu_fast_path is not None), info.name
 
 
 @pytest.mark.parametrize("info,index", op_sample_params())
@@ -60,81 +77,54 @@ def test_no_grad_call_gives_the_python_kernels_result_bit_for_bit(info, index):
     for dtype in info.dtypes:
         sample = get_sample(info, index, "cpu", dtype, requires_grad=False)
         got = info.op(*sample.args)
-        want = python_kernel(info.name)(*sample.args)
+        want = python_kernel(info)(*sample.args)
         what = f"{info.name}/{sample} {dtype}"
         assert got.dtype == want.dtype and got.shape == want.shape, what
         assert got.stride() == want.stride(), f"{what}: strides {got.stride()} != {want.stride()}"
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=what)
 
 
-def t(*shape, dtype=torch.float32, requires_grad=False):
-    return torch.randn(shape, dtype=dtype).requires_grad_(requires_grad)
+def plain_calls() -> list:
+    """Every sample of every op with a C++ kernel, and its benchmark inputs up to 4M elements
+    (where learned_silu leaves the fast path for its fused loop), without grad."""
+    params = []
+    for info in OP_TABLE:
+        if info.cpu_fast_path is None:
+            continue
+        for index, sample in enumerate(info.sample_inputs("cpu", torch.float32, False)):
+            params.append(pytest.param(info, ("sample", index), id=f"{info.name}-{sample.name}"))
+        for size in info.bench_sizes:
+            if size <= 1 << 22:
+                params.append(pytest.param(info, ("bench", size), id=f"{info.name}-bench{size}"))
+    return params
 
 
-UNARY = ["square", "cube", "exp", "relu", "sigmoid", "tanh"]
-PLAIN_CALLS = [
-    *[(name, (t(4, 5),)) for name in UNARY],
-    *[(name, (t(5, 4).t(),)) for name in UNARY],  # transposed
-    ("relu", (t(),)),
-    ("exp", (t(0, 3),)),
-    ("tanh", (t(3, 4, dtype=torch.bfloat16),)),
-    ("sigmoid", (t(3, 4, dtype=torch.float16),)),
-    ("square", (t(3, 4, dtype=torch.float64),)),
-    ("linear", (t(4, 3), t(5, 3))),
-    ("linear", (t(4, 3), t(5, 3), t(5))),
-    ("linear", (t(3), t(5, 3), t(5))),
-    ("linear", (t(2, 4, 3), t(5, 3), t(5))),
-    ("learned_silu", (t(4, 5), t())),
-    ("learned_silu", (t(4, 5), t(1))),
-    ("learned_silu", (t(4, 5), t(5))),
-    ("learned_silu", (t(FUSED_FORWARD_MIN_NUMEL - 1), t(1))),
-]
-
-
-def _call(name, args):
-    return getattr(torch.ops.customgrad, name)(*args)
+def _plain_args(info, which):
+    kind, key = which
+    torch.manual_seed(0)
+    if kind == "sample":
+        return info.sample_inputs("cpu", torch.float32, False)[key].args
+    return info.bench_inputs(key, "cpu", torch.float32)
 
 
 @needs_fast_path
-@pytest.mark.parametrize("name,args", PLAIN_CALLS, ids=[c[0] for c in PLAIN_CALLS])
-def test_plain_call_without_autograd_takes_the_fast_path(name, args, python_kernel_calls):
-    _call(name, args)
-    with_grad = [a.detach().requires_grad_() for a in args]
-    with torch.no_grad():  # inputs that require grad, but no_grad: nothing to record
-        _call(name, with_grad)
-    assert python_kernel_calls.get(name, 0) == 0, f"{name}: the Python kernel ran"
-    _call(name, with_grad)  # a gradient to record: the Python path, or the counter is blind
-    assert python_kernel_calls.get(name, 0) > 0, f"{name}: the counter saw no Python call"
-
-
-def _fused_learned_silu_call():
-    x = t(FUSED_FORWARD_MIN_NUMEL)
-    return opslib.learned_silu(x, t(1))
-
-
-OTHER_CALLS = {
-    "needs a gradient": lambda: opslib.relu(t(3, requires_grad=True)),
-    "linear bias [1, out]": lambda: opslib.linear(t(4, 3), t(5, 3), t(1, 5)),
-    "linear bias [batch, out]": lambda: opslib.linear(t(4, 3), t(5, 3), t(4, 5)),
-    "learned_silu at the fused size": _fused_learned_silu_call,
-    "integer input": lambda: opslib.exp(torch.arange(3)),
-    "mismatched dtypes": lambda: opslib.linear(t(4, 3), t(5, 3, dtype=torch.float64)),
-    "bad shapes": lambda: opslib.linear(t(4, 6), t(5, 3)),
-    "slope too wide": lambda: opslib.learned_silu(t(4, 5), t(6)),
-    "sparse input": lambda: opslib.tanh(t(3, 3).to_sparse()),
-}
-
-
-@needs_fast_path
-@pytest.mark.parametrize("case", list(OTHER_CALLS), ids=list(OTHER_CALLS))
-def test_every_other_call_goes_to_the_python_kernel(case, python_kernel_calls):
-    """Autograd, other bias or slope forms, the fused size and every bad input are the Python
-    kernel's: it computes or raises (its messages are checked in test_bad_input.py)."""
-    try:
-        OTHER_CALLS[case]()
-    except (TypeError, ValueError):
-        pass
-    assert sum(python_kernel_calls.values()) > 0, f"{case}: the fast path took it"
+@pytest.mark.parametrize("info,which", plain_calls())
+def test_calls_the_op_table_gives_the_fast_path_take_it_and_no_others(info, which):
+    """A valid call without autograd is the C++ kernel's exactly when the op's OpInfo says so;
+    inputs that require grad under torch.no_grad() are the same; a call that records a gradient
+    always reaches the Python kernel (which also shows that the profile hook sees it)."""
+    args = _plain_args(info, which)
+    expected_fast = info.cpu_fast_path(*args)
+    with_grad = leaves(args)
+    with python_kernel_calls() as seen:
+        info.op(*args)
+        with torch.no_grad():
+            info.op(*with_grad)
+    assert bool(seen) != expected_fast, f"{info.name}: Python kernel calls {seen}"
+    if any(a.requires_grad for a in with_grad if isinstance(a, torch.Tensor) and a.numel()):
+        with python_kernel_calls() as seen:
+            info.op(*with_grad)
+        assert seen, f"{info.name}: a call that needs a gradient skipped the Python kernel"
 
 
 def test_learned_silu_sizes_the_fast_path_leaves_to_the_fused_loop(monkeypatch):
@@ -144,9 +134,9 @@ def test_learned_silu_sizes_the_fast_path_leaves_to_the_fused_loop(monkeypatch):
     fused_calls = []
     original = module.run_fused
     monkeypatch.setattr(module, "run_fused", lambda *a: fused_calls.append(1) or original(*a))
-    opslib.learned_silu(t(FUSED_FORWARD_MIN_NUMEL - 1), t(1))
+    opslib.learned_silu(torch.randn(FUSED_FORWARD_MIN_NUMEL - 1), torch.randn(1))
     assert not fused_calls
-    y = _fused_learned_silu_call()
+    y = opslib.learned_silu(torch.randn(FUSED_FORWARD_MIN_NUMEL), torch.randn(1))
     assert fused_calls and y.shape == (FUSED_FORWARD_MIN_NUMEL,)
 
 
@@ -167,23 +157,25 @@ def test_a_dispatch_mode_still_sees_the_op(info):
     args = info.batch_inputs(3, "cpu", torch.float32)
     with SeesEveryOp() as mode:
         info.func(*args)
-    assert f"customgrad.{info.name}.default" in mode.seen, mode.seen
+    assert str(info.op) in mode.seen, mode.seen
 
 
-def test_forward_mode_tangent_is_refused_without_grad_too():
+@pytest.mark.parametrize("info", op_params())
+def test_forward_mode_tangent_is_refused_without_grad_too(info):
     import torch.autograd.forward_ad as fwAD
 
+    args = info.batch_inputs(3, "cpu", torch.float32)
     with fwAD.dual_level():
-        dual = fwAD.make_dual(t(3), t(3))
-        with pytest.raises(NotImplementedError, match=r"customgrad\.tanh: forward-mode AD"):
-            opslib.tanh(dual)
+        dual = fwAD.make_dual(args[0], torch.randn_like(args[0]))
+        with pytest.raises(NotImplementedError, match=rf"{info.label}: forward-mode AD"):
+            info.func(dual, *args[1:])
 
 
-def test_inference_mode_calls_work():
-    x = t(4, 5)
+@pytest.mark.parametrize("info", op_params())
+def test_inference_mode_calls_work(info):
+    args = info.batch_inputs(4, "cpu", torch.float32)
     with torch.inference_mode():
-        for name in UNARY:
-            torch.testing.assert_close(_call(name, (x,)), python_kernel(name)(x))
+        torch.testing.assert_close(info.func(*args), python_kernel(info)(*args))
 
 
 def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import assert_close_named, op_params
 
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE
+from opslib.op_table import OP_TABLE, leaves, requiring_grad
 
 
 def _rss_mb() -> float:
@@ -53,7 +53,7 @@ def test_ten_thousand_training_steps_do_not_grow_memory():
 
 @pytest.mark.parametrize("info", op_params())
 def test_nothing_is_saved_for_backward_without_grad(info):
-    args = [a.requires_grad_() for a in info.batch_inputs(16, "cpu", torch.float32)]
+    args = leaves(info.batch_inputs(16, "cpu", torch.float32))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         with torch.no_grad():
@@ -72,9 +72,9 @@ def test_many_threads_give_the_same_results_as_one():
 
     def run(job):
         info, args = job
-        leaves = [a.detach().clone().requires_grad_() for a in args]
-        y = info.func(*leaves)
-        grads = torch.autograd.grad(y, leaves, torch.ones_like(y))
+        inputs = leaves(args)
+        y = info.func(*inputs)
+        grads = torch.autograd.grad(y, requiring_grad(inputs), torch.ones_like(y))
         return [y.detach(), *grads]
 
     sequential = [run(job) for job in jobs]

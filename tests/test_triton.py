@@ -12,7 +12,7 @@ import torch
 from conftest import ALL_OPCHECK_TESTS, HAS_CUDA, assert_close_named, requires_cuda
 
 from opslib.core import triton_launchers as _triton
-from opslib.op_table import OPS_BY_NAME
+from opslib.op_table import OP_TABLE, leaves
 
 pytestmark = pytest.mark.skipif(_triton.kernels() is None, reason="Triton is not installed")
 
@@ -27,30 +27,23 @@ DEVICES = [
     pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda], id="cuda"),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-UNARY = {
-    "square": _triton.SQUARE,
-    "cube": _triton.CUBE,
-    "exp": _triton.EXP,
-    "relu": _triton.RELU,
-    "sigmoid": _triton.SIGMOID,
-    "tanh": _triton.TANH,
-}
-SAVES_OUTPUT = {"exp", "relu", "sigmoid", "tanh"}  # the others save x
 
 
-def layouts(device, dtype):
-    base = torch.randn(33, 40, device=device).to(dtype)
-    return {
-        "contiguous": torch.randn(3000, device=device).to(dtype),
-        "transposed": base.t(),
-        "strided-slice": base[::2, 1::3],
-        "expanded": torch.randn(33, 1, device=device).to(dtype).expand(33, 40),
-        "channels-last": torch.randn(2, 3, 4, 5, device=device)
-        .to(dtype)
-        .contiguous(memory_format=torch.channels_last),
-        "0-d": torch.randn((), device=device).to(dtype),
-        "empty": torch.randn(0, 7, device=device).to(dtype),
-    }
+def triton_params() -> list:
+    return [pytest.param(info, id=info.name) for info in OP_TABLE if info.triton is not None]
+
+
+def triton_calls(info, device, dtype) -> list:
+    """The op's samples (every awkward layout, 0-d, empty) and a batch of 64 rows (several
+    blocks of the kernels), with the values moved to ``device`` in ``dtype``; the calls its
+    kernels take (``TritonPath.supports``)."""
+    calls = [(s.name, s.args) for s in info.sample_inputs("cpu", torch.float32, False)]
+    calls.append(("batch-64", info.batch_inputs(64, "cpu", torch.float32)))
+    moved = [
+        (name, tuple(a.to(device, dtype) if isinstance(a, torch.Tensor) else a for a in args))
+        for name, args in calls
+    ]
+    return [(name, args) for name, args in moved if info.triton.supports(*args)]
 
 
 def tolerance(dtype):
@@ -67,50 +60,74 @@ def tolerance(dtype):
 
 
 def reference_in_float32(info, *args):
-    return info.reference(*(a.float() for a in args))
+    return info.reference(*(a.float() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def reference_gradients(info, grad_y, args, dtype=torch.float32):
+    """Native autograd of the reference in ``dtype``: the gradient of every tensor argument."""
+    inputs = tuple(
+        a.detach().to(dtype).requires_grad_() if isinstance(a, torch.Tensor) else a for a in args
+    )
+    wrt = [a for a in inputs if isinstance(a, torch.Tensor)]
+    return torch.autograd.grad(info.reference(*inputs), wrt, grad_y.to(dtype))
+
+
+def gradient_tolerance(dtype, grad, grad_y, args):
+    """Elementwise gradients: ``tolerance``. A gradient reduced over broadcast dims (a slope's)
+    is a sum of many terms: its absolute tolerance grows with the size of that sum."""
+    tol = tolerance(dtype)
+    if grad.numel() >= grad_y.numel():
+        return tol
+    scale = max(1.0, (grad_y.float() * args[0].float()).abs().sum().item())
+    return {"atol": scale * tol["rtol"] * 4, "rtol": tol["rtol"]}
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", UNARY)
-def test_unary_forward_matches_native_in_every_layout(name, dtype, device):
-    info = OPS_BY_NAME[name]
-    for layout, x in layouts(device, dtype).items():
-        y = _triton.unary_forward(UNARY[name], x)
-        assert y.shape == x.shape and y.dtype == dtype
-        assert y.stride() == torch.empty_like(x).stride(), f"{layout}: layout differs from fake"
-        want = reference_in_float32(info, x).to(dtype)
-        assert_close_named(y, want, f"triton {name} {dtype} {layout}", **tolerance(dtype))
-
-
-BACKWARD_FORMULA = {  # dL/dx from g and the saved tensor, as each op's file derives it
-    "square": lambda g, x: g * 2 * x,
-    "cube": lambda g, x: 3 * g * x * x,
-    "exp": lambda g, y: g * y,
-    "relu": lambda g, y: torch.where(y <= 0, 0.0, g),
-    "sigmoid": lambda g, y: g * y * (1 - y),
-    "tanh": lambda g, y: g * (1 - y * y),
-}
+@pytest.mark.parametrize("info", triton_params())
+def test_forward_matches_native_in_every_layout(info, dtype, device):
+    for name, args in triton_calls(info, device, dtype):
+        y = info.triton.forward(*args)
+        assert y.shape == args[0].shape and y.dtype == dtype, name
+        assert y.stride() == info.op(*args).stride(), f"{name}: layout differs from the op's"
+        want = reference_in_float32(info, *args).to(dtype)
+        assert_close_named(y, want, f"triton {info.name} {dtype} {name}", **tolerance(dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", UNARY)
-def test_unary_backward_matches_the_documented_formula(name, dtype, device):
-    info = OPS_BY_NAME[name]
-    for layout, x in layouts(device, dtype).items():
-        # what the op saves, in the op's dtype: x, or y = op(x)
-        saved = info.reference(x.float()).to(dtype) if name in SAVES_OUTPUT else x
+@pytest.mark.parametrize("info", triton_params())
+def test_backward_matches_native_autograd(info, dtype, device):
+    for name, args in triton_calls(info, device, dtype):
+        x = args[0]
         grad_y = (
             torch.randn(x.shape[::-1], device=device).to(dtype).mT  # a transposed gradient
             if x.dim() == 2
             else torch.randn(x.shape, device=device).to(dtype)
         )
-        want = BACKWARD_FORMULA[name](grad_y.float(), saved.float()).to(dtype)
-        got = _triton.unary_backward(UNARY[name], grad_y, saved)
-        assert_close_named(
-            got, want, f"triton {name} backward {dtype} {layout}", **tolerance(dtype)
-        )
+        got = info.triton.backward(grad_y, *args)
+        what = f"triton {info.name} backward {dtype} {name}"
+        if dtype == torch.float32:
+            want = reference_gradients(info, grad_y, args)
+            for i, (g, w) in enumerate(zip(got, want, strict=True)):
+                assert g.shape == w.shape and g.dtype == dtype, f"{what}, grad {i}"
+                tol = gradient_tolerance(dtype, g, grad_y, args)
+                assert_close_named(g, w, f"{what}, grad {i}", **tol)
+            continue
+        # Half types: the op saves its output rounded to the dtype, as native does, so the
+        # bound is native's own error in the dtype (against float64), twice, plus one epsilon.
+        exact = reference_gradients(info, grad_y, args, torch.float64)
+        native = reference_gradients(info, grad_y, args, dtype)
+        eps = torch.finfo(dtype).eps
+        for i, (g, e, n) in enumerate(zip(got, exact, native, strict=True)):
+            assert g.shape == e.shape and g.dtype == dtype, f"{what}, grad {i}"
+            if not g.numel():
+                continue
+            err, native_err = ((t.double() - e).abs().max().item() for t in (g, n))
+            scale = max(1.0, e.abs().max().item())
+            assert err <= 2 * native_err + eps * scale, (
+                f"{what}, grad {i}: error {err:.3g}, native {native_err:.3g}"
+            )
 
 
 SPECIAL = [
@@ -132,68 +149,28 @@ SPECIAL = [
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", UNARY)
-def test_unary_extreme_values_match_native(name, device):
-    info = OPS_BY_NAME[name]
-    x = torch.tensor(SPECIAL, device=device)
-    assert_close_named(_triton.unary_forward(UNARY[name], x), info.reference(x), f"{name} fwd")
-    x_ref = x.clone().requires_grad_()
-    y_ref = info.reference(x_ref)
-    (want,) = torch.autograd.grad(y_ref, x_ref, torch.ones_like(x))
-    saved = y_ref.detach() if name in SAVES_OUTPUT else x
-    got = _triton.unary_backward(UNARY[name], torch.ones_like(x), saved)
-    assert_close_named(got, want, f"{name} backward on {SPECIAL}")
-
-
-SILU_SHAPES = [
-    ((3000,), (1,)),
-    ((37, 200), (200,)),
-    ((5, 7, 9), (9,)),
-    ((5, 7, 9), ()),
-    ((0, 4), (4,)),
-    ((), ()),
-]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("x_shape,slope_shape", SILU_SHAPES, ids=str)
-def test_learned_silu_forward_and_fused_backward(x_shape, slope_shape, dtype, device):
-    info = OPS_BY_NAME["learned_silu"]
-    x = torch.randn(x_shape, device=device).to(dtype)
-    slope = (torch.rand(slope_shape, device=device) + 0.5).to(dtype)
-    assert _triton.learned_silu_supported(x, slope)
-    y = _triton.learned_silu_forward(x, slope)
-    want = reference_in_float32(info, x, slope)
-    assert_close_named(y, want.to(dtype), f"learned_silu {dtype} {x_shape}", **tolerance(dtype))
-
-    x32, s32 = x.float().requires_grad_(), slope.float().requires_grad_()
-    grad_y = torch.randn(x_shape, device=device).to(dtype)
-    want_x, want_slope = torch.autograd.grad(info.reference(x32, s32), (x32, s32), grad_y.float())
-    grad_x, grad_slope = _triton.learned_silu_backward(grad_y, x, slope)
-    assert grad_slope.shape == slope.shape and grad_slope.dtype == dtype
-    assert_close_named(grad_x, want_x.to(dtype), f"grad x {dtype} {x_shape}", **tolerance(dtype))
-    # the slope gradient is a sum over many terms: relative to its size, in the output dtype
-    scale = max(1.0, (grad_y.float() * x32.detach()).abs().sum().item())
-    assert_close_named(
-        grad_slope,
-        want_slope.to(dtype),
-        f"grad slope {dtype} {x_shape}",
-        atol=scale * tolerance(dtype)["rtol"] * 4,
-        rtol=tolerance(dtype)["rtol"],
+@pytest.mark.parametrize("info", [p for p in triton_params() if p.values[0].extreme_inputs])
+def test_extreme_values_match_native(info, device):
+    args = tuple(
+        a.detach().to(device) if isinstance(a, torch.Tensor) else a
+        for a in info.extreme_inputs(torch.tensor(SPECIAL))
     )
+    assert_close_named(info.triton.forward(*args), info.reference(*args), f"{info.name} fwd")
+    grad_y = torch.ones(len(SPECIAL), device=device)
+    got = info.triton.backward(grad_y, *args)
+    for i, (g, w) in enumerate(zip(got, reference_gradients(info, grad_y, args), strict=True)):
+        assert_close_named(g, w, f"{info.name} backward on {SPECIAL}, grad {i}")
 
 
 @requires_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", [*UNARY, "learned_silu"])
-def test_ops_take_the_triton_path_on_cuda_and_keep_the_contract(name, monkeypatch):
-    info = OPS_BY_NAME[name]
+@pytest.mark.parametrize("info", triton_params())
+def test_ops_take_the_triton_path_on_cuda_and_keep_the_contract(info, monkeypatch):
     calls = []
     for fn in ("unary_forward", "unary_backward", "learned_silu_forward", "learned_silu_backward"):
         original = getattr(_triton, fn)
         monkeypatch.setattr(_triton, fn, lambda *a, f=original, n=fn: calls.append(n) or f(*a))
-    args = [a.requires_grad_() for a in info.batch_inputs(64, "cuda", torch.float32)]
+    args = leaves(info.batch_inputs(64, "cuda", torch.float32))
     y = info.func(*args)
     y.backward(torch.ones_like(y))
     assert len(calls) == 2, calls  # one forward kernel, one backward kernel

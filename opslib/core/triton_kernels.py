@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from opslib.ops import _triton as codes
+from opslib.core import triton_launchers as codes
 
 # Jitted code may read only constexpr globals: the op codes of _triton.py, wrapped.
 SQUARE = tl.constexpr(codes.SQUARE)

@@ -17,6 +17,7 @@ CUDA path applies and return None when it does not.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from types import ModuleType
 
@@ -32,11 +33,13 @@ BLOCK = 1024
 
 @functools.cache
 def kernels() -> ModuleType | None:
-    try:
-        from opslib.core import triton_kernels as _triton_kernels
-    except ImportError:  # no Triton on this machine
+    """The kernels module, or None where Triton is not installed. Only a missing Triton means
+    None: an error in opslib's own kernels module is raised, not mistaken for it."""
+    if importlib.util.find_spec("triton") is None:
         return None
-    return _triton_kernels
+    from opslib.core import triton_kernels
+
+    return triton_kernels
 
 
 def interpreter_enabled() -> bool:
