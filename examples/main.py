@@ -7,12 +7,12 @@ against native PyTorch autograd.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
-import opslib
 from opslib import Cube, Exp, Square
+from opslib.op_table import OP_TABLE, leaves, requiring_grad
 
 
 def scalar_examples() -> None:
@@ -32,33 +32,37 @@ def scalar_examples() -> None:
 
 
 def network(x, w1, b1, slope, w2, b2, ops) -> torch.Tensor:
-    """A small network that uses all eight ops (or their native equivalents)."""
-    h = ops["learned_silu"](ops["linear"](x, w1, b1), slope)
-    h = ops["tanh"](h) + ops["relu"](h) + ops["sigmoid"](h)
-    out = ops["linear"](h, w2, b2)
-    return (ops["square"](out) + 0.1 * ops["cube"](out) + 0.01 * ops["exp"](out)).mean()
+    """The design's small network, combining the seed ops (or their native equivalents)."""
+    h = ops.learned_silu(ops.linear(x, w1, b1), slope)
+    h = ops.tanh(h) + ops.relu(h) + ops.sigmoid(h)
+    out = ops.linear(h, w2, b2)
+    return (ops.square(out) + 0.1 * ops.cube(out) + 0.01 * ops.exp(out)).mean()
 
 
-OPSLIB = {
-    "linear": opslib.linear,
-    "learned_silu": opslib.learned_silu,
-    "tanh": opslib.tanh,
-    "relu": opslib.relu,
-    "sigmoid": opslib.sigmoid,
-    "square": opslib.square,
-    "cube": opslib.cube,
-    "exp": opslib.exp,
-}
-NATIVE = {
-    "linear": F.linear,
-    "learned_silu": lambda x, a: a * x * torch.sigmoid(x),
-    "tanh": torch.tanh,
-    "relu": torch.relu,
-    "sigmoid": torch.sigmoid,
-    "square": torch.square,
-    "cube": lambda x: torch.pow(x, 3),
-    "exp": torch.exp,
-}
+# Every op of the op table by name, as opslib computes it and as native PyTorch does.
+OPSLIB = SimpleNamespace(**{info.name: info.func for info in OP_TABLE})
+NATIVE = SimpleNamespace(**{info.name: info.reference for info in OP_TABLE})
+
+
+def every_op_against_native() -> int:
+    """Each op of the op table on its batch arguments, in float64: value and every gradient."""
+    print(f"\nEvery op of the op table, float64, against {len(OP_TABLE)} native references:")
+    failures = 0
+    for info in OP_TABLE:
+        args = leaves(info.batch_inputs(4, "cpu", torch.float64))
+        native_args = leaves(args)
+        y, y_ref = info.func(*args), info.reference(*native_args)
+        grad_y = torch.randn_like(y_ref)
+        grads = torch.autograd.grad(y, requiring_grad(args), grad_y)
+        grads_ref = torch.autograd.grad(y_ref, requiring_grad(native_args), grad_y)
+        err = max(
+            (a - b).abs().max().item()
+            for a, b in zip((y, *grads), (y_ref, *grads_ref), strict=True)
+        )
+        ok = err <= 1e-10
+        failures += not ok
+        print(f"  {info.name:<14}{info.reference_text:<34}{err:>12.3e}  {'PASS' if ok else 'FAIL'}")
+    return failures
 
 
 def main() -> int:
@@ -82,7 +86,7 @@ def main() -> int:
     loss_ref.backward()
 
     print(
-        f"\nNetwork of all eight ops, float64: loss {loss.item():.12f} "
+        f"\nThe design's network of the seed ops, float64: loss {loss.item():.12f} "
         f"(native {loss_ref.item():.12f})"
     )
     print(f"  {'gradient of':<18}{'shape':<12}{'max |opslib - native|':>24}  result")
@@ -92,6 +96,7 @@ def main() -> int:
         ok = torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
         failures += not ok
         print(f"  {name:<18}{str(list(a.shape)):<12}{err:>24.3e}  {'PASS' if ok else 'FAIL'}")
+    failures += every_op_against_native()
     print("\nAll gradients match native autograd." if not failures else f"\n{failures} FAILED.")
     return 1 if failures else 0
 

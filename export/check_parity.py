@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from opslib import onnx as opslib_onnx
+import parity
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         rows = []
-        for ref in opslib_onnx.reference_models(names=args.only):
-            path = out / opslib_onnx.file_name(ref)
-            opslib_onnx.export(ref.model, (ref.make_input(8),), path)
-            rows += opslib_onnx.check_parity(ref, path)
-    print(opslib_onnx.format_parity_table(rows))
+        for ref in parity.reference_models(names=args.only):
+            path = out / parity.file_name(ref)
+            parity.export_reference(ref, path)
+            rows += parity.check_parity(ref, path)
+    print(parity.format_parity_table(rows))
     failed = [r for r in rows if not r.passed]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from opslib import onnx as opslib_onnx
+import parity
 
 
 def _dims(value_info) -> list[str]:
@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="model names (default: all)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for ref in opslib_onnx.reference_models(names=args.only):
-        path = args.out / opslib_onnx.file_name(ref)
-        proto = opslib_onnx.export(ref.model, (ref.make_input(8),), path)
+    for ref in parity.reference_models(names=args.only):
+        path = args.out / parity.file_name(ref)
+        proto = parity.export_reference(ref, path)
         nodes = " ".join(n.op_type for n in proto.graph.node)
         inputs = ", ".join(f"{i.name}{_dims(i)}" for i in proto.graph.input)
         print(f"{path}  inputs: {inputs}  nodes: {nodes}")

@@ -10,6 +10,9 @@ or, with the checks below done for you::
 
     opslib.onnx.export(model, (x,), "model.onnx")      # dynamic batch, checked
 
+The parity check against onnxruntime over every op (its reference models, the runner, the table
+it prints) lives with the scripts that use it: ``export/parity.py``.
+
 Needs the ``onnx`` extra: ``pip install "opslib[onnx]"`` (onnx, onnxruntime, onnxscript).
 """
 
@@ -20,7 +23,6 @@ import io
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +60,24 @@ class ONNXExportError(ValueError):
     """The exported model would not do what was asked (static batch, non-standard ops)."""
 
 
-def translation_table() -> dict[torch._ops.OpOverload, Callable]:
-    """``{torch.ops.customgrad.<op>.default: translation}`` for every op in the op table."""
+def translation_table(table: Sequence | None = None) -> dict[torch._ops.OpOverload, Callable]:
+    """``{torch.ops.customgrad.<op>.default: translation}`` for every op in the op table (or in
+    ``table``, a list of ``OpInfo``)."""
     from opslib.op_table import OP_TABLE
 
-    return {info.op: info.onnx_translation for info in OP_TABLE}
+    return {info.op: info.onnx_translation for info in (OP_TABLE if table is None else table)}
+
+
+def constant(value: float | int | bool, like) -> object:
+    """``value`` as an ONNX constant of the dtype of ``like`` (an input of the translation).
+
+    For translations of ops with non-tensor arguments (``alpha``, ``eps``...). A Python float
+    used as it is becomes a float32 constant: a float64 model then fails ``onnx.checker``
+    where the constant meets a float64 value, or computes with a rounded value.
+    """
+    from onnxscript import ir
+
+    return opset.Constant(value=ir.tensor(np.array(value, dtype=like.dtype.numpy())))
 
 
 def export(
@@ -170,28 +185,6 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-class SingleOpModel(torch.nn.Module):
-    """One op as a model: the first argument is the input, the others (weight, bias, slope) are
-    parameters, exported as initializers the way a trained model's would be."""
-
-    def __init__(self, func: Callable[..., torch.Tensor], *params: torch.Tensor | None) -> None:
-        super().__init__()
-        self.func = func
-        self.has_param = [p is not None for p in params]
-        self.eval()
-        self.params = torch.nn.ParameterList(
-            [
-                torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-                for p in params
-                if p is not None
-            ]
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = iter(self.params)
-        return self.func(x, *(next(params) if has else None for has in self.has_param))
-
-
 def onnxruntime_session(path: str | Path):
     import onnxruntime
 
@@ -226,101 +219,3 @@ def tolerance_used(actual: np.ndarray, expected: torch.Tensor, dtype: torch.dtyp
     if diff.size == 0:
         return 0.0
     return float(np.max(diff / (atol + rtol * np.abs(expected64))))
-
-
-# The export/ scripts and the tests export these: every op of the table as a single-op model,
-# and the example classifier, in each dtype onnxruntime runs.
-PARITY_DTYPES = (torch.float64, torch.float32, torch.float16)
-PARITY_BATCHES = (1, 7, 4096)
-
-
-@dataclass(frozen=True)
-class ReferenceModel:
-    name: str
-    dtype: torch.dtype
-    model: torch.nn.Module
-    make_input: Callable[[int], torch.Tensor]  # rows -> input batch
-
-
-def reference_models(
-    dtypes: Sequence[torch.dtype] = PARITY_DTYPES, names: Sequence[str] | None = None
-) -> list[ReferenceModel]:
-    from opslib.models import MLPClassifier
-    from opslib.op_table import OP_TABLE
-
-    models = []
-    for dtype in dtypes:
-        for info in OP_TABLE:
-            if names is None or info.name in names:
-                torch.manual_seed(0)
-                params = info.batch_inputs(8, "cpu", dtype)[1:]
-
-                def make_input(rows, info=info, dtype=dtype):
-                    return info.batch_inputs(rows, "cpu", dtype)[0]
-
-                models.append(
-                    ReferenceModel(info.name, dtype, SingleOpModel(info.func, *params), make_input)
-                )
-        if names is None or "mlp_classifier" in names:
-            torch.manual_seed(0)
-            classifier = MLPClassifier().to(dtype).eval()
-
-            def make_input(rows, dtype=dtype):
-                return torch.rand(rows, 64, dtype=dtype)
-
-            models.append(ReferenceModel("mlp_classifier", dtype, classifier, make_input))
-    return models
-
-
-def file_name(ref: ReferenceModel) -> str:
-    return f"{ref.name}_{str(ref.dtype).removeprefix('torch.')}.onnx"
-
-
-@dataclass(frozen=True)
-class ParityRow:
-    model: str
-    dtype: torch.dtype
-    batch: int
-    max_abs: float
-    max_rel: float
-    tolerance_used: float  # max over elements of |err| / (atol + rtol·|expected|); <= 1 passes
-    atol: float
-    rtol: float
-    passed: bool
-
-
-def check_parity(
-    ref: ReferenceModel, path: str | Path, batches: Sequence[int] = PARITY_BATCHES
-) -> list[ParityRow]:
-    """Run the exported ``ref`` in onnxruntime at each batch size and compare with PyTorch."""
-    session = onnxruntime_session(path)
-    atol, rtol = PARITY_TOLERANCE[ref.dtype]
-    rows = []
-    for batch in batches:
-        torch.manual_seed(batch)
-        x = ref.make_input(batch)
-        with torch.no_grad():
-            expected = ref.model(x)
-        (actual,) = run_onnxruntime(session, x)
-        max_abs, max_rel = parity_error(actual, expected)
-        used = tolerance_used(actual, expected, ref.dtype)
-        passed = actual.shape == tuple(expected.shape) and used <= 1.0
-        rows.append(
-            ParityRow(ref.name, ref.dtype, batch, max_abs, max_rel, used, atol, rtol, passed)
-        )
-    return rows
-
-
-def format_parity_table(rows: Sequence[ParityRow]) -> str:
-    lines = [
-        f"{'model':<16}{'dtype':<9}{'batch':>6}{'max abs err':>13}{'max rel err':>13}"
-        f"{'tolerance (atol, rtol)':>24}{'err/tol':>9}  result"
-    ]
-    for r in rows:
-        dtype = str(r.dtype).removeprefix("torch.")
-        lines.append(
-            f"{r.model:<16}{dtype:<9}{r.batch:>6}{r.max_abs:>13.2e}{r.max_rel:>13.2e}"
-            f"{f'({r.atol:.0e}, {r.rtol:.0e})':>24}{r.tolerance_used:>9.3f}"
-            f"  {'PASS' if r.passed else 'FAIL'}"
-        )
-    return "\n".join(lines)

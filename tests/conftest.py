@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import torch
+
+# The export scripts' parity models (export/parity.py) are shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 
 # Without a GPU, Triton kernels run on CPU tensors under Triton's interpreter; it must be
 # switched on before anything imports triton.
