@@ -37,7 +37,7 @@ from torch.utils.benchmark import Timer
 
 import opslib
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, OpInfo, leaves, linear_bench_shape, requiring_grad
+from opslib.op_table import OP_TABLE, OpInfo, leaves, requiring_grad
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -45,7 +45,7 @@ PHASES = ("forward", "backward", "full")
 # x-sized tensors each phase must read or write at least: forward reads x and writes y;
 # backward reads g and the saved tensor and writes dx; full is both.
 TRAFFIC = {"forward": 2, "backward": 3, "full": 5}
-MATMULS = {"forward": 1, "backward": 2, "full": 3}  # 2·M·K·N flops each
+MATMULS = {"forward": 1, "backward": 2, "full": 3}  # matmuls of the forward's size
 
 
 def steady_allocator() -> bool:
@@ -188,8 +188,7 @@ def roofline(device: torch.device, quick: bool, samples: int) -> dict[str, float
 def work(info: OpInfo, size: int, phase: str, dtype: torch.dtype) -> tuple[float, str]:
     """Minimum bytes moved (pointwise) or flops done (linear) by one call of the phase."""
     if info.roofline == "matmul":
-        m, k, n = linear_bench_shape(size)
-        return MATMULS[phase] * 2 * m * k * n, "GFLOP/s"
+        return MATMULS[phase] * info.bench_forward_flops(size), "GFLOP/s"
     return TRAFFIC[phase] * size * dtype.itemsize, "GB/s"
 
 

@@ -11,6 +11,8 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+from opslib.op_table import OPS_BY_NAME, elements_label
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
@@ -34,12 +36,8 @@ def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def size_label(op: str, size: int) -> str:
-    if op == "linear":
-        return "[1,4]x[4,4]" if size == 1 else f"[{size},1024]x[1024,1024]"
-    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale}{unit}"
-    return str(size)
+    info = OPS_BY_NAME.get(op)  # rows of ops no longer in the table: plain element counts
+    return info.bench_size_label(size) if info else elements_label(size)
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -79,7 +77,7 @@ def plot(rows: list[dict], out: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(op)
-        ax.set_xlabel("rows of x" if op == "linear" else "elements")
+        ax.set_xlabel(OPS_BY_NAME[op].bench_size_unit if op in OPS_BY_NAME else "elements")
         ax.set_ylabel("time opslib / native")
     for ax in list(axes.flat)[len(ops) :]:
         ax.axis("off")

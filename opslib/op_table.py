@@ -129,6 +129,12 @@ class OpInfo:
     bench_sizes: tuple[int, ...]
     bench_inputs: Callable[[int, torch.device | str, torch.dtype], tuple]
     roofline: str = "bandwidth"
+    # roofline "matmul": floating-point operations of one forward call at a benchmark size
+    bench_forward_flops: Callable[[int], float] | None = None
+    bench_size_unit: str = "elements"  # what a benchmark size counts, for plot axes
+    bench_size_label: Callable[[int], str] = lambda size: elements_label(size)
+    # Bytes saved for backward may be at most this fraction of native's (a fused op's claim).
+    saved_fraction_of_native: float = 1.0
     # Also time the eager op against torch.compile of its reference: for ops whose eager path is
     # itself fused, the question is whether that is as good as what the compiler makes.
     bench_against_compiled: bool = False
@@ -166,6 +172,14 @@ class OpInfo:
         return f"{self.namespace}.{self.name}"
 
 
+def elements_label(size: int) -> str:
+    """16, 4K, 256K, 4M: a benchmark size as the tables print it."""
+    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
+
+
 def _make(shape, device, dtype, requires_grad: bool, *, scale: float = 1.0) -> Tensor:
     return (torch.randn(shape, device=device, dtype=dtype) * scale).requires_grad_(requires_grad)
 
@@ -176,7 +190,9 @@ def _leaf_view(view: Tensor, requires_grad: bool) -> Tensor:
     return view.detach().requires_grad_(requires_grad)
 
 
-def _unary_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+def unary_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    """The samples of an op of one tensor: every awkward shape and layout."""
+
     def make(shape, rg=requires_grad):
         return _make(shape, device, dtype, rg)
 
@@ -315,6 +331,16 @@ def _unary_bench(numel: int, device, dtype) -> tuple[Tensor, ...]:
 def linear_bench_shape(rows: int) -> tuple[int, int, int]:
     """(rows, in, out): 1 row is the per-call-overhead case, [1, 4] x [4, 4] (16 elements)."""
     return (1, 4, 4) if rows == 1 else (rows, 1024, 1024)
+
+
+def _linear_bench_flops(rows: int) -> float:
+    m, k, n = linear_bench_shape(rows)
+    return 2 * m * k * n
+
+
+def _linear_bench_label(rows: int) -> str:
+    m, k, n = linear_bench_shape(rows)
+    return f"[{m},{k}]x[{k},{n}]"
 
 
 def _linear_bench(rows: int, device, dtype) -> tuple[Tensor, ...]:
@@ -499,7 +525,7 @@ OP_TABLE: list[OpInfo] = [
         reference=torch.square,
         reference_text="torch.square(x)",
         formula="y = x² ; dL/dx = 2x·g",
-        sample_inputs=_unary_samples,
+        sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=square_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
@@ -513,7 +539,7 @@ OP_TABLE: list[OpInfo] = [
         reference=_native_cube,
         reference_text="torch.pow(x, 3)",
         formula="y = x³ ; dL/dx = 3x²·g",
-        sample_inputs=_unary_samples,
+        sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=cube_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
@@ -527,7 +553,7 @@ OP_TABLE: list[OpInfo] = [
         reference=torch.exp,
         reference_text="torch.exp(x)",
         formula="y = eˣ ; dL/dx = y·g",
-        sample_inputs=_unary_samples,
+        sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=exp_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
@@ -541,7 +567,7 @@ OP_TABLE: list[OpInfo] = [
         reference=torch.relu,
         reference_text="torch.relu(x)",
         formula="y = max(x, 0) ; dL/dx = 0 where y ≤ 0, else g",
-        sample_inputs=_unary_samples,
+        sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=relu_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
@@ -555,7 +581,7 @@ OP_TABLE: list[OpInfo] = [
         reference=torch.sigmoid,
         reference_text="torch.sigmoid(x)",
         formula="y = 1/(1+e⁻ˣ) ; dL/dx = y(1-y)·g",
-        sample_inputs=_unary_samples,
+        sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=sigmoid_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
@@ -569,7 +595,7 @@ OP_TABLE: list[OpInfo] = [
         reference=torch.tanh,
         reference_text="torch.tanh(x)",
         formula="y = tanh(x) ; dL/dx = (1-y²)·g",
-        sample_inputs=_unary_samples,
+        sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
         onnx_translation=tanh_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
@@ -590,6 +616,9 @@ OP_TABLE: list[OpInfo] = [
         bench_sizes=LINEAR_BENCH_ROWS,
         bench_inputs=_linear_bench,
         roofline="matmul",
+        bench_forward_flops=_linear_bench_flops,
+        bench_size_unit="rows of x",
+        bench_size_label=_linear_bench_label,
         property_inputs=_linear_property_inputs,
         error_inputs=_linear_error_inputs,
         cpu_fast_path=_linear_fast_path,
@@ -606,6 +635,7 @@ OP_TABLE: list[OpInfo] = [
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_learned_silu_bench,
         bench_against_compiled=True,
+        saved_fraction_of_native=0.5,  # x alone, where native keeps three x-sized tensors
         extreme_inputs=_learned_silu_extremes,
         property_inputs=_learned_silu_property_inputs,
         inf_allowed_where_native_nan=_learned_silu_infinite_slope,

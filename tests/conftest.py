@@ -77,13 +77,20 @@ def assert_close_named(actual, expected, what: str, **tol) -> None:
 
 def bind_constants(func, args: tuple):
     """``(f, tensors)``: ``f(*tensors)`` calls ``func(*args)`` with every argument that is not a
-    tensor (floats, ints, None...) bound as a constant, the way a model's code holds its
-    hyperparameters; ``tensors`` are the tensor arguments in order."""
-    constants = {i: a for i, a in enumerate(args) if not isinstance(a, torch.Tensor)}
+    tensor (floats, ints, None...) written into ``f``'s code as a literal, the way a model's code
+    writes a hyperparameter; ``tensors`` are the tensor arguments in order.
+
+    Literals, not a closure: dynamo treats a float it reads from a closure, a container or a
+    module attribute as a symbolic input (see test_compile_export's float tests); a literal is a
+    constant of the code.
+    """
     tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
-
-    def with_constants(*given):
-        rest = iter(given)
-        return func(*(constants[i] if i in constants else next(rest) for i in range(len(args))))
-
+    places, k = [], 0
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            places.append(f"t[{k}]")
+            k += 1
+        else:
+            places.append(repr(a))  # repr of a float, int, bool, None or list round-trips
+    with_constants = eval(f"lambda *t: func({', '.join(places)})", {"func": func})
     return with_constants, tensors

@@ -71,22 +71,40 @@ def _backend_calls(fn, args_per_call) -> int:
 
 
 @pytest.mark.parametrize("info", _float_params())
-def test_float_arguments_given_as_inputs_compile_like_native(info):
-    """A float that is an input of the compiled function (or a module attribute) is symbolic
-    under dynamic=True, and dynamo restarts its analysis once to specialise it when it reaches
-    an op that takes a Python float: native ops do exactly the same (F.layer_norm's eps,
-    F.elu's alpha). So: no more backend calls than native, the same float value never
-    recompiles, and a changed value compiles once more (a guard on its value)."""
-    same = [info.batch_inputs(rows, "cpu", torch.float32) for rows in (2, 3, 8)]
-    changed = [tuple(a + 0.25 if type(a) is float else a for a in args) for args in same[-1:]]
-    ours, native = (_backend_calls(fn, same) for fn in (info.func, info.reference))
-    assert ours <= native, f"{info.name}: {ours} backend calls, native {native}"
-    ours_changed = _backend_calls(info.func, same + changed)
-    assert ours_changed == ours + 1, f"{info.name}: a changed float gave {ours_changed} calls"
-    for args in same + changed:
-        y, grads = _forward_and_grads(torch.compile(info.func, backend="aot_eager"), args)
+def test_float_arguments_given_as_inputs_recompile_only_when_their_value_changes(info):
+    """A float passed to the compiled function (the same holds for a module attribute or a
+    closure variable) is guarded on its value: other batch sizes with the same value reuse the
+    compiled code, a new value compiles once more, and the results are eager's."""
+    first, *same = [info.batch_inputs(rows, "cpu", torch.float32) for rows in (2, 3, 8, 64)]
+    changed = tuple(a + 0.25 if type(a) is float else a for a in same[-1])
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(info.func, backend=counter, fullgraph=True, dynamic=True)
+    _forward_and_grads(compiled, first)
+    after_warmup = counter.frame_count
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for args in same:
+            _forward_and_grads(compiled, args)
+    assert counter.frame_count == after_warmup
+    for args in (*same, changed):
+        y, grads = _forward_and_grads(compiled, args)
         y_ref, grads_ref = _forward_and_grads(info.func, args)
         assert_close_named(y, y_ref, f"{info.name} compiled with float inputs")
+        for i, (g, g_ref) in enumerate(zip(grads, grads_ref, strict=True)):
+            assert_close_named(g, g_ref, f"{info.name} compiled with float inputs, grad {i}")
+    assert counter.frame_count == after_warmup + 1, "a changed float must compile exactly once"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pytorch: under dynamic=True a float input is symbolic, and dynamo's tensorify pass "
+    "restarts the analysis once to specialise it where it reaches an op that takes a Python "
+    "float; native ops with float arguments (F.layer_norm's eps, F.elu's alpha, nn.LayerNorm) "
+    "restart the same way",
+)
+@pytest.mark.parametrize("info", _float_params())
+def test_float_arguments_given_as_inputs_compile_without_a_restart(info):
+    """The first compile is one trace, with no restart (two backend calls would mean one)."""
+    assert _backend_calls(info.func, [info.batch_inputs(2, "cpu", torch.float32)]) == 1
 
 
 def test_model_is_one_graph_with_no_breaks():

@@ -9,9 +9,11 @@ compiles it from a file like any hand-written module.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,6 +97,8 @@ def check_round_trip(converted, args: tuple, tmp_path, *imports: str) -> None:
         {"args": inputs, "expected": expected, "num_grads": len(requiring_grad(inputs))},
         tmp_path / "io.pt",
     )
+    tests = str(Path(__file__).resolve().parent)  # where modules defining extra ops live
+    python_path = os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])
     result = subprocess.run(
         [
             sys.executable,
@@ -106,12 +110,14 @@ def check_round_trip(converted, args: tuple, tmp_path, *imports: str) -> None:
         ],
         capture_output=True,
         text=True,
+        env={**os.environ, "PYTHONPATH": python_path},
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
 def test_every_op_scripted_round_trips_in_a_fresh_process(tmp_path, table=OP_TABLE, imports=()):
     torch.manual_seed(0)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     module = every_op_module(table, tmp_path)
     args = every_op_args(table, 5)
     scripted = torch.jit.script(module)
@@ -139,6 +145,7 @@ class _Traced(torch.nn.Module):
 
 def test_every_op_traced_round_trips_in_a_fresh_process(tmp_path, table=OP_TABLE, imports=()):
     torch.manual_seed(0)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     module = _Traced(table)
     tensors = tuple(t for _, own in module.calls for t in own)
     traced = torch.jit.trace(module, tensors)

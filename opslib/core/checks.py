@@ -16,6 +16,12 @@ FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.fl
 _STRIDED = torch.strided
 
 
+def label(op: str) -> str:
+    """How errors name an op: ``customgrad.<op>`` for opslib's ops (their files pass the bare
+    name), or the name as given when it has a namespace of its own (``opslib_test.scaled_tanh``)."""
+    return op if "." in op else f"customgrad.{op}"
+
+
 def fmt_shape(shape: Sequence[int]) -> str:
     """``[2, 3]``-style shape text for error messages (``torch.Size(...)`` is noisy)."""
     return "[" + ", ".join(str(s) for s in shape) + "]"
@@ -35,15 +41,15 @@ def check_floating_input(op: str, name: str, t: Tensor) -> None:
     ):
         return
     if not isinstance(t, Tensor):
-        raise TypeError(f"customgrad.{op}: {name} must be a Tensor, got {type(t).__name__}")
+        raise TypeError(f"{label(op)}: {name} must be a Tensor, got {type(t).__name__}")
     if t.layout is not _STRIDED:
         raise TypeError(
-            f"customgrad.{op}: {name} must be a dense (strided) tensor, got layout {t.layout}; "
+            f"{label(op)}: {name} must be a dense (strided) tensor, got layout {t.layout}; "
             f"call .to_dense() first"
         )
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"customgrad.{op}: {name} must be a floating-point tensor "
+            f"{label(op)}: {name} must be a floating-point tensor "
             f"(float16, bfloat16, float32 or float64), got {t.dtype}"
         )
     # Forward-mode AD through a custom op silently yields a zero/None tangent (no forward-mode
@@ -51,7 +57,7 @@ def check_floating_input(op: str, name: str, t: Tensor) -> None:
     # attached, so refuse it here rather than return a wrong derivative.
     if forward_ad.unpack_dual(t).tangent is not None:
         raise NotImplementedError(
-            f"customgrad.{op}: forward-mode AD (make_dual / jvp) is not supported: torch.library "
+            f"{label(op)}: forward-mode AD (make_dual / jvp) is not supported: torch.library "
             f"custom ops have no forward-mode formula, and PyTorch would return a zero tangent. "
             f"Use reverse mode (backward / torch.autograd.grad) instead."
         )
@@ -63,12 +69,12 @@ def check_same_dtype_and_device(op: str, named: dict[str, Tensor]) -> None:
     for name, t in rest:
         if t.dtype != first.dtype:
             raise TypeError(
-                f"customgrad.{op}: {first_name} and {name} must have the same dtype, "
+                f"{label(op)}: {first_name} and {name} must have the same dtype, "
                 f"got {first_name} {first.dtype} and {name} {t.dtype}"
             )
         if t.device != first.device:
             raise ValueError(
-                f"customgrad.{op}: {first_name} and {name} must be on the same device, "
+                f"{label(op)}: {first_name} and {name} must be on the same device, "
                 f"got {first_name} on {first.device} and {name} on {t.device}"
             )
 
