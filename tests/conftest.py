@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
-# The export scripts' parity models (export/parity.py) are shared with the tests.
+# The export scripts' parity models (export/parity.py) and the benchmark script are shared with
+# the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 # Without a GPU, Triton kernels run on CPU tensors under Triton's interpreter; it must be
 # switched on before anything imports triton.

@@ -28,7 +28,7 @@ from conftest import op_params, op_sample_params
 from extra_op import scaled_tanh, scaled_tanh_onnx
 from test_transforms import vmap_cases
 
-from opslib.op_table import OP_TABLE, ErrorInput, OpInfo, Sample, unary_samples
+from opslib.op_table import OP_TABLE, ErrorInput, OpInfo, Sample, leaves, unary_samples
 
 
 def _samples(device, dtype, requires_grad: bool) -> list[Sample]:
@@ -174,3 +174,13 @@ def test_torchscript_script_and_trace_the_table_with_the_new_op(tmp_path):
     torchscript.test_every_op_traced_round_trips_in_a_fresh_process(
         tmp_path / "trace", table=TABLE, imports=("extra_op",)
     )
+
+
+def test_the_benchmarks_time_and_measure_the_new_op():
+    """bench.py's phases and saved-bytes measure work on an op with a float argument."""
+    import bench
+
+    args = SCALED_TANH.bench_inputs(SCALED_TANH.bench_sizes[0], "cpu", torch.float32)
+    for phase in bench.PHASES:
+        bench.phase_callable(SCALED_TANH.func, args, phase)()
+    assert bench.saved_bytes(SCALED_TANH.func, leaves(args)) == args[0].numel() * 4  # x alone
