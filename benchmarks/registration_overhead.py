@@ -9,7 +9,7 @@ registrations in one run:
 - ``torch.library.custom_op`` + ``register_autograd`` (relu only: the high-level API, for scale);
 - opslib as shipped: ``Library.define`` + ``torch.library.register_autograd``, with the C++ CPU
   fast path (opslib/csrc/cpu_fast_path.cpp) taking calls that need no autograd;
-- opslib with Python kernels only (a child process started with ``OPSLIB_CPU_FAST_PATH=0``).
+- opslib with Python kernels only (a child process started with ``OPSLIB_CPU_KERNELS=0``).
 
 The bounds opslib holds itself to: no-grad <= 3x native, forward + backward <= 2.5x native.
 """
@@ -64,7 +64,7 @@ def measure(label: str, func, reference, args: tuple) -> tuple[float, float]:
 
 
 def main() -> int:
-    python_only = os.environ.get("OPSLIB_CPU_FAST_PATH") == "0"
+    python_only = os.environ.get("OPSLIB_CPU_KERNELS") == "0"
     if not python_only:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(f"{'':34s}{'forward, no grad':>22s}{'forward + backward':>24s}  (x native)")
@@ -93,7 +93,7 @@ def main() -> int:
     if python_only:
         return 0
     child = subprocess.run(
-        [sys.executable, __file__], env={**os.environ, "OPSLIB_CPU_FAST_PATH": "0"}, check=False
+        [sys.executable, __file__], env={**os.environ, "OPSLIB_CPU_KERNELS": "0"}, check=False
     )
     return child.returncode
 

@@ -13,6 +13,7 @@ from opslib import nn
 from opslib.functions import Cube, Exp, LearnedSiLU, Linear, ReLU, Sigmoid, Square, Tanh
 from opslib.ops import (
     cpu_fast_path_enabled,
+    cpu_kernels_enabled,
     cube,
     exp,
     learned_silu,
@@ -35,6 +36,7 @@ __all__ = [
     "Square",
     "Tanh",
     "cpu_fast_path_enabled",
+    "cpu_kernels_enabled",
     "cube",
     "exp",
     "learned_silu",

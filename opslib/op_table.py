@@ -27,7 +27,7 @@ from torch import Tensor
 from opslib.core import triton_launchers as triton
 from opslib.ops.cube import cube, cube_onnx
 from opslib.ops.exp import exp, exp_onnx
-from opslib.ops.learned_silu import FUSED_FORWARD_MIN_NUMEL, learned_silu, learned_silu_onnx
+from opslib.ops.learned_silu import learned_silu, learned_silu_onnx
 from opslib.ops.linear import linear, linear_onnx
 from opslib.ops.relu import relu, relu_onnx
 from opslib.ops.sigmoid import sigmoid, sigmoid_onnx
@@ -515,7 +515,8 @@ def _linear_fast_path(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> 
 
 
 def _learned_silu_fast_path(x: Tensor, slope: Tensor) -> bool:
-    return x.numel() < FUSED_FORWARD_MIN_NUMEL  # larger: the Python kernel's fused loop
+    # the fused kernel's slope forms (learned_silu.cpu_kernel_takes); others: the Python kernel
+    return slope.numel() == 1 or (slope.dim() == 1 and slope.shape[0] == x.shape[-1])
 
 
 OP_TABLE: list[OpInfo] = [

@@ -10,7 +10,6 @@ errors, with the fast path on, in tests/test_bad_input.py.
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -26,10 +25,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import opslib
 from opslib.core.registration import PYTHON_KERNELS
 from opslib.op_table import OP_TABLE, leaves
-from opslib.ops.learned_silu import FUSED_FORWARD_MIN_NUMEL
 
-FAST_PATH_OFF = os.environ.get("OPSLIB_CPU_FAST_PATH") == "0"
-needs_fast_path = pytest.mark.skipif(FAST_PATH_OFF, reason="OPSLIB_CPU_FAST_PATH=0")
+FAST_PATH_OFF = os.environ.get("OPSLIB_CPU_KERNELS") == "0"
+needs_fast_path = pytest.mark.skipif(FAST_PATH_OFF, reason="OPSLIB_CPU_KERNELS=0")
 
 
 def python_kernel(info):
@@ -85,8 +83,8 @@ def test_no_grad_call_gives_the_python_kernels_result_bit_for_bit(info, index):
 
 
 def plain_calls() -> list:
-    """Every sample of every op with a C++ kernel, and its benchmark inputs up to 4M elements
-    (where learned_silu leaves the fast path for its fused loop), without grad."""
+    """Every sample of every op with a C++ kernel, and its benchmark inputs up to 4M elements,
+    without grad."""
     params = []
     for info in OP_TABLE:
         if info.cpu_fast_path is None:
@@ -125,19 +123,6 @@ def test_calls_the_op_table_gives_the_fast_path_take_it_and_no_others(info, whic
         with python_kernel_calls() as seen:
             info.op(*with_grad)
         assert seen, f"{info.name}: a call that needs a gradient skipped the Python kernel"
-
-
-def test_learned_silu_sizes_the_fast_path_leaves_to_the_fused_loop(monkeypatch):
-    """The C++ constant for learned_silu's fused size equals FUSED_FORWARD_MIN_NUMEL: below it
-    the op computes without the fused loop, from it on through it."""
-    module = importlib.import_module("opslib.ops.learned_silu")
-    fused_calls = []
-    original = module.run_fused
-    monkeypatch.setattr(module, "run_fused", lambda *a: fused_calls.append(1) or original(*a))
-    opslib.learned_silu(torch.randn(FUSED_FORWARD_MIN_NUMEL - 1), torch.randn(1))
-    assert not fused_calls
-    y = opslib.learned_silu(torch.randn(FUSED_FORWARD_MIN_NUMEL), torch.randn(1))
-    assert fused_calls and y.shape == (FUSED_FORWARD_MIN_NUMEL,)
 
 
 class SeesEveryOp(TorchDispatchMode):
@@ -199,26 +184,26 @@ CHECK_OPS_WITHOUT_FAST_PATH = """
 
 
 def test_switched_off_the_ops_run_their_python_kernels():
-    result = _run(CHECK_OPS_WITHOUT_FAST_PATH, {"OPSLIB_CPU_FAST_PATH": "0"})
+    result = _run(CHECK_OPS_WITHOUT_FAST_PATH, {"OPSLIB_CPU_KERNELS": "0"})
     assert result.returncode == 0, result.stderr
     assert "fast path: False" in result.stdout and "ops ok" in result.stdout
-    assert "CpuFastPathWarning" not in result.stderr, result.stderr
+    assert "CpuKernelsWarning" not in result.stderr, result.stderr
 
 
 def test_when_it_cannot_be_built_opslib_warns_once_and_works(tmp_path):
     """No working C++ compiler: one warning that says what failed and how to silence it."""
     result = _run(
         CHECK_OPS_WITHOUT_FAST_PATH,
-        {"OPSLIB_CPU_FAST_PATH": "1", "CXX": "false", "TORCH_EXTENSIONS_DIR": str(tmp_path)},
+        {"OPSLIB_CPU_KERNELS": "1", "CXX": "false", "TORCH_EXTENSIONS_DIR": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
     assert "fast path: False" in result.stdout and "ops ok" in result.stdout
-    assert result.stderr.count("CpuFastPathWarning") == 1, result.stderr
-    assert "OPSLIB_CPU_FAST_PATH=0" in result.stderr, result.stderr
+    assert result.stderr.count("CpuKernelsWarning") == 1, result.stderr
+    assert "OPSLIB_CPU_KERNELS=0" in result.stderr, result.stderr
 
 
 def test_only_a_lock_older_than_any_build_is_removed(tmp_path):
-    from opslib.core.cpu_fast_path import STALE_LOCK_SECONDS, remove_stale_lock
+    from opslib.core.cpu_kernels import STALE_LOCK_SECONDS, remove_stale_lock
 
     fresh, stale = tmp_path / "fresh", tmp_path / "stale"
     fresh.touch()
@@ -232,20 +217,20 @@ def test_only_a_lock_older_than_any_build_is_removed(tmp_path):
 
 
 def test_a_lock_left_by_a_killed_build_does_not_hang_the_import(tmp_path, monkeypatch):
-    from opslib.core import cpu_fast_path as _cpu_fast_path
+    from opslib.core import cpu_kernels as _cpu_kernels
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    lock = _cpu_fast_path.build_directory() / "lock"
+    lock = _cpu_kernels.build_directory() / "lock"
     lock.parent.mkdir(parents=True)
     lock.touch()
-    old = time.time() - _cpu_fast_path.STALE_LOCK_SECONDS - 60
+    old = time.time() - _cpu_kernels.STALE_LOCK_SECONDS - 60
     os.utime(lock, (old, old))
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(CHECK_OPS_WITHOUT_FAST_PATH)],
         capture_output=True,
         text=True,
         timeout=300,  # torch's builder would wait on the lock for ever
-        env={**os.environ, "OPSLIB_CPU_FAST_PATH": "1", "CXX": "false"},
+        env={**os.environ, "OPSLIB_CPU_KERNELS": "1", "CXX": "false"},
     )
     assert result.returncode == 0 and "ops ok" in result.stdout, result.stderr
     assert not lock.exists()

@@ -3,7 +3,6 @@
 - ``registration``: ``define_op`` (schema, kernel, fake, ``torch.library.register_autograd``),
   vmap, autocast and inductor helpers;
 - ``checks``: the input checks whose errors name the op;
-- ``cpu_fast_path``: builds and loads the C++ kernels of ``opslib/csrc``;
-- ``triton_launchers`` and ``triton_kernels``: the CUDA path;
-- ``compiled_loops``: learned_silu's inductor-compiled CPU loops.
+- ``cpu_kernels``: builds and loads the C++ kernels of ``opslib/csrc``;
+- ``triton_launchers`` and ``triton_kernels``: the CUDA path.
 """

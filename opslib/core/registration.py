@@ -12,7 +12,7 @@ registers them:
   runs the kernel below autograd, and calls ``setup_context`` and the backward.
 
 On CPU, calls that need no autograd skip the Python round trip altogether: the C++ kernels of
-``opslib/csrc/cpu_fast_path.cpp`` (loaded by ``opslib/core/cpu_fast_path.py``) take the
+``opslib/csrc/cpu_fast_path.cpp`` (loaded by ``opslib/core/cpu_kernels.py``) take the
 AutogradCPU key, a slot of its own that ``register_autograd``'s kernel leaves to them, and hand
 every call they do not compute to ``register_autograd``'s kernel through AutogradOther.
 

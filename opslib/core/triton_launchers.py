@@ -187,8 +187,8 @@ def cuda_learned_silu_forward(x: Tensor, slope: Tensor) -> Tensor | None:
 
 
 def cuda_learned_silu_backward(grad_y: Tensor, x: Tensor, slope: Tensor):
+    """Called by the kernel of customgrad::learned_silu_backward, an op with its own autograd
+    formula: a double backward differentiates that formula, not this kernel."""
     if not (_cuda_path(grad_y, x, slope) and learned_silu_supported(x, slope)):
-        return None
-    if torch.is_grad_enabled():
         return None
     return learned_silu_backward(grad_y, x, slope)

@@ -19,6 +19,8 @@
 // gives it every autograd key's slot; this file takes over only AutogradCPU's. Redispatching to
 // AutogradOther, a slot the Python kernel still holds, runs it with the same arguments.
 
+#include "kernels.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
@@ -31,10 +33,6 @@ namespace {
 using c10::DispatchKey;
 using c10::DispatchKeySet;
 using torch::jit::Stack;
-
-// Learned_silu tensors from this many elements on take the Python kernel's fused forward loop
-// (FUSED_FORWARD_MIN_NUMEL in opslib/ops/learned_silu.py; a test pins the two together).
-constexpr int64_t kLearnedSiluFusedForwardMinNumel = 1 << 20;
 
 // The dispatch keys of a call on plain dense CPU tensors. Anything more (Python for
 // subclasses and modes, Functionalize, functorch, Conjugate, a second device...) is not plain.
@@ -115,16 +113,17 @@ void linear(const c10::OperatorHandle& op, DispatchKeySet keys, Stack* stack) {
   to_python_kernel(op, keys, stack);
 }
 
-// ---- learned_silu(x, slope): small tensors (large ones take the fused loop) ----
+// ---- learned_silu(x, slope): the fused kernel of learned_silu.cpp, as the Python kernel ----
+// One slope or one per channel of the last dim; other slope forms take the Python kernel.
 
 void learned_silu(const c10::OperatorHandle& op, DispatchKeySet keys, Stack* stack) {
   if (kPlainCpuCall.isSupersetOf(keys)) {
     const size_t n = stack->size();
     const at::Tensor& x = (*stack)[n - 2].toTensor();
     const at::Tensor& slope = (*stack)[n - 1].toTensor();
-    if (plain_float(x) && plain_float(slope) && slope.scalar_type() == x.scalar_type() &&
-        broadcasts_to(slope.sizes(), x.sizes()) && x.numel() < kLearnedSiluFusedForwardMinNumel) {
-      return replace_arguments_with(stack, 2, at::silu(x) * slope);
+    if (plain_float(x) && plain_float(slope) && broadcasts_to(slope.sizes(), x.sizes()) &&
+        opslib::learned_silu_cpu_supports(x, slope)) {
+      return replace_arguments_with(stack, 2, opslib::learned_silu_forward_cpu(x, slope));
     }
   }
   to_python_kernel(op, keys, stack);

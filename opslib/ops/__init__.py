@@ -1,6 +1,6 @@
 """The ops. Importing this package registers every ``customgrad::*`` op with torch.library."""
 
-from opslib.core import cpu_fast_path as _cpu_fast_path
+from opslib.core import cpu_kernels as _cpu_kernels
 from opslib.ops.cube import cube
 from opslib.ops.exp import exp
 from opslib.ops.learned_silu import learned_silu
@@ -11,11 +11,13 @@ from opslib.ops.square import square
 from opslib.ops.tanh import tanh
 
 # After every op is defined: the C++ kernels register for ops that must already exist.
-_cpu_fast_path.load()
-cpu_fast_path_enabled = _cpu_fast_path.is_loaded
+_cpu_kernels.load()
+cpu_kernels_enabled = _cpu_kernels.is_loaded
+cpu_fast_path_enabled = _cpu_kernels.is_loaded  # the name of earlier versions
 
 __all__ = [
     "cpu_fast_path_enabled",
+    "cpu_kernels_enabled",
     "cube",
     "exp",
     "learned_silu",

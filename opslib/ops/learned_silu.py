@@ -23,21 +23,31 @@ Backward (g = dL/dy)
     for large positive x, 1 - s is exactly 0 and dy/dx = slope. At x = ±inf itself the formula
     meets inf · 0 and gives nan, as native does.
 
-Saved for backward: x (always) and slope (only if x needs a gradient); s is recomputed from x
-in backward. Native ``slope * x * torch.sigmoid(x)`` keeps slope, x, slope·x and sigmoid(x):
-three x-sized tensors where this op keeps one.
+    The first-order backward is an op of its own, ``customgrad::learned_silu_backward(grad_y,
+    x, slope) -> (grad_x, grad_slope)``, so that compile and export see the kernel it runs.
 
-Double backward: s is recomputed with torch.sigmoid, so the backward is differentiable torch
-code in g, x and slope, and autograd differentiates it again.
+Double backward (the backward of learned_silu_backward), with u = dL/d(grad_x) and
+v = dL/d(grad_slope) broadcast to x, h = s · (1 + x(1 - s)) = dy/dx / slope:
+    dh/dx          = s(1 - s) · (1 + x(1 - s)) + s · ((1 - s) - x · s(1 - s))
+                   = s(1 - s) · (2 + x(1 - 2s))
+    dL/dg          = u · slope · h + v · x · s
+    dL/dx          = u · g · slope · dh/dx + v · g · h      (d(x·s)/dx = h)
+    dL/dslope      = (u · g · h) summed to slope's shape
+    All torch ops, so autograd differentiates them again (third order and up).
 
-Fused CPU path: as torch ops, forward reads and writes memory twice (silu, then the multiply)
-and backward about eight times. For large contiguous CPU tensors (a single slope, or one per
-channel of the last dim) the forward and the first-order backward each run as one loop that
-inductor generates from the very formulas above, compiled once per process and dtype
-(``run_fused``: later processes load it from inductor's on-disk cache; if compiling fails
-it warns once and the torch-op path runs instead). On CUDA the same formulas run as one Triton
-kernel each (``opslib/core/triton_kernels.py``). A backward that must itself be differentiable
-(``create_graph=True``) always takes the torch-op path.
+Saved for backward: x (whenever a gradient is needed) and slope (only if x needs one); s is
+recomputed from x in backward. Native ``slope * x * torch.sigmoid(x)`` keeps slope, x, slope·x
+and sigmoid(x): three x-sized tensors where this op keeps one.
+
+Kernels
+    CPU: the forward and the backward each run as one vectorized, multi-threaded pass over
+         memory (``opslib/csrc/learned_silu.cpp``; native eager makes three passes forward and
+         about eight backward), for a single slope or one per channel of the last dim, in every
+         float dtype (float16/bfloat16 computed in float32, rounded once). The slope gradient is
+         summed in double: more accurate than native's float sum. Other slope forms, and
+         machines where the C++ kernels are not built, use the torch-op formulas below.
+    CUDA: one Triton kernel each (``opslib/core/triton_kernels.py``).
+    torch.compile with inductor: the forward and backward formulas, fused by inductor.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from opslib.core import cpu_kernels
 from opslib.core.checks import (
     broadcasts_to,
     check_floating_input,
@@ -53,13 +64,7 @@ from opslib.core.checks import (
     fmt_shape,
     input_grad_flags,
 )
-from opslib.core.compiled_loops import run_fused
-from opslib.core.registration import (
-    define_op,
-    only_plain_tensors,
-    register_inductor_decomposition,
-    register_vmap,
-)
+from opslib.core.registration import define_op, register_inductor_decomposition, register_vmap
 from opslib.core.triton_launchers import cuda_learned_silu_backward, cuda_learned_silu_forward
 
 
@@ -75,45 +80,32 @@ def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
         )
 
 
-# Sizes from which each fused loop pays for its fixed cost (~25-30 µs to call a compiled
-# function). The forward saves one pass over memory, which matters only once x outgrows the
-# caches (measured on a 2-core AMD EPYC: fused 1.2x slower at 256K elements, 1.04x at 512K,
-# 0.87x at 1M); the backward replaces about eight passes and is faster from 64K (0.61x).
-FUSED_FORWARD_MIN_NUMEL = 1 << 20
-FUSED_BACKWARD_MIN_NUMEL = 1 << 16
-_FUSED_DTYPES = (torch.float32, torch.float64)
+def _check_learned_silu_backward(grad_y: Tensor, x: Tensor, slope: Tensor) -> None:
+    _check_learned_silu(x, slope)
+    check_floating_input("learned_silu_backward", "grad_y", grad_y)
+    check_same_dtype_and_device("learned_silu_backward", {"x": x, "grad_y": grad_y})
+    if grad_y.shape != x.shape:
+        raise ValueError(
+            f"customgrad.learned_silu_backward: grad_y of shape {fmt_shape(grad_y.shape)} "
+            f"must have x's shape {fmt_shape(x.shape)}"
+        )
 
 
-def _fusable(x: Tensor, slope: Tensor, min_numel: int) -> bool:
-    return x.numel() >= min_numel and _fusable_layout(x, slope)
-
-
-def _fusable_layout(x: Tensor, slope: Tensor) -> bool:
+def cpu_kernel_takes(x: Tensor, slope: Tensor) -> bool:
+    """Calls the C++ kernels compute (the C++ fast path's ``learned_silu_cpu_supports`` too):
+    CPU, a single slope or one per channel of the last dim, the kernels built."""
     return (
         x.device.type == "cpu"
-        and x.dtype in _FUSED_DTYPES
-        and x.is_contiguous()
-        and (slope.numel() == 1 or tuple(slope.shape) == (x.shape[-1],))
+        and (
+            slope.numel() == 1
+            or (slope.dim() == 1 and x.dim() >= 1 and slope.shape[0] == x.shape[-1])
+        )
+        and cpu_kernels.is_loaded()
     )
-
-
-def _flat(x: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
-    """x as [N] with a 0-d slope, or [N, C] with a [C] slope: two loop shapes cover every
-    fusable call, so each dtype compiles at most twice (sizes are dynamic)."""
-    if slope.numel() == 1:
-        return x.reshape(-1), slope.reshape(())
-    return x.reshape(-1, slope.shape[0]), slope
 
 
 def _forward_formula(x: Tensor, slope: Tensor) -> Tensor:
     return slope * x * torch.sigmoid(x)
-
-
-def _backward_formula(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(x)
-    grad_x = grad_y * slope * s * (1 + x * (1 - s))
-    grad_slope = (grad_y * x * s).sum_to_size(slope.shape)
-    return grad_x, grad_slope
 
 
 def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
@@ -122,17 +114,75 @@ def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
     y = cuda_learned_silu_forward(x, slope)  # CUDA: a Triton kernel (core/triton_launchers.py)
     if y is not None:
         return y
-    if _fusable(x, slope, FUSED_FORWARD_MIN_NUMEL):
-        with torch.no_grad():  # one compiled graph whether or not grad mode is on
-            y = run_fused(_forward_formula, *_flat(x, slope))
-        if y is not None:
-            return y.view(x.shape)
+    if cpu_kernel_takes(x, slope):
+        return torch.ops.opslib_cpu.learned_silu_forward(x, slope)  # one pass (csrc/)
     return F.silu(x) * slope  # silu(x) = x · sigmoid(x), one native kernel, then the multiply
 
 
 def _learned_silu_fake(x: Tensor, slope: Tensor) -> Tensor:
     _check_learned_silu(x, slope)
     return torch.empty_like(x)
+
+
+def _backward_formula(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
+    """dL/dx and dL/dslope in torch ops (float16/bfloat16 computed in float32 and rounded once:
+    the formula's five roundings in half precision cost several ulps)."""
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        grad_y, x, slope = grad_y.float(), x.float(), slope.float()
+    s = torch.sigmoid(x)
+    grad_x = grad_y * slope * s * (1 + x * (1 - s))
+    grad_slope = (grad_y * x * s).sum_to_size(slope.shape)
+    return grad_x.to(dtype), grad_slope.to(dtype)
+
+
+def _learned_silu_backward_kernel(grad_y: Tensor, x: Tensor, slope: Tensor):
+    _check_learned_silu_backward(grad_y, x, slope)
+    fused = cuda_learned_silu_backward(grad_y, x, slope)  # CUDA: one Triton pass
+    if fused is None and cpu_kernel_takes(x, slope):
+        fused = torch.ops.opslib_cpu.learned_silu_backward(grad_y, x, slope)  # one pass (csrc/)
+    grad_x, grad_slope = fused if fused is not None else _backward_formula(grad_y, x, slope)
+    # Laid out as the fake promises: grad_x like x, grad_slope like slope.
+    if grad_x.stride() != torch.empty_like(x).stride():
+        grad_x = torch.empty_like(x).copy_(grad_x)
+    return grad_x, grad_slope.reshape(slope.shape).contiguous()
+
+
+def _learned_silu_backward_fake(grad_y: Tensor, x: Tensor, slope: Tensor):
+    _check_learned_silu_backward(grad_y, x, slope)
+    return torch.empty_like(x), torch.empty_like(slope, memory_format=torch.contiguous_format)
+
+
+def _learned_silu_backward_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _learned_silu_double_backward(ctx, grad_grad_x: Tensor, grad_grad_slope: Tensor):
+    """The derivation is in the module docstring (u = grad_grad_x, v = grad_grad_slope)."""
+    grad_y, x, slope = ctx.saved_tensors
+    needs_g, needs_x, needs_slope = input_grad_flags(ctx, 3)
+    u, v = grad_grad_x, grad_grad_slope
+    s = torch.sigmoid(x)
+    h = s * (1 + x * (1 - s))
+    dg = u * slope * h + v * x * s if needs_g else None
+    dx = (
+        u * grad_y * slope * (s * (1 - s) * (2 + x * (1 - 2 * s))) + v * grad_y * h
+        if needs_x
+        else None
+    )
+    dslope = (u * grad_y * h).sum_to_size(slope.shape) if needs_slope else None
+    return dg, dx, dslope
+
+
+_learned_silu_backward = define_op(
+    "learned_silu_backward",
+    "(Tensor grad_y, Tensor x, Tensor slope) -> (Tensor, Tensor)",
+    kernel=_learned_silu_backward_kernel,
+    fake=_learned_silu_backward_fake,
+    setup_context=_learned_silu_backward_setup_context,
+    backward=_learned_silu_double_backward,
+)
+register_inductor_decomposition(_learned_silu_backward, _backward_formula)
 
 
 def _learned_silu_setup_context(ctx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
@@ -142,39 +192,17 @@ def _learned_silu_setup_context(ctx, inputs: tuple[Tensor, Tensor], output: Tens
     ctx.slope_shape = slope.shape
 
 
-def _learned_silu_backward(ctx, grad_y: Tensor):
+def _learned_silu_autograd_backward(ctx, grad_y: Tensor):
     x, slope = ctx.saved_tensors
     needs_x, needs_slope = input_grad_flags(ctx, 2)
-    fused = cuda_learned_silu_backward(grad_y, x, slope) if needs_x else None
-    if fused is not None:  # CUDA: one Triton pass, the slope terms reduced per block in it
-        grad_x, grad_slope = fused
+    if needs_x:
+        grad_x, grad_slope = _learned_silu_backward(grad_y, x, slope)
         return grad_x, grad_slope if needs_slope else None
-    if (
-        needs_x
-        and not torch.is_grad_enabled()  # first-order backward: nothing differentiates this
-        and _fusable(x, slope, FUSED_BACKWARD_MIN_NUMEL)
-        and only_plain_tensors((grad_y, x, slope))  # not while compile/export traces it
-    ):
-        flat_x, flat_slope = _flat(x, slope)
-        grads = run_fused(
-            _backward_formula, grad_y.contiguous().view(flat_x.shape), flat_x, flat_slope
-        )
-        if grads is not None:
-            grad_x, grad_slope = grads
-            return grad_x.view(x.shape), grad_slope.view(ctx.slope_shape) if needs_slope else None
-    # float16/bfloat16: compute in float32 and round once at the end (as native kernels do
-    # internally); the formula's five roundings in half precision cost several ulps.
+    # Only the slope: dL/dslope = Σ g · x · s, one product and one reduction (no dL/dx).
     dtype = x.dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        grad_y, x = grad_y.float(), x.float()
-        slope = None if slope is None else slope.float()
-    s = torch.sigmoid(x)
-    grad_x = grad_y * slope * s * (1 + x * (1 - s)) if needs_x else None
-    grad_slope = (grad_y * x * s).sum_to_size(ctx.slope_shape) if needs_slope else None
-    if dtype != x.dtype:
-        grad_x = None if grad_x is None else grad_x.to(dtype)
-        grad_slope = None if grad_slope is None else grad_slope.to(dtype)
-    return grad_x, grad_slope
+    wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    grad_slope = (grad_y.to(wide) * F.silu(x.to(wide))).sum_to_size(ctx.slope_shape)
+    return None, grad_slope.to(dtype)
 
 
 _learned_silu = define_op(
@@ -183,7 +211,7 @@ _learned_silu = define_op(
     kernel=_learned_silu_kernel,
     fake=_learned_silu_fake,
     setup_context=_learned_silu_setup_context,
-    backward=_learned_silu_backward,
+    backward=_learned_silu_autograd_backward,
 )
 
 
@@ -201,7 +229,7 @@ def _learned_silu_vmap(info, in_dims, x: Tensor, slope: Tensor):
 
 register_vmap(_learned_silu, _learned_silu_vmap)
 # Under torch.compile, inductor computes the forward from the formula above, in one loop fused
-# with its neighbours (the eager fused path, by other means).
+# with its neighbours (and the backward from _backward_formula).
 register_inductor_decomposition(_learned_silu, _forward_formula)
 
 # No autocast rule: the native expression (mul, sigmoid) is on neither autocast list.
