@@ -212,9 +212,9 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
                 native_fn = torch.compile(info.reference, backend=args.backend, dynamic=False)
             if mode == "compiled":
                 ours_fn = torch.compile(info.func, backend=args.backend, dynamic=False)
-            for size in sizes:
+            for label, size, inputs_fn in _cases(info, sizes):
                 torch.manual_seed(size)
-                inputs = info.bench_inputs(size, device, args.dtype)
+                inputs = inputs_fn(size, device, args.dtype)
                 for phase in PHASES:
                     ours, native = measure_pair(
                         phase_callable(ours_fn, inputs, phase),
@@ -228,7 +228,7 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
                     rows.append(
                         {
                             **meta,
-                            "op": info.name,
+                            "op": label,
                             "mode": mode if mode == "eager" else f"{mode}-{args.backend}",
                             "phase": phase,
                             "size": size,
@@ -247,13 +247,21 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
                         }
                     )
                     print(
-                        f"{info.name:13s} {mode:11s} {phase:8s} {size:>9d}  opslib "
+                        f"{label:13s} {mode:11s} {phase:8s} {size:>9d}  opslib "
                         f"{ours.median * 1e6:10.1f} us  native {native.median * 1e6:10.1f} us  "
                         f"ratio {ours.median / native.median:5.2f}  {achieved:8.1f} {unit} "
                         f"({100 * achieved / limit:4.0f}% of machine)",
                         flush=True,
                     )
     return rows
+
+
+def _cases(info: OpInfo, sizes) -> list[tuple[str, int, Callable]]:
+    """(label, size, inputs) for every size: the op's own inputs, then each variant the op
+    table declares for it (labelled op[variant]), size by size."""
+    inputs = {info.name: info.bench_inputs}
+    inputs.update({f"{info.name}[{v}]": fn for v, fn in info.bench_variants.items()})
+    return [(label, size, fn) for label, fn in inputs.items() for size in sizes]
 
 
 def saved_bytes(fn: Callable, args: tuple) -> int:

@@ -16,7 +16,7 @@ benchmarks, export scripts and examples loop over ``OP_TABLE`` and name no op.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -58,13 +58,15 @@ class Sample:
 
 def leaves(args: tuple, requires_grad: bool = True, dtype: torch.dtype | None = None) -> tuple:
     """Fresh copies of the floating-point tensors of ``args`` (detached, optionally cast, each
-    requiring grad if asked); every other argument (integer tensors, floats, None...) as is."""
+    requiring grad if asked; an ``nn.Parameter`` stays one); every other argument (integer
+    tensors, floats, None...) as is."""
     out = []
     for a in args:
         if isinstance(a, Tensor) and a.is_floating_point():
-            a = (a.detach().to(dtype) if dtype is not None else a.detach().clone()).requires_grad_(
-                requires_grad
-            )
+            copy = a.detach().to(dtype) if dtype is not None else a.detach().clone()
+            if isinstance(a, torch.nn.Parameter):
+                copy = torch.nn.Parameter(copy, requires_grad=requires_grad)
+            a = copy.requires_grad_(requires_grad)
         out.append(a)
     return tuple(out)
 
@@ -129,6 +131,10 @@ class OpInfo:
     bench_sizes: tuple[int, ...]
     bench_inputs: Callable[[int, torch.device | str, torch.dtype], tuple]
     roofline: str = "bandwidth"
+    # More inputs to time, by name: benchmarks report each as its own row, "<op>[<name>]".
+    bench_variants: dict[str, Callable[[int, torch.device | str, torch.dtype], tuple]] = field(
+        default_factory=dict
+    )
     # roofline "matmul": floating-point operations of one forward call at a benchmark size
     bench_forward_flops: Callable[[int], float] | None = None
     bench_size_unit: str = "elements"  # what a benchmark size counts, for plot axes
@@ -356,6 +362,21 @@ def _learned_silu_bench(numel: int, device, dtype) -> tuple[Tensor, ...]:
     return (
         torch.randn(numel, device=device, dtype=dtype),
         torch.tensor([0.75], device=device, dtype=dtype),
+    )
+
+
+def _learned_silu_bench_parameter(numel: int, device, dtype) -> tuple[Tensor, ...]:
+    """The slope an nn.Parameter, as opslib.nn.LearnedSiLU passes it."""
+    x, slope = _learned_silu_bench(numel, device, dtype)
+    return x, torch.nn.Parameter(slope)
+
+
+def _learned_silu_bench_per_channel(numel: int, device, dtype) -> tuple[Tensor, ...]:
+    """One slope per channel of x's last dim, as opslib.nn.LearnedSiLU(num_parameters=C)."""
+    channels = min(numel, 1024)
+    return (
+        torch.randn(numel // channels, channels, device=device, dtype=dtype),
+        torch.nn.Parameter(torch.rand(channels, device=device, dtype=dtype) + 0.5),
     )
 
 
@@ -636,6 +657,10 @@ OP_TABLE: list[OpInfo] = [
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_learned_silu_bench,
         bench_against_compiled=True,
+        bench_variants={
+            "nn.Parameter slope": _learned_silu_bench_parameter,
+            "per-channel": _learned_silu_bench_per_channel,
+        },
         saved_fraction_of_native=0.5,  # x alone, where native keeps three x-sized tensors
         extreme_inputs=_learned_silu_extremes,
         property_inputs=_learned_silu_property_inputs,

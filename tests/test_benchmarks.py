@@ -22,11 +22,16 @@ def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
     with (tmp_path / "timings.csv").open() as f:
         rows = list(csv.DictReader(f))
     ops = {r["op"] for r in rows}
-    assert ops == {info.name for info in OP_TABLE}
+    variants = {f"{info.name}[{v}]" for info in OP_TABLE for v in info.bench_variants}
+    assert ops == {info.name for info in OP_TABLE} | variants
     assert {r["phase"] for r in rows} == {"forward", "backward", "full"}
     assert {r["mode"] for r in rows} == {"eager", "compiled-aot_eager", "vs-compiled-aot_eager"}
     against = {r["op"] for r in rows if r["mode"] == "vs-compiled-aot_eager"}
-    assert against == {info.name for info in OP_TABLE if info.bench_against_compiled}, against
+    fused = [info for info in OP_TABLE if info.bench_against_compiled]
+    labels = {info.name for info in fused} | {
+        f"{i.name}[{v}]" for i in fused for v in i.bench_variants
+    }
+    assert against == labels, against
     for r in rows:
         assert r["commit"] and r["machine"] and r["torch"] and r["threads"] and r["device"]
         assert float(r["ours_us"]) > 0 and float(r["native_us"]) > 0
