@@ -1,5 +1,6 @@
 """The examples run as a user would run them, and say what they promise."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +10,21 @@ from opslib.op_table import OP_TABLE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_example(*argv: str, timeout: int = 300) -> str:
+def run_example(*argv: str, timeout: int = 300, env: dict | None = None) -> tuple[str, str]:
     result = subprocess.run(
-        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return result.stdout, result.stderr
 
 
 def test_main_demo_checks_every_gradient_against_native():
-    out = run_example("examples/main.py")
+    out, _ = run_example("examples/main.py")
     assert "Square.apply(2) = 4.0000, d/dx = 4.0000" in out
     assert "Cube.apply(2) = 8.0000" in out and "Exp.apply(2) = 7.3891" in out
     # the design network's six gradients, then one row per op of the table
@@ -26,11 +32,20 @@ def test_main_demo_checks_every_gradient_against_native():
 
 
 def test_digits_example_trains_to_95_percent_and_saves_an_exported_program(tmp_path):
-    out = run_example("examples/train_digits.py", "--out", str(tmp_path), timeout=600)
+    out, err = run_example(
+        "examples/train_digits.py",
+        "--out",
+        str(tmp_path),
+        timeout=600,
+        env={"TORCH_LOGS": "recompiles"},  # dynamo logs every recompile, with its reason
+    )
+    assert "Recompiling" not in err, err[-3000:]
     accuracy = float(out.split("final test accuracy ")[1].split("%")[0])
     assert accuracy >= 95.0, out
     assert "reloaded .pt2 gives identical predictions: True" in out
     assert "eager" in out and "compiled" in out
+    assert "compiling the model" in out and "with no recompile after the warm-up" in out
+    assert (tmp_path / "training.png").stat().st_size > 10_000
     assert (tmp_path / "digits_classifier.pt2").stat().st_size > 0
     assert "same class as PyTorch on 360/360 test images" in out
     assert "onnxruntime" in out and (tmp_path / "digits_classifier.onnx").stat().st_size > 0
