@@ -13,7 +13,7 @@ or, with the checks below done for you::
 The parity check against onnxruntime over every op (its reference models, the runner, the table
 it prints) lives with the scripts that use it: ``export/parity.py``.
 
-Needs the ``onnx`` extra: ``pip install "opslib[onnx]"`` (onnx, onnxruntime, onnxscript).
+Needs the ``onnx`` extra: ``pip install "customgrad[onnx]"`` (onnx, onnxruntime, onnxscript).
 """
 
 from __future__ import annotations
