@@ -100,18 +100,20 @@ def define_op(
 
     def setup_context_refusing_inference_tensors(ctx, inputs: tuple, output: Tensor) -> None:
         setup_context(ctx, inputs, output)
-        saved = [t for t in getattr(ctx, "to_save", None) or () if t is not None]
-        if any(t.is_inference() for t in saved):
-            culprits = [
-                n
-                for n, a in zip(arg_names, inputs, strict=False)
-                if isinstance(a, Tensor) and a.is_inference() and any(a is t for t in saved)
-            ]
-            raise RuntimeError(
-                f"{namespace}.{name}: {', '.join(culprits) or 'a tensor'} created under "
-                f"torch.inference_mode() cannot be saved for backward; create it outside "
-                f"inference mode or pass a .clone() made outside it"
-            )
+        for t in getattr(ctx, "to_save", None) or ():  # what save_for_backward was given
+            if t is not None and t.is_inference():
+                culprits = [
+                    n
+                    for n, a in zip(arg_names, inputs, strict=False)
+                    if isinstance(a, Tensor)
+                    and a.is_inference()
+                    and any(a is s for s in ctx.to_save)
+                ]
+                raise RuntimeError(
+                    f"{namespace}.{name}: {', '.join(culprits) or 'a tensor'} created under "
+                    f"torch.inference_mode() cannot be saved for backward; create it outside "
+                    f"inference mode or pass a .clone() made outside it"
+                )
 
     torch.library.register_autograd(
         qualname, backward, setup_context=setup_context_refusing_inference_tensors, lib=lib

@@ -64,7 +64,12 @@ from opslib.core.checks import (
     fmt_shape,
     input_grad_flags,
 )
-from opslib.core.registration import define_op, register_inductor_decomposition, register_vmap
+from opslib.core.registration import (
+    define_op,
+    only_plain_tensors,
+    register_inductor_decomposition,
+    register_vmap,
+)
 from opslib.core.triton_launchers import cuda_learned_silu_backward, cuda_learned_silu_forward
 
 
@@ -196,7 +201,11 @@ def _learned_silu_autograd_backward(ctx, grad_y: Tensor):
     x, slope = ctx.saved_tensors
     needs_x, needs_slope = input_grad_flags(ctx, 2)
     if needs_x:
-        grad_x, grad_slope = _learned_silu_backward(grad_y, x, slope)
+        if torch.is_grad_enabled() or not only_plain_tensors((grad_y, x, slope)):
+            # create_graph=True (its own backward is recorded), or compile/export tracing: the op
+            grad_x, grad_slope = _learned_silu_backward(grad_y, x, slope)
+        else:  # a plain first-order backward: what the op would run, without its dispatch
+            grad_x, grad_slope = _learned_silu_backward_kernel(grad_y, x, slope)
         return grad_x, grad_slope if needs_slope else None
     # Only the slope: dL/dslope = Σ g · x · s, one product and one reduction (no dL/dx).
     dtype = x.dtype
