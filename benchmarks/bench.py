@@ -202,7 +202,7 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
             continue
         sizes = info.bench_sizes[:2] if args.quick else info.bench_sizes
         if args.sizes:
-            sizes = [size for size in sizes if size in args.sizes]
+            sizes = args.sizes
         for mode in modes:
             if mode == "vs-compiled" and not info.bench_against_compiled:
                 continue
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two small sizes, few samples")
     parser.add_argument("--ops", nargs="*", help="only these ops")
     parser.add_argument(
-        "--sizes", nargs="*", type=int, help="only these sizes (elements; rows for linear)"
+        "--sizes", nargs="*", type=int, help="these sizes instead (elements; rows for linear)"
     )
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument("--backend", default=None, help="torch.compile backend (default inductor)")

@@ -100,7 +100,7 @@ def cpu_kernel_takes(x: Tensor, slope: Tensor) -> bool:
     """Calls the C++ kernels compute (the C++ fast path's ``learned_silu_cpu_supports`` too):
     CPU, a single slope or one per channel of the last dim, the kernels built."""
     return (
-        x.device.type == "cpu"
+        x.is_cpu
         and (
             slope.numel() == 1
             or (slope.dim() == 1 and x.dim() >= 1 and slope.shape[0] == x.shape[-1])
@@ -204,7 +204,11 @@ def _learned_silu_autograd_backward(ctx, grad_y: Tensor):
         if torch.is_grad_enabled() or not only_plain_tensors((grad_y, x, slope)):
             # create_graph=True (its own backward is recorded), or compile/export tracing: the op
             grad_x, grad_slope = _learned_silu_backward(grad_y, x, slope)
-        else:  # a plain first-order backward: what the op would run, without its dispatch
+        elif cpu_kernel_takes(x, slope):
+            # A plain first-order backward on CPU: the C++ kernel the op would run, without the
+            # op's dispatch and checks (~30 µs a call: the forward validated these tensors).
+            grad_x, grad_slope = torch.ops.opslib_cpu.learned_silu_backward(grad_y, x, slope)
+        else:
             grad_x, grad_slope = _learned_silu_backward_kernel(grad_y, x, slope)
         return grad_x, grad_slope if needs_slope else None
     # Only the slope: dL/dslope = Σ g · x · s, one product and one reduction (no dL/dx).
