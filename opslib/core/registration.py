@@ -56,7 +56,7 @@ def only_plain_tensors(args: tuple) -> bool:
     """True when nothing but real computation could see this call: no TorchDispatchMode and no
     functorch transform (vmap/grad/jvp wrappers exist only inside one) is active, and every
     tensor is a plain ``torch.Tensor`` (not a FakeTensor or another subclass). Fast paths that
-    launch their own kernels (Triton, fused loops) take only such calls."""
+    launch their own kernels (Triton) take only such calls."""
     if _dispatch_modes_active() or _functorch_transform_active() is not None:
         return False
     for a in args:

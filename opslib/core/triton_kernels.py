@@ -16,7 +16,7 @@ import triton.language as tl
 
 from opslib.core import triton_launchers as codes
 
-# Jitted code may read only constexpr globals: the op codes of _triton.py, wrapped.
+# Jitted code may read only constexpr globals: the op codes of triton_launchers.py, wrapped.
 SQUARE = tl.constexpr(codes.SQUARE)
 CUBE = tl.constexpr(codes.CUBE)
 EXP = tl.constexpr(codes.EXP)
