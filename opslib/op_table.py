@@ -27,6 +27,7 @@ from torch import Tensor
 from opslib.core import triton_launchers as triton
 from opslib.ops.cube import cube, cube_onnx
 from opslib.ops.exp import exp, exp_onnx
+from opslib.ops.learned_silu import cpu_kernel_takes as learned_silu_cpu_kernel_takes
 from opslib.ops.learned_silu import learned_silu, learned_silu_onnx
 from opslib.ops.linear import linear, linear_onnx
 from opslib.ops.relu import relu, relu_onnx
@@ -56,17 +57,20 @@ class Sample:
         return f"{self.name}({', '.join(describe(a) for a in self.args)})"
 
 
-def leaves(args: tuple, requires_grad: bool = True, dtype: torch.dtype | None = None) -> tuple:
+def leaves(
+    args: tuple, requires_grad: bool | None = True, dtype: torch.dtype | None = None
+) -> tuple:
     """Fresh copies of the floating-point tensors of ``args`` (detached, optionally cast, each
-    requiring grad if asked; an ``nn.Parameter`` stays one); every other argument (integer
-    tensors, floats, None...) as is."""
+    requiring grad if asked, or as the original did for ``requires_grad=None``; an
+    ``nn.Parameter`` stays one); every other argument (integer tensors, floats, None...) as is."""
     out = []
     for a in args:
         if isinstance(a, Tensor) and a.is_floating_point():
+            wants = a.requires_grad if requires_grad is None else requires_grad
             copy = a.detach().to(dtype) if dtype is not None else a.detach().clone()
             if isinstance(a, torch.nn.Parameter):
-                copy = torch.nn.Parameter(copy, requires_grad=requires_grad)
-            a = copy.requires_grad_(requires_grad)
+                copy = torch.nn.Parameter(copy, requires_grad=wants)
+            a = copy.requires_grad_(wants)
         out.append(a)
     return tuple(out)
 
@@ -98,6 +102,14 @@ class TritonPath:
 
 
 SampleFn = Callable[[torch.device | str, torch.dtype, bool], list[Sample]]
+
+
+def elements_label(size: int) -> str:
+    """16, 4K, 256K, 4M: a benchmark size as the tables print it."""
+    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
 
 
 def _unary_extremes(x: Tensor) -> tuple:
@@ -138,7 +150,7 @@ class OpInfo:
     # roofline "matmul": floating-point operations of one forward call at a benchmark size
     bench_forward_flops: Callable[[int], float] | None = None
     bench_size_unit: str = "elements"  # what a benchmark size counts, for plot axes
-    bench_size_label: Callable[[int], str] = lambda size: elements_label(size)
+    bench_size_label: Callable[[int], str] = elements_label
     # Bytes saved for backward may be at most this fraction of native's (a fused op's claim).
     saved_fraction_of_native: float = 1.0
     # Also time the eager op against torch.compile of its reference: for ops whose eager path is
@@ -176,14 +188,6 @@ class OpInfo:
     def label(self) -> str:
         """How the op's error messages name it, e.g. ``customgrad.linear``."""
         return f"{self.namespace}.{self.name}"
-
-
-def elements_label(size: int) -> str:
-    """16, 4K, 256K, 4M: a benchmark size as the tables print it."""
-    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale}{unit}"
-    return str(size)
 
 
 def _make(shape, device, dtype, requires_grad: bool, *, scale: float = 1.0) -> Tensor:
@@ -423,8 +427,8 @@ def _learned_silu_infinite_slope(args: tuple) -> bool:
     return bool(torch.isinf(args[1]).any())
 
 
-def _t(*shape: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Tensor:
-    return torch.randn(shape, device=device).to(dtype)
+def _t(*shape: int) -> Tensor:
+    return torch.randn(shape)
 
 
 def _inference_x() -> tuple:
@@ -536,8 +540,7 @@ def _linear_fast_path(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> 
 
 
 def _learned_silu_fast_path(x: Tensor, slope: Tensor) -> bool:
-    # the fused kernel's slope forms (learned_silu.cpu_kernel_takes); others: the Python kernel
-    return slope.numel() == 1 or (slope.dim() == 1 and slope.shape[0] == x.shape[-1])
+    return learned_silu_cpu_kernel_takes(x, slope)  # other slope forms: the Python kernel
 
 
 OP_TABLE: list[OpInfo] = [

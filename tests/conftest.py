@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import opslib  # noqa: F401  (registers the ops)
-from opslib.op_table import OP_TABLE, OpInfo, Sample
+from opslib.op_table import OP_TABLE, OpInfo, Sample, leaves
 
 HAS_CUDA = torch.cuda.is_available()
 # Every check torch.library.opcheck has (its default leaves out test_aot_dispatch_static).
@@ -56,14 +56,7 @@ def get_sample(info: OpInfo, index: int, device, dtype, requires_grad: bool = Tr
 
 def fresh_leaves(args: tuple, dtype: torch.dtype | None = None) -> tuple:
     """Independent copies of a sample's tensors (optionally cast), same requires_grad."""
-    out = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            c = a.detach().to(dtype) if dtype is not None else a.detach().clone()
-            out.append(c.requires_grad_(a.requires_grad))
-        else:
-            out.append(a)
-    return tuple(out)
+    return leaves(args, requires_grad=None, dtype=dtype)
 
 
 def grads_of(args: tuple) -> list:

@@ -164,10 +164,12 @@ def install_inductor_decompositions() -> None:
     _installed_in_inductor.update(missing)
 
 
+def _library_of(op: Op) -> torch.library.Library:
+    return library(op._qualified_op_name.split("::")[0])
+
+
 def register_vmap(op: Op, rule: Callable) -> None:
-    torch.library.register_vmap(
-        op._qualified_op_name, rule, lib=library(op._qualified_op_name.split("::")[0])
-    )
+    torch.library.register_vmap(op._qualified_op_name, rule, lib=_library_of(op))
 
 
 def register_pointwise_vmap(op: Op) -> None:
@@ -185,9 +187,8 @@ def register_pointwise_vmap(op: Op) -> None:
 
 def register_autocast(op: Op, device_type: str, cast_to: torch.dtype) -> None:
     """Native-style fixed autocast policy (e.g. float32 for exp/pow on CUDA)."""
-    namespace = op._qualified_op_name.split("::")[0]
     torch.library.register_autocast(
-        op._qualified_op_name, device_type, cast_to, lib=library(namespace)
+        op._qualified_op_name, device_type, cast_to, lib=_library_of(op)
     )
 
 
@@ -201,7 +202,6 @@ def register_autocast_to_autocast_dtype(op: Op, device_type: str) -> None:
     """
     from torch.amp.autocast_mode import _cast
 
-    namespace, name = op._qualified_op_name.split("::")
     autocast_key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, autocast_key))
 
@@ -210,4 +210,6 @@ def register_autocast_to_autocast_dtype(op: Op, device_type: str) -> None:
         with torch._C._ExcludeDispatchKeyGuard(excluded):
             return op.default(*_cast(args, device_type, cast_to))
 
-    library(namespace).impl(name, autocast_kernel, autocast_key, with_keyset=True)
+    _library_of(op).impl(
+        op._qualified_op_name.split("::")[1], autocast_kernel, autocast_key, with_keyset=True
+    )

@@ -147,9 +147,12 @@ def _learned_silu_backward_kernel(grad_y: Tensor, x: Tensor, slope: Tensor):
     if fused is None and cpu_kernel_takes(x, slope):
         fused = torch.ops.opslib_cpu.learned_silu_backward(grad_y, x, slope)  # one pass (csrc/)
     grad_x, grad_slope = fused if fused is not None else _backward_formula(grad_y, x, slope)
-    # Laid out as the fake promises: grad_x like x, grad_slope like slope.
-    if grad_x.stride() != torch.empty_like(x).stride():
-        grad_x = torch.empty_like(x).copy_(grad_x)
+    # Laid out as the fake promises: grad_x like x (the C++ kernel already is), grad_slope like
+    # slope.
+    if fused is None or not x.is_cpu:
+        like_x = torch.empty_like(x)
+        if grad_x.stride() != like_x.stride():
+            grad_x = like_x.copy_(grad_x)
     return grad_x, grad_slope.reshape(slope.shape).contiguous()
 
 
