@@ -9,9 +9,10 @@ Each op's forward, fake implementation, backward derivation and ONNX translation
 ``opslib/ops/<name>.py``; ``opslib.op_table`` lists every op with its reference and samples.
 """
 
-from opslib import nn
+from opslib import nn, optim
 from opslib.functions import Cube, Exp, LearnedSiLU, Linear, ReLU, Sigmoid, Square, Tanh
 from opslib.ops import (
+    adam_step_,
     cpu_fast_path_enabled,
     cpu_kernels_enabled,
     cube,
@@ -27,6 +28,8 @@ from opslib.ops import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "adam_step_",
+    "optim",
     "Cube",
     "Exp",
     "LearnedSiLU",

@@ -63,7 +63,16 @@ def capability() -> str:
 
 
 def compile_flags() -> list[str]:
-    return ["-O3", f"-DCPU_CAPABILITY={capability()}", *CAPABILITY_FLAGS.get(capability(), [])]
+    # -ffp-contract=off: the compiler may not fuse a multiply and an add into one rounding by
+    # itself (GCC does by default); the kernels fuse where they say so (at::vec::fmadd), so that
+    # they round exactly where the torch ops they follow round (adam.cpp rounds as
+    # torch.optim.Adam's foreach ops do this way).
+    return [
+        "-O3",
+        "-ffp-contract=off",
+        f"-DCPU_CAPABILITY={capability()}",
+        *CAPABILITY_FLAGS.get(capability(), []),
+    ]
 
 
 def sources() -> list[Path]:

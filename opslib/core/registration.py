@@ -121,6 +121,72 @@ def define_op(
     return op
 
 
+def define_mutating_op(
+    name: str,
+    schema: str,
+    *,
+    kernel: Callable[..., None],
+    fake: Callable[..., None],
+    namespace: str = "customgrad",
+) -> Op:
+    """Register ``<namespace>::<name><schema>``, an op that updates some of its arguments in place
+    (marked ``Tensor(a!)`` in the schema) and returns nothing, and return its packet.
+
+    ``register_autograd`` refuses such ops (an in-place update is not a function of its inputs
+    that autograd could differentiate), so the op gets what autograd needs by hand, at the two
+    keys above its kernel, as ``torch.library.custom_op`` does for mutable ops:
+
+    - ``Autograd``: refuses, naming the op and the argument, to update a tensor that requires
+      grad while grad mode is on (what native in-place ops refuse for a leaf: an optimizer
+      step runs under ``torch.no_grad()``); otherwise runs the kernel below autograd. opcheck's
+      autograd-registration check looks for exactly this kernel.
+    - ``ADInplaceOrView``: bumps the version counter of every tensor it updates, so autograd
+      notices when a tensor it saved for backward was changed since, as for native in-place ops.
+
+    Under ``torch.compile`` the op is functionalized (``auto_functionalized``) like any mutable
+    custom op, and inductor turns it back into the in-place call.
+    """
+    lib = library(namespace)
+    qualname = f"{namespace}::{name}"
+    lib.define(name + schema)
+    lib.impl(name, kernel, "CompositeExplicitAutograd")
+    PYTHON_KERNELS[qualname] = kernel
+    torch.library.register_fake(qualname, fake, lib=lib)
+    op = getattr(getattr(torch.ops, namespace), name)
+    arguments = op.default._schema.arguments
+    mutated = [
+        (i, a.name) for i, a in enumerate(arguments) if a.alias_info and a.alias_info.is_write
+    ]
+
+    def updated_tensors(args: tuple):
+        for i, arg_name in mutated:
+            value = args[i] if i < len(args) else None
+            for k, t in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(t, Tensor):
+                    yield f"{arg_name}[{k}]" if isinstance(value, (list, tuple)) else arg_name, t
+
+    def autograd_kernel(*args: object) -> None:
+        if torch.is_grad_enabled():
+            for where, t in updated_tensors(args):
+                if t.requires_grad:
+                    raise RuntimeError(
+                        f"{namespace}.{name}: {where} requires grad and would be updated in "
+                        f"place with grad mode on; run the update under torch.no_grad() (as "
+                        f"an optimizer step does)"
+                    )
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.default(*args)
+
+    def inplace_or_view_kernel(keyset, *args: object) -> None:
+        for _, t in updated_tensors(args):
+            torch.autograd.graph.increment_version(t)
+        return op.default.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, *args)
+
+    lib.impl(name, autograd_kernel, "Autograd")
+    lib.impl(name, inplace_or_view_kernel, "ADInplaceOrView", with_keyset=True)
+    return op
+
+
 _INDUCTOR_DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable[..., Tensor]] = {}
 _installed_in_inductor: set[torch._ops.OpOverload] = set()
 

@@ -125,3 +125,58 @@ def learned_silu_backward_kernel(
     tl.store(grad_x_ptr + offs, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
     terms = tl.where(mask, g * x * s, 0.0)
     tl.store(partial_ptr + tl.program_id(0) * C + cols, tl.sum(terms, axis=0), mask=cols < C)
+
+
+@triton.jit
+def adam_step_kernel(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    vmax_ptr,
+    n,
+    decay,
+    l2,
+    lerp_weight,
+    beta2,
+    sq_weight,
+    bc2_sqrt,
+    eps,
+    neg_step_size,
+    MAXIMIZE: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+    L2: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    SMALL_WEIGHT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One Adam/AdamW update of a flat parameter and its moments (opslib/ops/adam.py derives
+    it); the scalar coefficients come from the launcher, computed in double."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if MAXIMIZE:
+        g = -g
+    if DECOUPLED:
+        p = p * decay
+    if L2:
+        g = g + l2 * p
+    if SMALL_WEIGHT:  # torch.lerp's two forms, as the C++ kernel
+        m = m + lerp_weight * (g - m)
+    else:
+        m = g - (g - m) * (1.0 - lerp_weight)
+    v = v * beta2
+    v = v + sq_weight * g * g
+    largest = v
+    if AMSGRAD:
+        vmax = tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        largest = tl.maximum(vmax, v)
+        tl.store(vmax_ptr + offs, largest.to(vmax_ptr.dtype.element_ty), mask=mask)
+    denom = tl.sqrt(largest) / bc2_sqrt + eps
+    p = p + neg_step_size * m / denom
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)

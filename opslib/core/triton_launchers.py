@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from types import ModuleType
 
@@ -147,6 +148,47 @@ def learned_silu_backward(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Ten
     return grad_x, grad_slope.reshape(slope.shape).to(slope.dtype)
 
 
+def adam_step(
+    tensors: list[Tensor], step: Tensor, scalars: list[float], flags: tuple[bool, bool, bool]
+) -> None:
+    """One Adam update of a contiguous parameter (p, g, m, v[, vmax] in ``tensors``) in place;
+    the step is incremented and the coefficients computed here, in double, as the C++ kernel
+    does (see opslib/ops/adam.py)."""
+    lr, beta1, beta2, weight_decay, eps = scalars
+    amsgrad, maximize, decoupled = flags
+    step.add_(1)
+    t = step.item()
+    p, g, m, v = tensors[:4]
+    vmax = tensors[4] if amsgrad else p  # a placeholder pointer the kernel never reads
+    n = p.numel()
+    if n:
+        kernels().adam_step_kernel[(triton_cdiv(n, BLOCK),)](
+            p, g, m, v, vmax, n,
+            1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2,
+            math.sqrt(1 - beta2**t), eps, -(lr / (1 - beta1**t)),
+            MAXIMIZE=maximize, DECOUPLED=decoupled and weight_decay != 0,
+            L2=not decoupled and weight_decay != 0, AMSGRAD=amsgrad,
+            SMALL_WEIGHT=abs(1 - beta1) < 0.5, BLOCK=BLOCK,
+        )  # fmt: skip
+
+
+def adam_step_call(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2,
+    weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+) -> None:  # fmt: skip
+    """The op's CUDA path on every parameter, called with the op's arguments (the tests run it
+    on CPU tensors under the Triton interpreter)."""
+    scalars = [float(h.item()) for h in (lr, beta1, beta2, weight_decay, eps)]
+    for i, p in enumerate(params):
+        tensors = [p, grads[i], exp_avgs[i], exp_avg_sqs[i]]
+        tensors += [max_exp_avg_sqs[i]] if amsgrad else []
+        adam_step(tensors, steps[i], scalars, (amsgrad, maximize, decoupled_weight_decay))
+
+
+def adam_step_supported(tensors: list[Tensor]) -> bool:
+    return all(t.is_contiguous() and t.dtype in TRITON_DTYPES for t in tensors)
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
@@ -192,3 +234,13 @@ def cuda_learned_silu_backward(grad_y: Tensor, x: Tensor, slope: Tensor):
     if not (_cuda_path(grad_y, x, slope) and learned_silu_supported(x, slope)):
         return None
     return learned_silu_backward(grad_y, x, slope)
+
+
+def cuda_adam_step(
+    tensors: list[Tensor], step: Tensor, scalars: list[float], flags: tuple[bool, bool, bool]
+) -> bool:
+    """Run the Triton update if this parameter takes it; False (nothing done) if not."""
+    if not (_cuda_path(*tensors) and adam_step_supported(tensors)):
+        return False
+    adam_step(tensors, step, scalars, flags)
+    return True

@@ -1,6 +1,7 @@
 """The ops. Importing this package registers every ``customgrad::*`` op with torch.library."""
 
 from opslib.core import cpu_kernels as _cpu_kernels
+from opslib.ops.adam import adam_step_
 from opslib.ops.cube import cube
 from opslib.ops.exp import exp
 from opslib.ops.learned_silu import learned_silu
@@ -16,6 +17,7 @@ cpu_kernels_enabled = _cpu_kernels.is_loaded
 cpu_fast_path_enabled = _cpu_kernels.is_loaded  # the name of earlier versions
 
 __all__ = [
+    "adam_step_",
     "cpu_fast_path_enabled",
     "cpu_kernels_enabled",
     "cube",
