@@ -713,6 +713,10 @@ class UpdateOpInfo:
     triton: Callable[..., None] | None = None
     dtypes: tuple[torch.dtype, ...] = ALL_FLOAT_DTYPES
     namespace: str = "customgrad"
+    # benchmarks/optimizer_step.py: the optimizers to time on the same parameters, by name,
+    # opslib's first; and the parameter-sized tensors one step must read or write at least.
+    bench_optimizers: Callable[[list[Tensor]], dict[str, torch.optim.Optimizer]] | None = None
+    bench_traffic: int = 0
 
     @property
     def op(self) -> torch._ops.OpOverload:
@@ -884,6 +888,16 @@ def _adam_error_inputs() -> list[ErrorInput]:
     ]
 
 
+def _adam_bench_optimizers(params: list[Tensor]) -> dict[str, torch.optim.Optimizer]:
+    from opslib.optim import Adam
+
+    return {
+        "opslib.optim.Adam": Adam(params, lr=1e-3),
+        "torch Adam(foreach=True)": torch.optim.Adam(params, lr=1e-3, foreach=True),
+        "torch Adam(fused=True)": torch.optim.Adam(params, lr=1e-3, fused=True),
+    }
+
+
 UPDATE_OP_TABLE: list[UpdateOpInfo] = [
     UpdateOpInfo(
         name="adam_step_",
@@ -898,6 +912,8 @@ UPDATE_OP_TABLE: list[UpdateOpInfo] = [
         tolerances={torch.float32: (2e-7, 2e-6), torch.float64: (1e-15, 1e-13)},
         error_inputs=_adam_error_inputs,
         triton=triton.adam_step_call,
+        bench_optimizers=_adam_bench_optimizers,
+        bench_traffic=7,  # read p, g, m, v; write p, m, v
     ),
 ]
 

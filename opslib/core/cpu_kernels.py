@@ -67,8 +67,11 @@ def compile_flags() -> list[str]:
     # itself (GCC does by default); the kernels fuse where they say so (at::vec::fmadd), so that
     # they round exactly where the torch ops they follow round (adam.cpp rounds as
     # torch.optim.Adam's foreach ops do this way).
+    # -fopenmp: at::parallel_for is an OpenMP loop written in ATen's headers; compiled without
+    # it, the loop runs on one thread (the OpenMP runtime is torch's own libgomp, already loaded).
     return [
         "-O3",
+        "-fopenmp",
         "-ffp-contract=off",
         f"-DCPU_CAPABILITY={capability()}",
         *CAPABILITY_FLAGS.get(capability(), []),

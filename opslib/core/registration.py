@@ -178,8 +178,7 @@ def define_mutating_op(
             return op.default(*args)
 
     def inplace_or_view_kernel(keyset, *args: object) -> None:
-        for _, t in updated_tensors(args):
-            torch.autograd.graph.increment_version(t)
+        torch.autograd.graph.increment_version([t for _, t in updated_tensors(args)])
         return op.default.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, *args)
 
     lib.impl(name, autograd_kernel, "Autograd")

@@ -215,25 +215,25 @@ def _adam_step_kernel(
     )
     scalars = [float(h.item()) for h in hyperparameters]  # torch computes these in double too
     flags = (amsgrad, maximize, decoupled_weight_decay)
-    fused_cpu: list[int] = []
-    for i, p in enumerate(params):
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+    if not params:
+        return
+    if _cpu_kernel_takes([t for values in lists for t in values]):  # the usual case: one call
+        torch.ops.opslib_cpu.adam_step_(*lists, *scalars, *flags)
+        return
+    for i, p in enumerate(params):  # each parameter by the fastest path that takes it
         vmax = max_exp_avg_sqs[i] if amsgrad else None
         tensors = [p, grads[i], exp_avgs[i], exp_avg_sqs[i]] + ([vmax] if amsgrad else [])
         if _cpu_kernel_takes([*tensors, steps[i]]):
-            fused_cpu.append(i)  # all of them in one call below
-        elif triton.cuda_adam_step(tensors, steps[i], scalars, flags):
-            pass  # CUDA: one Triton kernel
-        else:
+            torch.ops.opslib_cpu.adam_step_(
+                *([t] for t in tensors[:4]), [vmax] if amsgrad else [], [steps[i]],
+                *scalars, *flags,
+            )  # fmt: skip
+        elif not triton.cuda_adam_step(tensors, steps[i], scalars, flags):  # CUDA: Triton
             _update_with_torch_ops(
                 p, grads[i], exp_avgs[i], exp_avg_sqs[i], vmax, steps[i], *scalars,
                 maximize, decoupled_weight_decay,
             )  # fmt: skip
-    if fused_cpu:
-        pick = lambda values: [values[i] for i in fused_cpu]  # noqa: E731
-        torch.ops.opslib_cpu.adam_step_(
-            pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs),
-            pick(max_exp_avg_sqs) if amsgrad else [], pick(steps), *scalars, *flags,
-        )  # fmt: skip
 
 
 def _adam_step_fake(

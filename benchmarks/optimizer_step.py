@@ -1,0 +1,104 @@
+"""Time one optimizer step of every update op in the op table (``UPDATE_OP_TABLE``) against
+native PyTorch's optimizers, on the same parameters, in one run.
+
+    python3 benchmarks/optimizer_step.py            # 10M parameters in 100 tensors (~1 min)
+    python3 benchmarks/optimizer_step.py --quick    # 1M parameters: the CI smoke test
+
+The model: 100 float32 tensors whose sizes grow geometrically (about 5K to 700K elements, as
+a network's biases, norms and weights), 10M parameters in all, each with a gradient. Every
+optimizer gets its own copy of the same parameters and gradients, is warmed up for 3 steps, and
+is then timed step by step, the optimizers interleaved, so that each ratio compares like with
+like. Memory traffic: the bytes a step must move at least (``bench_traffic`` parameter-sized
+reads and writes: read p, g, m, v and write p, m, v for Adam) over the median step time, next
+to the bandwidth of the simplest in-place update measured in the same run (``x.add_(y)`` on
+32M floats: read x and y, write x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import opslib  # noqa: F401  (registers the ops)
+from opslib.op_table import UPDATE_OP_TABLE
+
+
+def parameter_sizes(total: int, count: int = 100) -> list[int]:
+    """``count`` sizes growing geometrically by a factor of ~140 from first to last, summing
+    to ``total``."""
+    weights = [1.051**i for i in range(count)]
+    scale = total / sum(weights)
+    sizes = [max(1, round(w * scale)) for w in weights]
+    sizes[-1] += total - sum(sizes)
+    return sizes
+
+
+def update_bandwidth(numel: int = 32 << 20, repeats: int = 10) -> float:
+    """GB/s of ``x.add_(y)``, the simplest in-place update: read x and y, write x (3 x 4 bytes
+    an element) over the best time. A copy into a fresh tensor would understate it: its writes
+    first read the destination's cache lines, traffic that the byte count would not see."""
+    x, y = torch.randn(numel), torch.randn(numel)
+    x.add_(y)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.add_(y)
+        best = min(best, time.perf_counter() - start)
+    return 3 * numel * 4 / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1M parameters, 5 timed steps")
+    args = parser.parse_args()
+    total = 1_000_000 if args.quick else 10_000_000
+    repeats = 5 if args.quick else 30
+    sizes = parameter_sizes(total)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{len(sizes)} float32 tensors, {sum(sizes):,} parameters ({sizes[0]:,} to {sizes[-1]:,})"
+    )
+    bandwidth = update_bandwidth(4 << 20 if args.quick else 32 << 20)
+    print(f"in-place update bandwidth (x.add_(y): read x, y, write x): {bandwidth:.1f} GB/s")
+    for info in UPDATE_OP_TABLE:
+        if info.bench_optimizers is None:
+            continue
+        torch.manual_seed(0)
+        values = [torch.randn(n) for n in sizes]
+        grads = [torch.randn(n) * 1e-2 for n in sizes]
+        optimizers = {}
+        for name in info.bench_optimizers([torch.nn.Parameter(torch.empty(1))]):
+            params = [torch.nn.Parameter(v.clone()) for v in values]
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizers[name] = info.bench_optimizers(params)[name]
+        for opt in optimizers.values():
+            for _ in range(3):
+                opt.step()
+        times: dict[str, list[float]] = {name: [] for name in optimizers}
+        for _ in range(repeats):
+            for name, opt in optimizers.items():
+                start = time.perf_counter()
+                opt.step()
+                times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        ours_name = next(iter(medians))
+        moved = info.bench_traffic * sum(sizes) * 4
+        print(f"\n{info.label}: one step, median of {repeats} (interleaved)")
+        print(f"| optimizer | step ms | ratio to {ours_name} | GB/s moved | of x.add_(y)'s |")
+        print("|---|---|---|---|---|")
+        for name, seconds in medians.items():
+            rate = moved / seconds / 1e9
+            print(
+                f"| {name} | {seconds * 1e3:.2f} | {seconds / medians[ours_name]:.2f} | "
+                f"{rate:.1f} | {rate / bandwidth:.0%} |"
+            )
+        for name in list(medians)[1:]:
+            print(f"{ours_name} / {name}: {medians[ours_name] / medians[name]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
