@@ -18,7 +18,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', 
 
 echo "== CUDA tests: Triton kernels, ops on CUDA, op contract on CUDA =="
 python3 -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_op_contract.py \
-    tests/test_public_api.py -k "cuda or triton or public" 2>&1 | tee "$results/gpu_tests.log" | tail -25
+    tests/test_public_api.py tests/test_update_ops.py -k "cuda or triton or public" 2>&1 | tee "$results/gpu_tests.log" | tail -25
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # The ops whose eager path is fused are also timed compiled (the op table marks them).
@@ -27,5 +27,7 @@ echo "== GPU benchmarks: every op eager; also compiled: $fused =="
 python3 benchmarks/bench.py --no-compile --samples 11 --results "$results" || status=1
 python3 benchmarks/bench.py --ops $fused --samples 11 --results "$results" || status=1
 python3 benchmarks/report.py --results "$results" > /dev/null || status=1
+echo "== GPU optimizer step: opslib.optim.Adam (Triton) against torch's foreach and fused =="
+python3 benchmarks/optimizer_step.py --device cuda | tee "$results/optimizer_step_cuda.txt" || status=1
 grep -h "" "$results/summary.md" | head -80
 exit $status

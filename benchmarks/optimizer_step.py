@@ -36,16 +36,18 @@ def parameter_sizes(total: int, count: int = 100) -> list[int]:
     return sizes
 
 
-def update_bandwidth(numel: int = 32 << 20, repeats: int = 10) -> float:
+def update_bandwidth(numel: int, device: torch.device, sync, repeats: int = 10) -> float:
     """GB/s of ``x.add_(y)``, the simplest in-place update: read x and y, write x (3 x 4 bytes
     an element) over the best time. A copy into a fresh tensor would understate it: its writes
     first read the destination's cache lines, traffic that the byte count would not see."""
-    x, y = torch.randn(numel), torch.randn(numel)
+    x, y = torch.randn(numel, device=device), torch.randn(numel, device=device)
     x.add_(y)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         x.add_(y)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 3 * numel * 4 / best / 1e9
 
@@ -53,24 +55,27 @@ def update_bandwidth(numel: int = 32 << 20, repeats: int = 10) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1M parameters, 5 timed steps")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (the Triton kernel)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     total = 1_000_000 if args.quick else 10_000_000
     repeats = 5 if args.quick else 30
     sizes = parameter_sizes(total)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     print(
         f"{len(sizes)} float32 tensors, {sum(sizes):,} parameters ({sizes[0]:,} to {sizes[-1]:,})"
     )
-    bandwidth = update_bandwidth(4 << 20 if args.quick else 32 << 20)
+    bandwidth = update_bandwidth(4 << 20 if args.quick else 32 << 20, device, sync)
     print(f"in-place update bandwidth (x.add_(y): read x, y, write x): {bandwidth:.1f} GB/s")
     for info in UPDATE_OP_TABLE:
         if info.bench_optimizers is None:
             continue
         torch.manual_seed(0)
-        values = [torch.randn(n) for n in sizes]
-        grads = [torch.randn(n) * 1e-2 for n in sizes]
+        values = [torch.randn(n, device=device) for n in sizes]
+        grads = [torch.randn(n, device=device) * 1e-2 for n in sizes]
         optimizers = {}
-        for name in info.bench_optimizers([torch.nn.Parameter(torch.empty(1))]):
+        for name in info.bench_optimizers([torch.nn.Parameter(torch.empty(1, device=device))]):
             params = [torch.nn.Parameter(v.clone()) for v in values]
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
@@ -81,8 +86,10 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in optimizers}
         for _ in range(repeats):
             for name, opt in optimizers.items():
+                sync()
                 start = time.perf_counter()
                 opt.step()
+                sync()
                 times[name].append(time.perf_counter() - start)
         medians = {name: statistics.median(t) for name, t in times.items()}
         ours_name = next(iter(medians))
