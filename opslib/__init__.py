@@ -19,8 +19,10 @@ from opslib.ops import (
     exp,
     learned_silu,
     linear,
+    log_softmax,
     relu,
     sigmoid,
+    softmax,
     square,
     tanh,
 )
@@ -44,9 +46,11 @@ __all__ = [
     "exp",
     "learned_silu",
     "linear",
+    "log_softmax",
     "nn",
     "relu",
     "sigmoid",
+    "softmax",
     "square",
     "tanh",
 ]

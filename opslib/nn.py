@@ -62,3 +62,26 @@ class LearnedSiLU(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters}, init={self.init}"
+
+
+def _legacy_dim(name: str, ndim: int) -> int:
+    """What torch.nn.Softmax(dim=None) picks (with its deprecation warning): 0 for 0-, 1- and
+    3-d input, else 1."""
+    return torch.nn.functional._get_softmax_dim(name, ndim, stacklevel=4)
+
+
+class Softmax(torch.nn.Softmax):
+    """``torch.nn.Softmax`` computed by ``customgrad::softmax``: a subclass, same constructor."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        dim = self.dim if self.dim is not None else _legacy_dim("softmax", input.dim())
+        return ops.softmax(input, dim)
+
+
+class LogSoftmax(torch.nn.LogSoftmax):
+    """``torch.nn.LogSoftmax`` computed by ``customgrad::log_softmax``: a subclass, same
+    constructor."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        dim = self.dim if self.dim is not None else _legacy_dim("log_softmax", input.dim())
+        return ops.log_softmax(input, dim)

@@ -98,12 +98,18 @@ def test_nn_learned_silu_learns_its_slope(num_parameters):
         (opslib.nn.ReLU(), torch.nn.ReLU()),
         (opslib.nn.Sigmoid(), torch.nn.Sigmoid()),
         (opslib.nn.Tanh(), torch.nn.Tanh()),
+        (opslib.nn.Softmax(dim=0), torch.nn.Softmax(dim=0)),
+        (opslib.nn.LogSoftmax(dim=-1), torch.nn.LogSoftmax(dim=-1)),
+        (opslib.nn.Softmax(), torch.nn.Softmax()),  # dim=None: torch's legacy choice, warned
     ],
-    ids=["ReLU", "Sigmoid", "Tanh"],
+    ids=["ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Softmax-dim-None"],
 )
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice")
 def test_nn_activations_match_native(ours, native):
-    x = torch.randn(4, 5)
-    assert_close_named(ours(x), native(x), type(ours).__name__)
+    for x in (torch.randn(4, 5), torch.randn(2, 3, 4)):
+        assert_close_named(ours(x), native(x), type(ours).__name__)
+    if isinstance(native, torch.nn.Softmax | torch.nn.LogSoftmax):
+        assert isinstance(ours, type(native)) and ours.state_dict() == native.state_dict()
 
 
 def saved_bytes(fn, *args) -> int:

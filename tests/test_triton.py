@@ -167,7 +167,8 @@ def test_extreme_values_match_native(info, device):
 @pytest.mark.parametrize("info", triton_params())
 def test_ops_take_the_triton_path_on_cuda_and_keep_the_contract(info, monkeypatch):
     calls = []
-    for fn in ("unary_forward", "unary_backward", "learned_silu_forward", "learned_silu_backward"):
+    launchers = ("unary", "learned_silu", "softmax")
+    for fn in [f"{kind}_{phase}" for kind in launchers for phase in ("forward", "backward")]:
         original = getattr(_triton, fn)
         monkeypatch.setattr(_triton, fn, lambda *a, f=original, n=fn: calls.append(n) or f(*a))
     args = leaves(info.batch_inputs(64, "cuda", torch.float32))

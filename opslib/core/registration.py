@@ -250,6 +250,22 @@ def register_pointwise_vmap(op: Op) -> None:
     register_vmap(op, batching_rule)
 
 
+def register_vmap_along_dim(op: Op) -> None:
+    """An op ``(x, dim)`` that works along one dim of x (softmax, log_softmax) is its own
+    batching rule: move the batch dim to the front and shift ``dim`` past it. A logical 0-d x
+    (physically [B]) is computed as a row of one element, which is what the op gives for it."""
+
+    def batching_rule(info, in_dims: tuple, x: Tensor, dim: int) -> tuple[Tensor, int | None]:
+        if in_dims[0] is None:
+            return op(x, dim), None
+        x = x.movedim(in_dims[0], 0)
+        if x.dim() == 1:
+            return op(x.unsqueeze(-1), -1).squeeze(-1), 0
+        return op(x, dim if dim < 0 else dim + 1), 0
+
+    register_vmap(op, batching_rule)
+
+
 def register_autocast(op: Op, device_type: str, cast_to: torch.dtype) -> None:
     """Native-style fixed autocast policy (e.g. float32 for exp/pow on CUDA)."""
     torch.library.register_autocast(

@@ -180,3 +180,36 @@ def adam_step_kernel(
     tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
     tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
     tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def softmax_forward_kernel(x_ptr, y_ptr, C, LOG: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One row of x viewed as [R, C], whole in registers: softmax (or log_softmax) over it,
+    from max-shifted exponentials (opslib/ops/softmax.py derives both)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C)
+    mask = cols < C
+    x = tl.load(x_ptr + row * C + cols, mask=mask, other=-float("inf")).to(tl.float32)
+    shifted = x - tl.max(x, axis=0)
+    e = tl.exp(shifted)  # 0 in the masked lanes
+    total = tl.sum(e, axis=0)
+    if LOG:
+        y = shifted - tl.log(total)
+    else:
+        y = e / total
+    tl.store(y_ptr + row * C + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def softmax_backward_kernel(g_ptr, y_ptr, dx_ptr, C, LOG: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One row: dL/dx = y(g - Σ g·y) for softmax, g - exp(y)·Σ g for log_softmax (y saved)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C)
+    mask = cols < C
+    g = tl.load(g_ptr + row * C + cols, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + row * C + cols, mask=mask, other=0.0).to(tl.float32)
+    if LOG:
+        dx = g - tl.exp(y) * tl.sum(g, axis=0)
+    else:
+        dx = y * (g - tl.sum(g * y, axis=0))
+    tl.store(dx_ptr + row * C + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)

@@ -189,6 +189,41 @@ def adam_step_supported(tensors: list[Tensor]) -> bool:
     return all(t.is_contiguous() and t.dtype in TRITON_DTYPES for t in tensors)
 
 
+# Rows longer than this are left to torch ops (a row lives in one program's registers).
+SOFTMAX_MAX_ROW = 16384
+
+
+def softmax_supported(x: Tensor, dim: int) -> bool:
+    """Along the last dim of a contiguous x of at least one dim, rows up to SOFTMAX_MAX_ROW."""
+    return (
+        x.dim() >= 1
+        and dim % x.dim() == x.dim() - 1
+        and x.is_contiguous()
+        and 0 < x.shape[-1] <= SOFTMAX_MAX_ROW
+    )
+
+
+def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
+    y = torch.empty_like(x)
+    c = x.shape[-1]
+    if x.numel():
+        kernels().softmax_forward_kernel[(x.numel() // c,)](
+            x, y, c, LOG=log, BLOCK_C=triton_next_power_of_2(c)
+        )
+    return y
+
+
+def softmax_backward(grad_y: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
+    grad_y = grad_y.contiguous()
+    grad_x = torch.empty_like(y)
+    c = y.shape[-1]
+    if y.numel():
+        kernels().softmax_backward_kernel[(y.numel() // c,)](
+            grad_y, y, grad_x, c, LOG=log, BLOCK_C=triton_next_power_of_2(c)
+        )
+    return grad_x
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
@@ -244,3 +279,16 @@ def cuda_adam_step(
         return False
     adam_step(tensors, step, scalars, flags)
     return True
+
+
+def cuda_softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor | None:
+    if not (_cuda_path(x) and softmax_supported(x, dim)):
+        return None
+    return softmax_forward(x, dim, log)
+
+
+def cuda_softmax_backward(grad_y: Tensor, y: Tensor, dim: int, log: bool) -> Tensor | None:
+    """Only a first-order backward: under create_graph the torch-op formula must run."""
+    if not (_cuda_path(grad_y, y) and softmax_supported(y, dim)) or torch.is_grad_enabled():
+        return None
+    return softmax_backward(grad_y, y, dim, log)

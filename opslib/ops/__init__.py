@@ -6,8 +6,10 @@ from opslib.ops.cube import cube
 from opslib.ops.exp import exp
 from opslib.ops.learned_silu import learned_silu
 from opslib.ops.linear import linear
+from opslib.ops.log_softmax import log_softmax
 from opslib.ops.relu import relu
 from opslib.ops.sigmoid import sigmoid
+from opslib.ops.softmax import softmax
 from opslib.ops.square import square
 from opslib.ops.tanh import tanh
 
@@ -24,8 +26,10 @@ __all__ = [
     "exp",
     "learned_silu",
     "linear",
+    "log_softmax",
     "relu",
     "sigmoid",
+    "softmax",
     "square",
     "tanh",
 ]

@@ -1,0 +1,96 @@
+"""``customgrad::log_softmax(Tensor x, int dim) -> Tensor``: y = x - log Σ exp(x) along ``dim``.
+
+The same call and result as ``torch.log_softmax(x, dim)`` (any dim, negative too).
+
+Forward (along dim)
+    y_i = log(e^(x_i) / Σ_j e^(x_j)) = (x_i - m) - log Σ_j e^(x_j - m),   m = max_j x_j
+
+    The log of the softmax, computed without forming it: softmax underflows to 0 for x_i far
+    below the maximum, where log_softmax is still a finite, accurate number (x_i - m - ...).
+
+Backward (g = dL/dy)
+    ∂y_i/∂x_k = δ_ik - softmax_k = δ_ik - e^(y_k)
+    dL/dx_k = Σ_i g_i (δ_ik - e^(y_k)) = g_k - e^(y_k) Σ_i g_i
+
+    One sum of g per row and the saved output (softmax = e^y). Computed by
+    ``aten._log_softmax_backward_data(g, y, dim, dtype)``, exactly this formula in one pass (the
+    CUDA path: one Triton kernel per row).
+
+Saved for backward: the output y, as native ``torch.log_softmax`` saves it.
+
+Double backward: dL/dx is linear in g, and e^y is differentiable through y (this op's output);
+``_log_softmax_backward_data`` has its derivatives registered in ATen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from opslib.core.checks import check_floating_input
+from opslib.core.registration import (
+    define_op,
+    register_autocast,
+    register_inductor_decomposition,
+    register_vmap_along_dim,
+)
+from opslib.core.triton_launchers import cuda_softmax_backward, cuda_softmax_forward
+from opslib.ops.softmax import check_dim
+
+
+def _check_log_softmax(x: Tensor, dim: int) -> None:
+    check_floating_input("log_softmax", "x", x)
+    check_dim("log_softmax", x, dim)
+
+
+def _log_softmax_kernel(x: Tensor, dim: int) -> Tensor:
+    _check_log_softmax(x, dim)
+    y = cuda_softmax_forward(x, dim, log=True)  # CUDA: one Triton kernel per row
+    return y if y is not None else torch.log_softmax(x, dim)
+
+
+def _log_softmax_fake(x: Tensor, dim: int) -> Tensor:
+    _check_log_softmax(x, dim)
+    return torch.log_softmax(x, dim)  # native's layout, whatever x's
+
+
+def _log_softmax_setup_context(ctx, inputs: tuple[Tensor, int], output: Tensor) -> None:
+    ctx.dim = inputs[1]
+    ctx.save_for_backward(output if ctx.needs_input_grad[0] else None)
+
+
+def _log_softmax_backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, None]:
+    (y,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None
+    fused = cuda_softmax_backward(grad_y, y, ctx.dim, log=True)
+    if fused is not None:
+        return fused, None
+    return torch.ops.aten._log_softmax_backward_data(grad_y, y, ctx.dim, y.dtype), None
+
+
+_log_softmax = define_op(
+    "log_softmax",
+    "(Tensor x, int dim) -> Tensor",
+    kernel=_log_softmax_kernel,
+    fake=_log_softmax_fake,
+    setup_context=_log_softmax_setup_context,
+    backward=_log_softmax_backward,
+)
+register_vmap_along_dim(_log_softmax)
+register_inductor_decomposition(_log_softmax, torch.log_softmax)
+# Native log_softmax is on CUDA autocast's float32 list; on CPU autocast leaves it alone.
+register_autocast(_log_softmax, "cuda", torch.float32)
+
+
+def log_softmax(x: Tensor, dim: int) -> Tensor:
+    """``torch.log_softmax(x, dim)``, with the gradient written out in
+    ``opslib/ops/log_softmax.py``."""
+    return _log_softmax(x, dim)
+
+
+def log_softmax_onnx(x, dim: int):
+    """ONNX translation: LogSoftmax(x, axis=dim) (opset 13 and later: along that one axis)."""
+    from opslib.onnx import opset
+
+    return opset.LogSoftmax(x, axis=dim)

@@ -1,0 +1,106 @@
+"""``customgrad::softmax(Tensor x, int dim) -> Tensor``: y = exp(x) / Σ exp(x) along ``dim``.
+
+The same call and result as ``torch.softmax(x, dim)`` (any dim, negative too; a 0-d x takes
+dim 0 or -1 and gives 1).
+
+Forward (along dim; the other dims are independent rows)
+    y_i = e^(x_i) / Σ_j e^(x_j) = e^(x_i - m) / Σ_j e^(x_j - m),   m = max_j x_j
+
+    Subtracting the row's maximum changes nothing mathematically (the factor e^-m cancels) and
+    keeps every exponential in (0, 1]: no overflow, and the sum is at least 1.
+
+Backward (g = dL/dy)
+    ∂y_i/∂x_k = y_i (δ_ik - y_k)          (the softmax Jacobian: diag(y) - y yᵀ)
+    dL/dx_k = Σ_i g_i ∂y_i/∂x_k = y_k g_k - y_k Σ_i g_i y_i
+            = y_k (g_k - Σ_i g_i y_i)
+
+    So backward needs only the output and one sum per row: the [C, C] Jacobian is never formed.
+    Computed by ``aten._softmax_backward_data(g, y, dim, dtype)``, which is exactly this formula
+    in one pass (the CUDA path: one Triton kernel per row).
+
+Saved for backward: the output y, as native ``torch.softmax`` saves it.
+
+Double backward: dL/dx is bilinear in g and y, and y is the op's output (differentiable through
+this op again); ``_softmax_backward_data`` has both derivatives registered in ATen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from opslib.core.checks import check_floating_input, label
+from opslib.core.registration import (
+    define_op,
+    register_autocast,
+    register_inductor_decomposition,
+    register_vmap_along_dim,
+)
+from opslib.core.triton_launchers import cuda_softmax_backward, cuda_softmax_forward
+
+
+def check_dim(op: str, x: Tensor, dim: int) -> None:
+    """``dim`` indexes x, as native counts: a 0-d x has the one dim 0 (or -1)."""
+    rank = max(x.dim(), 1)
+    if not -rank <= dim < rank:
+        raise IndexError(
+            f"{label(op)}: dim {dim} is out of range for x of {x.dim()} dimensions "
+            f"(expected {-rank} to {rank - 1})"
+        )
+
+
+def _check_softmax(x: Tensor, dim: int) -> None:
+    check_floating_input("softmax", "x", x)
+    check_dim("softmax", x, dim)
+
+
+def _softmax_kernel(x: Tensor, dim: int) -> Tensor:
+    _check_softmax(x, dim)
+    y = cuda_softmax_forward(x, dim, log=False)  # CUDA: one Triton kernel per row
+    return y if y is not None else torch.softmax(x, dim)
+
+
+def _softmax_fake(x: Tensor, dim: int) -> Tensor:
+    _check_softmax(x, dim)
+    return torch.softmax(x, dim)  # native's layout, whatever x's
+
+
+def _softmax_setup_context(ctx, inputs: tuple[Tensor, int], output: Tensor) -> None:
+    ctx.dim = inputs[1]
+    ctx.save_for_backward(output if ctx.needs_input_grad[0] else None)
+
+
+def _softmax_backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, None]:
+    (y,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None
+    fused = cuda_softmax_backward(grad_y, y, ctx.dim, log=False)
+    if fused is not None:
+        return fused, None
+    return torch.ops.aten._softmax_backward_data(grad_y, y, ctx.dim, y.dtype), None
+
+
+_softmax = define_op(
+    "softmax",
+    "(Tensor x, int dim) -> Tensor",
+    kernel=_softmax_kernel,
+    fake=_softmax_fake,
+    setup_context=_softmax_setup_context,
+    backward=_softmax_backward,
+)
+register_vmap_along_dim(_softmax)
+register_inductor_decomposition(_softmax, torch.softmax)
+# Native softmax is on CUDA autocast's float32 list; on CPU autocast leaves it alone.
+register_autocast(_softmax, "cuda", torch.float32)
+
+
+def softmax(x: Tensor, dim: int) -> Tensor:
+    """``torch.softmax(x, dim)``, with the gradient written out in ``opslib/ops/softmax.py``."""
+    return _softmax(x, dim)
+
+
+def softmax_onnx(x, dim: int):
+    """ONNX translation: Softmax(x, axis=dim) (opset 13 and later: along that one axis)."""
+    from opslib.onnx import opset
+
+    return opset.Softmax(x, axis=dim)
