@@ -791,6 +791,7 @@ OP_TABLE: list[OpInfo] = [
         property_inputs=_along_dim_property_inputs,
         error_inputs=_along_dim_error_inputs("softmax"),
         triton=_softmax_triton(log=False),
+        cpu_fast_path=_every_call,
     ),
     OpInfo(
         name="log_softmax",
@@ -808,6 +809,7 @@ OP_TABLE: list[OpInfo] = [
         property_inputs=_along_dim_property_inputs,
         error_inputs=_along_dim_error_inputs("log_softmax"),
         triton=_softmax_triton(log=True),
+        cpu_fast_path=_every_call,
     ),
 ]
 

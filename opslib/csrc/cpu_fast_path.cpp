@@ -26,6 +26,7 @@
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 
 namespace {
@@ -129,6 +130,23 @@ void learned_silu(const c10::OperatorHandle& op, DispatchKeySet keys, Stack* sta
   to_python_kernel(op, keys, stack);
 }
 
+// ---- softmax(x, dim), log_softmax(x, dim): native's kernels, as the Python kernels ----
+// A dim out of range takes the Python kernel (which raises the op's own error).
+
+template <at::Tensor (*formula)(const at::Tensor&, int64_t, std::optional<at::ScalarType>)>
+void along_dim(const c10::OperatorHandle& op, DispatchKeySet keys, Stack* stack) {
+  if (kPlainCpuCall.isSupersetOf(keys)) {
+    const size_t n = stack->size();
+    const at::Tensor& x = (*stack)[n - 2].toTensor();
+    const int64_t dim = (*stack)[n - 1].toInt();
+    const int64_t rank = std::max<int64_t>(x.dim(), 1);
+    if (plain_float(x) && -rank <= dim && dim < rank) {
+      return replace_arguments_with(stack, 2, formula(x, dim, std::nullopt));
+    }
+  }
+  to_python_kernel(op, keys, stack);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(customgrad, AutogradCPU, m) {
@@ -140,4 +158,7 @@ TORCH_LIBRARY_IMPL(customgrad, AutogradCPU, m) {
   m.impl("tanh", torch::CppFunction::makeFromBoxedFunction<&unary<&tanh>>());
   m.impl("linear", torch::CppFunction::makeFromBoxedFunction<&linear>());
   m.impl("learned_silu", torch::CppFunction::makeFromBoxedFunction<&learned_silu>());
+  m.impl("softmax", torch::CppFunction::makeFromBoxedFunction<&along_dim<&at::softmax>>());
+  m.impl("log_softmax",
+         torch::CppFunction::makeFromBoxedFunction<&along_dim<&at::log_softmax>>());
 }
