@@ -85,3 +85,11 @@ class LogSoftmax(torch.nn.LogSoftmax):
     def forward(self, input: Tensor) -> Tensor:
         dim = self.dim if self.dim is not None else _legacy_dim("log_softmax", input.dim())
         return ops.log_softmax(input, dim)
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    """``torch.nn.RMSNorm`` computed by ``customgrad::rms_norm``: a subclass, same constructor,
+    parameters and state_dict keys."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.rms_norm(x, list(self.normalized_shape), self.weight, self.eps)

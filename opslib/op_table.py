@@ -33,6 +33,7 @@ from opslib.ops.learned_silu import learned_silu, learned_silu_onnx
 from opslib.ops.linear import linear, linear_onnx
 from opslib.ops.log_softmax import log_softmax, log_softmax_onnx
 from opslib.ops.relu import relu, relu_onnx
+from opslib.ops.rms_norm import rms_norm, rms_norm_onnx
 from opslib.ops.sigmoid import sigmoid, sigmoid_onnx
 from opslib.ops.softmax import softmax, softmax_onnx
 from opslib.ops.square import square, square_onnx
@@ -397,6 +398,92 @@ def _along_dim_error_inputs(op: str) -> Callable[[], list[ErrorInput]]:
         ]
 
     return cases
+
+
+def _rms_norm_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    def make(shape, rg=requires_grad):
+        return _make(shape, device, dtype, rg)
+
+    def weight(n, rg=requires_grad):
+        return (torch.rand(n, device=device, dtype=dtype) + 0.5).requires_grad_(rg)
+
+    base = torch.randn(6, 5, device=device, dtype=dtype)
+    return [
+        Sample("rows-weight", (make((4, 5)), [5], weight(5), None)),
+        Sample("3-d-two-dims", (make((2, 4, 5)), [4, 5], weight((4, 5)), 1e-5)),
+        Sample("no-weight", (make((3, 6)), [6], None, 1e-6)),
+        Sample("large-eps", (make((3, 6)), [6], weight(6), 0.5)),
+        Sample("vector", (make((7,)), [7], weight(7), None)),
+        Sample("one-row-per-element", (make((4, 1)), [1], weight(1), None)),
+        Sample("empty-batch", (make((0, 5)), [5], weight(5), None)),
+        Sample("transposed", (_leaf_view(base.t(), requires_grad), [6], weight(6), None)),
+        Sample("strided-slice", (_leaf_view(base[::2], requires_grad), [5], weight(5), None)),
+        Sample("weight-no-grad", (make((4, 5)), [5], weight(5, rg=False), None)),
+        Sample("x-no-grad", (make((4, 5), rg=False), [5], weight(5), None)),
+        Sample("wide-row", (make((3, 300)), [300], weight(300), None)),  # vectors and a tail
+    ]
+
+
+def _rms_norm_batch(rows: int, device, dtype) -> tuple:
+    width = 64
+    return (
+        torch.randn(rows, width, device=device, dtype=dtype) * 3,
+        [width],
+        torch.rand(width, device=device, dtype=dtype) + 0.5,
+        1e-5,
+    )
+
+
+def _rms_norm_bench(numel: int, device, dtype) -> tuple:
+    """Rows of 4096 (16M elements: [4096, 4096]) with a weight, as a transformer's norm."""
+    width = min(numel, 4096)
+    return (
+        torch.randn(numel // width, width, device=device, dtype=dtype),
+        [width],
+        torch.rand(width, device=device, dtype=dtype) + 0.5,
+        None,
+    )
+
+
+def _rms_norm_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    x = draw(tensors())
+    x = x.reshape(1) if x.dim() == 0 else x
+    k = draw(st.integers(1, x.dim()))
+    shape = list(x.shape[x.dim() - k :])
+    weight = draw(st.sampled_from([None, "weight"]))
+    weight = draw(tensors(shape=shape)) if weight else None
+    return (x, shape, weight, draw(st.sampled_from([None, 1e-5, 0.25])))
+
+
+def _rms_norm_error_inputs() -> list[ErrorInput]:
+    x = _t(4, 5)
+    label = r"customgrad\.rms_norm"
+    return [
+        ErrorInput(
+            "normalized_shape not x's trailing dims",
+            lambda: (x, [4], None, None),
+            ValueError,
+            label + r": normalized_shape \[4\] must be x's trailing dims, but x has shape",
+        ),
+        ErrorInput(
+            "normalized_shape longer than x",
+            lambda: (_t(5), [2, 5], None, None),
+            ValueError,
+            label + r": normalized_shape \[2, 5\] must be x's trailing dims",
+        ),
+        ErrorInput(
+            "weight of the wrong shape",
+            lambda: (x, [5], _t(4), None),
+            ValueError,
+            label + r": weight of shape \[4\] must have normalized_shape \[5\]",
+        ),
+        ErrorInput(
+            "negative eps",
+            lambda: (x, [5], None, -1.0),
+            ValueError,
+            label + r": eps must be finite and >= 0, got -1.0",
+        ),
+    ]
 
 
 def _softmax_triton(log: bool) -> TritonPath:
@@ -810,6 +897,26 @@ OP_TABLE: list[OpInfo] = [
         error_inputs=_along_dim_error_inputs("log_softmax"),
         triton=_softmax_triton(log=True),
         cpu_fast_path=_every_call,
+    ),
+    OpInfo(
+        name="rms_norm",
+        func=rms_norm,
+        reference=F.rms_norm,
+        reference_text="F.rms_norm(x, normalized_shape, weight, eps)",
+        formula=(
+            "y = x·r·w, r = 1/√(mean(x²)+ε) ; dL/dx = r·u - x·r³·mean(u·x) with u = w·g, "
+            "dL/dw = Σ g·x·r"
+        ),
+        sample_inputs=_rms_norm_samples,
+        batch_inputs=_rms_norm_batch,
+        onnx_translation=rms_norm_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_rms_norm_bench,
+        bench_size_label=lambda n: f"[{n // min(n, 4096)},{min(n, 4096)}]",
+        bench_against_compiled=True,
+        extreme_inputs=lambda x: (x, [x.shape[-1]], None, None),
+        property_inputs=_rms_norm_property_inputs,
+        error_inputs=_rms_norm_error_inputs,
     ),
 ]
 

@@ -8,6 +8,7 @@ from opslib.ops.learned_silu import learned_silu
 from opslib.ops.linear import linear
 from opslib.ops.log_softmax import log_softmax
 from opslib.ops.relu import relu
+from opslib.ops.rms_norm import rms_norm
 from opslib.ops.sigmoid import sigmoid
 from opslib.ops.softmax import softmax
 from opslib.ops.square import square
@@ -28,6 +29,7 @@ __all__ = [
     "linear",
     "log_softmax",
     "relu",
+    "rms_norm",
     "sigmoid",
     "softmax",
     "square",
