@@ -93,3 +93,11 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.rms_norm(x, list(self.normalized_shape), self.weight, self.eps)
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    """``torch.nn.LayerNorm`` computed by ``customgrad::layer_norm``: a subclass, same
+    constructor, parameters and state_dict keys."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.layer_norm(x, list(self.normalized_shape), self.weight, self.bias, self.eps)

@@ -28,6 +28,7 @@ from opslib.core import triton_launchers as triton
 from opslib.ops.adam import adam_step_
 from opslib.ops.cube import cube, cube_onnx
 from opslib.ops.exp import exp, exp_onnx
+from opslib.ops.layer_norm import layer_norm, layer_norm_onnx
 from opslib.ops.learned_silu import cpu_kernel_takes as learned_silu_cpu_kernel_takes
 from opslib.ops.learned_silu import learned_silu, learned_silu_onnx
 from opslib.ops.linear import linear, linear_onnx
@@ -486,6 +487,82 @@ def _rms_norm_error_inputs() -> list[ErrorInput]:
     ]
 
 
+def _layer_norm_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    """rms_norm's samples with a bias wherever there is a weight, and some without either."""
+    samples = []
+    for s in _rms_norm_samples(device, dtype, requires_grad):
+        x, shape, weight, eps = s.args
+        bias = None
+        if weight is not None:
+            bias = torch.randn(weight.shape, device=device, dtype=dtype)
+            bias.requires_grad_(weight.requires_grad)
+        # Rows of one element: x̂ = 0 exactly, but native computes it as x·r - μ·r, whose
+        # rounding 1/sqrt(eps) amplifies (3e-5 at eps=1e-5): there the sample's eps is 1e-3
+        # (exactness itself is tested in tests/test_norms.py).
+        if s.name == "one-row-per-element":
+            eps = 1e-3
+        samples.append(Sample(s.name, (x, shape, weight, bias, 1e-5 if eps is None else eps)))
+    x = _make((4, 5), device, dtype, requires_grad)
+    samples += [
+        Sample("bias-only", (x, [5], None, _make((5,), device, dtype, requires_grad), 1e-5)),
+        Sample(
+            # mean 30, spread 1: mean(x²) - mean(x)² would cancel ~3 digits here, more than
+            # the float32 tolerance; the two-pass variance does not (mean 1000 is tested
+            # against float64 in tests/test_norms.py: there native itself is off by 3e-5)
+            "large-mean",
+            (
+                _leaf_view(30 + torch.randn(3, 8, device=device, dtype=dtype), requires_grad),
+                [8],
+                None,
+                None,
+                1e-5,
+            ),
+        ),
+    ]
+    return samples
+
+
+def _layer_norm_batch(rows: int, device, dtype) -> tuple:
+    x, shape, weight, _ = _rms_norm_batch(rows, device, dtype)
+    return (x, shape, weight, torch.randn(shape, device=device, dtype=dtype), 1e-4)
+
+
+def _layer_norm_bench(numel: int, device, dtype) -> tuple:
+    x, shape, weight, _ = _rms_norm_bench(numel, device, dtype)
+    return (x, shape, weight, torch.randn(shape, device=device, dtype=dtype), 1e-5)
+
+
+def _layer_norm_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    x, shape, weight, _ = _rms_norm_property_inputs(draw, st, tensors)
+    bias = draw(tensors(shape=shape)) if draw(st.booleans()) else None
+    return (x, shape, weight, bias, draw(st.sampled_from([1e-5, 1e-3, 0.25])))
+
+
+def _layer_norm_error_inputs() -> list[ErrorInput]:
+    x = _t(4, 5)
+    label = r"customgrad\.layer_norm"
+    return [
+        ErrorInput(
+            "normalized_shape not x's trailing dims",
+            lambda: (x, [4], None, None, 1e-5),
+            ValueError,
+            label + r": normalized_shape \[4\] must be x's trailing dims, but x has shape",
+        ),
+        ErrorInput(
+            "bias of the wrong shape",
+            lambda: (x, [5], None, _t(4), 1e-5),
+            ValueError,
+            label + r": bias of shape \[4\] must have normalized_shape \[5\]",
+        ),
+        ErrorInput(
+            "nan eps",
+            lambda: (x, [5], None, None, float("nan")),
+            ValueError,
+            label + r": eps must be finite and >= 0, got nan",
+        ),
+    ]
+
+
 def _softmax_triton(log: bool) -> TritonPath:
     return TritonPath(
         forward=lambda x, dim: triton.softmax_forward(x, dim, log),
@@ -729,6 +806,18 @@ def _linear_fast_path(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> 
     return bias is None or bias.dim() == 1  # other bias forms: the Python kernel
 
 
+def _norm_fast_path(x: Tensor, normalized_shape: list[int], *affine_and_eps: object) -> bool:
+    """rms_norm, layer_norm: contiguous, non-empty x over at least one dim, and a contiguous
+    weight and bias (other layouts: the Python kernel)."""
+    affine = [a for a in affine_and_eps if isinstance(a, Tensor)]
+    return (
+        x.is_contiguous()
+        and x.numel() > 0
+        and len(normalized_shape) > 0
+        and all(a.is_contiguous() for a in affine)
+    )
+
+
 def _learned_silu_fast_path(x: Tensor, slope: Tensor) -> bool:
     return learned_silu_cpu_kernel_takes(x, slope)  # other slope forms: the Python kernel
 
@@ -917,6 +1006,27 @@ OP_TABLE: list[OpInfo] = [
         extreme_inputs=lambda x: (x, [x.shape[-1]], None, None),
         property_inputs=_rms_norm_property_inputs,
         error_inputs=_rms_norm_error_inputs,
+        cpu_fast_path=_norm_fast_path,
+    ),
+    OpInfo(
+        name="layer_norm",
+        func=layer_norm,
+        reference=F.layer_norm,
+        reference_text="F.layer_norm(x, normalized_shape, weight, bias, eps)",
+        formula=(
+            "y = x̂·w + b, x̂ = (x-μ)·r, r = 1/√(σ²+ε) ; dL/dx = r·(u - mean(u) - x̂·mean(u·x̂)) "
+            "with u = w·g, dL/dw = Σ g·x̂, dL/db = Σ g"
+        ),
+        sample_inputs=_layer_norm_samples,
+        batch_inputs=_layer_norm_batch,
+        onnx_translation=layer_norm_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_layer_norm_bench,
+        bench_size_label=lambda n: f"[{n // min(n, 4096)},{min(n, 4096)}]",
+        extreme_inputs=lambda x: (x, [x.shape[-1]], None, None, 1e-5),
+        property_inputs=_layer_norm_property_inputs,
+        error_inputs=_layer_norm_error_inputs,
+        cpu_fast_path=_norm_fast_path,
     ),
 ]
 

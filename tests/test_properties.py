@@ -150,6 +150,11 @@ def _check(info, args, dtype):
             )
             both_finite = (got == 0) & (want == 0)
             reference = torch.where(_nonfinite_class(n) == want, n, e.to(dtype))
+            # Where the op is at least as close to the float64 value as native is, it may
+            # differ from native (layer_norm of a one-element row: ours is exactly 0, native's
+            # rounding is amplified by 1/sqrt(eps)); everywhere else it must match native.
+            at_least_as_accurate = (o.double() - e).abs() <= (n.double() - e).abs()
+            both_finite &= ~at_least_as_accurate
             torch.testing.assert_close(
                 o[both_finite],
                 reference[both_finite],

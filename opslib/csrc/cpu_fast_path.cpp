@@ -27,7 +27,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -147,6 +150,74 @@ void along_dim(const c10::OperatorHandle& op, DispatchKeySet keys, Stack* stack)
   to_python_kernel(op, keys, stack);
 }
 
+// ---- rms_norm(x, normalized_shape, weight, eps), layer_norm(x, ..., weight, bias, eps) ----
+// The fused C++ forwards of rms_norm.cpp and layer_norm.cpp, for contiguous rows and what
+// _check_rms_norm / _check_layer_norm accept; everything else takes the Python kernel.
+
+// normalized_shape is x's trailing dims (at least one, none empty); n: their product.
+std::optional<int64_t> row_size(const at::Tensor& x, const std::vector<int64_t>& shape) {
+  const int64_t k = static_cast<int64_t>(shape.size());
+  if (k == 0 || k > x.dim() || x.numel() == 0 || !x.is_contiguous()) return std::nullopt;
+  int64_t n = 1;
+  for (int64_t i = 0; i < k; ++i) {
+    if (x.size(x.dim() - k + i) != shape[i]) return std::nullopt;
+    n *= shape[i];
+  }
+  return n;
+}
+
+// An optional weight or bias: absent, or a plain contiguous tensor of x's dtype and the shape.
+bool plain_affine(const c10::IValue& arg, const at::Tensor& x, const std::vector<int64_t>& shape,
+                  std::optional<at::Tensor>& out) {
+  if (arg.isNone()) return true;
+  const at::Tensor& t = arg.toTensor();
+  if (!plain_float(t) || t.scalar_type() != x.scalar_type() || !t.is_contiguous() ||
+      t.sizes() != c10::IntArrayRef(shape)) {
+    return false;
+  }
+  out = t;
+  return true;
+}
+
+bool valid_eps(double eps) { return std::isfinite(eps) && eps >= 0; }
+
+void rms_norm(const c10::OperatorHandle& op, DispatchKeySet keys, Stack* stack) {
+  if (kPlainCpuCall.isSupersetOf(keys)) {
+    const size_t n = stack->size();
+    const at::Tensor& x = (*stack)[n - 4].toTensor();
+    const std::vector<int64_t> shape = (*stack)[n - 3].toIntVector();
+    const c10::IValue& eps_arg = (*stack)[n - 1];
+    // eps=None: the epsilon of the compute dtype (float32 for float16/bfloat16), as native
+    const double eps = eps_arg.isNone() ? (x.scalar_type() == at::kDouble
+                                               ? std::numeric_limits<double>::epsilon()
+                                               : std::numeric_limits<float>::epsilon())
+                                        : eps_arg.toDouble();
+    std::optional<at::Tensor> weight;
+    const std::optional<int64_t> row = plain_float(x) ? row_size(x, shape) : std::nullopt;
+    if (row && plain_affine((*stack)[n - 2], x, shape, weight) && valid_eps(eps)) {
+      return replace_arguments_with(stack, 4, opslib::rms_norm_forward_cpu(x, *row, weight, eps));
+    }
+  }
+  to_python_kernel(op, keys, stack);
+}
+
+void layer_norm(const c10::OperatorHandle& op, DispatchKeySet keys, Stack* stack) {
+  if (kPlainCpuCall.isSupersetOf(keys)) {
+    const size_t n = stack->size();
+    const at::Tensor& x = (*stack)[n - 5].toTensor();
+    const std::vector<int64_t> shape = (*stack)[n - 4].toIntVector();
+    const double eps = (*stack)[n - 1].toDouble();
+    std::optional<at::Tensor> weight, bias;
+    const std::optional<int64_t> row = plain_float(x) ? row_size(x, shape) : std::nullopt;
+    if (row && plain_affine((*stack)[n - 3], x, shape, weight) &&
+        plain_affine((*stack)[n - 2], x, shape, bias) && valid_eps(eps)) {
+      return replace_arguments_with(
+          stack, 5, opslib::layer_norm_forward_cpu(x, *row, weight, bias, eps));
+    }
+  }
+  to_python_kernel(op, keys, stack);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(customgrad, AutogradCPU, m) {
@@ -159,6 +230,8 @@ TORCH_LIBRARY_IMPL(customgrad, AutogradCPU, m) {
   m.impl("linear", torch::CppFunction::makeFromBoxedFunction<&linear>());
   m.impl("learned_silu", torch::CppFunction::makeFromBoxedFunction<&learned_silu>());
   m.impl("softmax", torch::CppFunction::makeFromBoxedFunction<&along_dim<&at::softmax>>());
+  m.impl("rms_norm", torch::CppFunction::makeFromBoxedFunction<&rms_norm>());
+  m.impl("layer_norm", torch::CppFunction::makeFromBoxedFunction<&layer_norm>());
   m.impl("log_softmax",
          torch::CppFunction::makeFromBoxedFunction<&along_dim<&at::log_softmax>>());
 }

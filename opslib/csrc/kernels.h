@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
 
 namespace opslib {
@@ -14,5 +15,13 @@ at::Tensor learned_silu_forward_cpu(const at::Tensor& x, const at::Tensor& slope
 std::tuple<at::Tensor, at::Tensor> learned_silu_backward_cpu(const at::Tensor& grad_y,
                                                               const at::Tensor& x,
                                                               const at::Tensor& slope);
+
+// rms_norm and layer_norm (rms_norm.cpp, layer_norm.cpp): contiguous rows of n elements of x,
+// weight and bias of n contiguous elements of x's dtype.
+at::Tensor rms_norm_forward_cpu(const at::Tensor& x, int64_t n,
+                                const std::optional<at::Tensor>& weight, double eps);
+at::Tensor layer_norm_forward_cpu(const at::Tensor& x, int64_t n,
+                                  const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias, double eps);
 
 }  // namespace opslib

@@ -4,6 +4,7 @@ from opslib.core import cpu_kernels as _cpu_kernels
 from opslib.ops.adam import adam_step_
 from opslib.ops.cube import cube
 from opslib.ops.exp import exp
+from opslib.ops.layer_norm import layer_norm
 from opslib.ops.learned_silu import learned_silu
 from opslib.ops.linear import linear
 from opslib.ops.log_softmax import log_softmax
@@ -25,6 +26,7 @@ __all__ = [
     "cpu_kernels_enabled",
     "cube",
     "exp",
+    "layer_norm",
     "learned_silu",
     "linear",
     "log_softmax",

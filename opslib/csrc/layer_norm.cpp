@@ -1,0 +1,217 @@
+// layer_norm's CPU kernels: the forward and the first-order backward, each one sweep over a row
+// of x (the trailing dims that normalized_shape names) while it is in cache, vectorized
+// (at::vec) and multi-threaded over rows (at::parallel_for). The math is derived in
+// opslib/ops/layer_norm.py, whose Python kernels call these through torch.ops.opslib_cpu.* and
+// fall back to torch ops.
+//
+//   forward   mu  = mean(x),  var = mean((x - mu)^2),  r = 1 / sqrt(var + eps)    per row
+//             y   = (x - mu) * r * w + b
+//   backward  xh  = (x - mu) * r,  u = w * g
+//             dx  = r * (u - mean(u) - xh * mean(u * xh))                          per row
+//             dw  = sum over rows of g * xh,   db = sum over rows of g
+//
+// The variance is the mean of squared deviations from the row's mean (two sweeps over a row in
+// cache), never mean(x^2) - mu^2, which cancels catastrophically when |mu| >> the spread.
+// The backward recomputes mu and r from x instead of saving them (opslib/ops/layer_norm.py
+// says why); native's fused backward reads the same x and g, plus its saved mean and rstd.
+//
+// dtypes: float and double compute in their own type; float16 and bfloat16 in float, rounded
+// once at the store. dw and db are summed per fixed block of rows in the compute type, then in
+// double in block order: the same bits whatever the number of threads.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "rows.h"
+
+namespace opslib {
+namespace {
+
+using at::vec::Vectorized;
+using rows::as_compute;
+using rows::kRowsPerBlock;
+
+// mu and r of one row in T.
+template <typename T>
+std::pair<T, T> moments(const T* x, int64_t n, double eps, T* centered) {
+  using Vec = Vectorized<T>;
+  const T mu = rows::sum(x, n) / T(n);
+  const Vec mv(mu);
+  for (int64_t i = 0; i < n; i += Vec::size()) {
+    const int64_t k = std::min<int64_t>(Vec::size(), n - i);
+    (Vec::loadu(x + i, k) - mv).store(centered + i, k);
+  }
+  const T var = rows::dot(centered, centered, n) / T(n);
+  return {mu, T(1) / std::sqrt(var + T(eps))};
+}
+
+template <typename T>
+std::vector<T> in_compute_type(const void* values, at::ScalarType dtype, int64_t n) {
+  std::vector<T> out(values ? n : 0);
+  if (values) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "to_compute", [&] {
+      at::vec::convert(static_cast<const scalar_t*>(values), out.data(), n);
+    });
+  }
+  return out;
+}
+
+template <typename scalar_t>
+void forward_rows(const scalar_t* x, const scalar_t* w, const scalar_t* b, scalar_t* y,
+                  int64_t rows, int64_t n, double eps) {
+  using T = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<T>;
+  const auto dtype = c10::CppTypeToScalarType<scalar_t>::value;
+  const std::vector<T> weight = in_compute_type<T>(w, dtype, n);
+  const std::vector<T> bias = in_compute_type<T>(b, dtype, n);
+  at::parallel_for(0, rows, kRowsPerBlock, [&](int64_t r0, int64_t r1) {
+    std::vector<T> xf(std::is_same_v<T, scalar_t> ? 0 : n), centered(n), out(n);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = as_compute<scalar_t, T>(x + r * n, xf.data(), n);
+      const T rstd = moments(xr, n, eps, centered.data()).second;
+      const Vec rv(rstd);
+      for (int64_t i = 0; i < n; i += Vec::size()) {
+        const int64_t k = std::min<int64_t>(Vec::size(), n - i);
+        Vec v = Vec::loadu(centered.data() + i, k) * rv;
+        if (w) v = v * Vec::loadu(weight.data() + i, k);
+        if (b) v = v + Vec::loadu(bias.data() + i, k);
+        v.store(out.data() + i, k);
+      }
+      at::vec::convert(out.data(), y + r * n, n);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scalar_t* gx,
+                   double* dw_blocks, double* db_blocks, int64_t rows, int64_t n, double eps) {
+  using T = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<T>;
+  const auto dtype = c10::CppTypeToScalarType<scalar_t>::value;
+  const std::vector<T> weight = in_compute_type<T>(w, dtype, n);
+  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> xf(std::is_same_v<T, scalar_t> ? 0 : n), gf(n), u(n), xhat(n), out(n);
+    std::vector<T> acc_w(dw_blocks ? n : 0), acc_b(db_blocks ? n : 0);
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(acc_w.begin(), acc_w.end(), T(0));
+      std::fill(acc_b.begin(), acc_b.end(), T(0));
+      for (int64_t r = b * kRowsPerBlock; r < std::min(rows, (b + 1) * kRowsPerBlock); ++r) {
+        const T* xr = as_compute<scalar_t, T>(x + r * n, xf.data(), n);
+        at::vec::convert(g + r * n, gf.data(), n);
+        const T rstd = moments(xr, n, eps, xhat.data()).second;
+        const Vec rv(rstd);
+        for (int64_t i = 0; i < n; i += Vec::size()) {  // xhat = (x - mu) * r ; u = w * g
+          const int64_t k = std::min<int64_t>(Vec::size(), n - i);
+          const Vec xh = Vec::loadu(xhat.data() + i, k) * rv;
+          xh.store(xhat.data() + i, k);
+          const Vec gv = Vec::loadu(gf.data() + i, k);
+          (w ? Vec::loadu(weight.data() + i, k) * gv : gv).store(u.data() + i, k);
+          if (dw_blocks) (Vec::loadu(acc_w.data() + i, k) + gv * xh).store(acc_w.data() + i, k);
+          if (db_blocks) (Vec::loadu(acc_b.data() + i, k) + gv).store(acc_b.data() + i, k);
+        }
+        const Vec mean_u(rows::sum(u.data(), n) / T(n));
+        const Vec mean_uxh(rows::dot(u.data(), xhat.data(), n) / T(n));
+        for (int64_t i = 0; i < n; i += Vec::size()) {
+          const int64_t k = std::min<int64_t>(Vec::size(), n - i);
+          const Vec v = rv * (Vec::loadu(u.data() + i, k) - mean_u -
+                              Vec::loadu(xhat.data() + i, k) * mean_uxh);
+          v.store(out.data() + i, k);
+        }
+        at::vec::convert(out.data(), gx + r * n, n);
+      }
+      for (int64_t i = 0; dw_blocks && i < n; ++i) dw_blocks[b * n + i] = double(acc_w[i]);
+      for (int64_t i = 0; db_blocks && i < n; ++i) db_blocks[b * n + i] = double(acc_b[i]);
+    }
+  });
+}
+
+// The blocks' partial sums [blocks, n] added in block order, in double: thread-independent.
+at::Tensor sum_blocks(const at::Tensor& partial, int64_t blocks, int64_t n,
+                      const at::Tensor& like) {
+  at::Tensor total = at::zeros({n}, partial.options());
+  double* out = total.data_ptr<double>();
+  const double* block = partial.const_data_ptr<double>();
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t i = 0; i < n; ++i) out[i] += block[b * n + i];
+  }
+  return total.to(like.scalar_type()).view(like.sizes());
+}
+
+void check_rows(const char* name, const at::Tensor& x, int64_t n,
+                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.is_contiguous() && n > 0 && x.numel() % n == 0, "opslib_cpu.", name,
+              ": x must be contiguous rows of n elements");
+  for (const auto* t : {&weight, &bias}) {
+    TORCH_CHECK(!*t || ((*t)->is_contiguous() && (*t)->numel() == n &&
+                        (*t)->scalar_type() == x.scalar_type()),
+                "opslib_cpu.", name, ": weight and bias must be n contiguous elements of x's dtype");
+  }
+}
+
+}  // namespace
+
+at::Tensor layer_norm_forward_cpu(const at::Tensor& x, int64_t n,
+                                  const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias, double eps) {
+  check_rows("layer_norm_forward", x, n, weight, bias);
+  at::Tensor y = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ln_fwd", [&] {
+    forward_rows<scalar_t>(x.const_data_ptr<scalar_t>(),
+                           weight ? weight->const_data_ptr<scalar_t>() : nullptr,
+                           bias ? bias->const_data_ptr<scalar_t>() : nullptr,
+                           y.data_ptr<scalar_t>(), x.numel() / n, n, eps);
+  });
+  return y;
+}
+
+// dL/dx, and dL/dw and dL/db (empty tensors when weight or bias are absent).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, int64_t n,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
+  check_rows("layer_norm_backward", x, n, weight, bias);
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
+              "opslib_cpu.layer_norm_backward: grad_y must be like x");
+  const at::Tensor g = grad_y.contiguous();
+  at::Tensor grad_x = at::empty_like(x);
+  const int64_t rows = x.numel() / n;
+  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  const auto partial_options = x.options().dtype(at::kDouble);
+  at::Tensor dw = weight ? at::zeros({std::max<int64_t>(blocks, 1), n}, partial_options)
+                         : at::Tensor();
+  at::Tensor db = bias ? at::zeros({std::max<int64_t>(blocks, 1), n}, partial_options)
+                       : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ln_bwd", [&] {
+    backward_rows<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                            weight ? weight->const_data_ptr<scalar_t>() : nullptr,
+                            grad_x.data_ptr<scalar_t>(), weight ? dw.data_ptr<double>() : nullptr,
+                            bias ? db.data_ptr<double>() : nullptr, rows, n, eps);
+  });
+  const at::Tensor none = at::empty({0}, x.options());
+  return {grad_x, weight ? sum_blocks(dw, blocks, n, *weight) : none,
+          bias ? sum_blocks(db, blocks, n, *bias) : none};
+}
+
+}  // namespace opslib
+
+TORCH_LIBRARY_FRAGMENT(opslib_cpu, m) {
+  m.def("layer_norm_forward(Tensor x, int n, Tensor? weight, Tensor? bias, float eps) -> Tensor");
+  m.def(
+      "layer_norm_backward(Tensor grad_y, Tensor x, int n, Tensor? weight, Tensor? bias, "
+      "float eps) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(opslib_cpu, CPU, m) {
+  m.impl("layer_norm_forward", &opslib::layer_norm_forward_cpu);
+  m.impl("layer_norm_backward", &opslib::layer_norm_backward_cpu);
+}
