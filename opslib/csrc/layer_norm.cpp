@@ -11,7 +11,8 @@
 //             dw  = sum over rows of g * xh,   db = sum over rows of g
 //
 // The variance is the mean of squared deviations from the row's mean (two sweeps over a row in
-// cache), never mean(x^2) - mu^2, which cancels catastrophically when |mu| >> the spread.
+// cache), never mean(x^2) - mu^2, which cancels catastrophically when |mu| >> the spread; both
+// moments are accumulated in double, so that squares of large values do not overflow.
 // The backward recomputes mu and r from x instead of saving them (opslib/ops/layer_norm.py
 // says why); native's fused backward reads the same x and g, plus its saved mean and rstd.
 //
@@ -41,18 +42,18 @@ using at::vec::Vectorized;
 using rows::as_compute;
 using rows::kRowsPerBlock;
 
-// mu and r of one row in T.
+// mu and r of one row (both accumulated in double, see rows.h), and the row minus mu in T.
 template <typename T>
 std::pair<T, T> moments(const T* x, int64_t n, double eps, T* centered) {
   using Vec = Vectorized<T>;
-  const T mu = rows::sum(x, n) / T(n);
-  const Vec mv(mu);
+  const double mu = rows::sum_in_double(x, n) / double(n);
+  const double var = rows::squared_deviations(x, mu, n) / double(n);
+  const Vec mv(static_cast<T>(mu));
   for (int64_t i = 0; i < n; i += Vec::size()) {
     const int64_t k = std::min<int64_t>(Vec::size(), n - i);
     (Vec::loadu(x + i, k) - mv).store(centered + i, k);
   }
-  const T var = rows::dot(centered, centered, n) / T(n);
-  return {mu, T(1) / std::sqrt(var + T(eps))};
+  return {static_cast<T>(mu), static_cast<T>(1.0 / std::sqrt(var + eps))};
 }
 
 template <typename T>

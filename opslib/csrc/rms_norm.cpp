@@ -14,8 +14,8 @@
 // g and x) while it is in cache, and written once.
 //
 // dtypes: float and double compute in their own type; float16 and bfloat16 in float, rounded
-// once at the store. Row sums use 4 vector accumulators (4 * 16 floats on AVX-512), so each
-// lane adds N/64 terms. dw is summed in double over fixed blocks of rows, added in block order:
+// once at the store. mean(x^2) is accumulated in double (no overflow for large x, see rows.h);
+// the other row sum uses 4 vector accumulators (4 * 16 floats on AVX-512). dw is summed in double over fixed blocks of rows, added in block order:
 // the same bits whatever the number of threads.
 
 #include <ATen/ATen.h>
@@ -39,7 +39,6 @@ namespace {
 
 using at::vec::Vectorized;
 using rows::as_compute;
-using rows::dot;
 using rows::kRowsPerBlock;
 
 template <typename scalar_t>
@@ -53,7 +52,7 @@ void forward_rows(const scalar_t* x, const scalar_t* w, scalar_t* y, int64_t row
     std::vector<T> xf(std::is_same_v<T, scalar_t> ? 0 : n), yf(n);
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = as_compute<scalar_t, T>(x + r * n, xf.data(), n);
-      const T rstd = T(1) / std::sqrt(dot(xr, xr, n) / T(n) + T(eps));
+      const T rstd = static_cast<T>(1.0 / std::sqrt(rows::squared_deviations(xr, 0.0, n) / double(n) + eps));
       const Vec rv(rstd);
       for (int64_t i = 0; i < n; i += Vec::size()) {
         const int64_t k = std::min<int64_t>(Vec::size(), n - i);
@@ -90,8 +89,11 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
           }
           ur = u.data();
         }
-        const T rstd = T(1) / std::sqrt(dot(xr, xr, n) / T(n) + T(eps));
-        const T coefficient = rstd * rstd * rstd * dot(ur, xr, n) / T(n);
+        // r and r³·mean(u·x) in double: r³ underflows in float32 for rows of |x| ~ 1e13
+        const double rd = 1.0 / std::sqrt(rows::squared_deviations(xr, 0.0, n) / double(n) + eps);
+        const T rstd = static_cast<T>(rd);
+        const T coefficient =
+            static_cast<T>(rd * rd * rd * rows::dot_in_double(ur, xr, n) / double(n));
         const Vec rv(rstd), cv(coefficient);
         for (int64_t i = 0; i < n; i += Vec::size()) {
           const int64_t k = std::min<int64_t>(Vec::size(), n - i);

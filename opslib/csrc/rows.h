@@ -57,6 +57,76 @@ T sum(const T* a, int64_t n) {
   return at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, total);
 }
 
+// sum((a - center)^2) over n contiguous elements, converted to and accumulated in double: a
+// row's second moment never overflows (float32 squares overflow from |a| ~ 2e19) and keeps
+// its digits when it is a small difference of large values.
+template <typename T>
+double squared_deviations(const T* a, double center, int64_t n) {
+  using VecD = Vectorized<double>;
+  constexpr int64_t W = VecD::size();
+  constexpr int64_t kChunk = 256;
+  double buffer[kChunk];
+  const VecD c(center);
+  VecD acc0(0.0), acc1(0.0);
+  double tail = 0.0;
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t k = std::min(kChunk, n - i);
+    at::vec::convert(a + i, buffer, k);
+    int64_t j = 0;
+    for (; j + 2 * W <= k; j += 2 * W) {
+      const VecD d0 = VecD::loadu(buffer + j) - c, d1 = VecD::loadu(buffer + j + W) - c;
+      acc0 = at::vec::fmadd(d0, d0, acc0);
+      acc1 = at::vec::fmadd(d1, d1, acc1);
+    }
+    for (; j < k; ++j) tail += (buffer[j] - center) * (buffer[j] - center);
+  }
+  return tail +
+         at::vec::vec_reduce_all<double>([](VecD& x, VecD& y) { return x + y; }, acc0 + acc1);
+}
+
+// sum(a * b) over n contiguous elements, converted to and accumulated in double.
+template <typename T>
+double dot_in_double(const T* a, const T* b, int64_t n) {
+  using VecD = Vectorized<double>;
+  constexpr int64_t W = VecD::size();
+  constexpr int64_t kChunk = 256;
+  double buffer_a[kChunk], buffer_b[kChunk];
+  VecD acc(0.0);
+  double tail = 0.0;
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t k = std::min(kChunk, n - i);
+    at::vec::convert(a + i, buffer_a, k);
+    at::vec::convert(b + i, buffer_b, k);
+    int64_t j = 0;
+    for (; j + W <= k; j += W) {
+      acc = at::vec::fmadd(VecD::loadu(buffer_a + j), VecD::loadu(buffer_b + j), acc);
+    }
+    for (; j < k; ++j) tail += buffer_a[j] * buffer_b[j];
+  }
+  return tail + at::vec::vec_reduce_all<double>([](VecD& x, VecD& y) { return x + y; }, acc);
+}
+
+// sum(a) over n contiguous elements, accumulated in double.
+template <typename T>
+double sum_in_double(const T* a, int64_t n) {
+  using VecD = Vectorized<double>;
+  constexpr int64_t W = VecD::size();
+  constexpr int64_t kChunk = 256;
+  double buffer[kChunk];
+  VecD acc0(0.0), acc1(0.0);
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t k = std::min(kChunk, n - i);
+    at::vec::convert(a + i, buffer, k);
+    int64_t j = 0;
+    for (; j + 2 * W <= k; j += 2 * W) {
+      acc0 = acc0 + VecD::loadu(buffer + j);
+      acc1 = acc1 + VecD::loadu(buffer + j + W);
+    }
+    for (; j < k; j += W) acc0 = acc0 + VecD::loadu(buffer + j, std::min(W, k - j));
+  }
+  return at::vec::vec_reduce_all<double>([](VecD& x, VecD& y) { return x + y; }, acc0 + acc1);
+}
+
 // A row in the compute type T: from x directly (T == scalar_t) or converted into `buffer`.
 template <typename scalar_t, typename T>
 const T* as_compute(const scalar_t* row, T* buffer, int64_t n) {

@@ -32,7 +32,9 @@ the C++ kernel.
 Kernels: plain CPU calls on contiguous rows run the C++ kernels of
 ``opslib/csrc/layer_norm.cpp`` (one sweep per row forward and backward, as native's own fused
 CPU kernels); anything else (CUDA, other layouts, compile and export tracing) runs
-``F.layer_norm`` and ``_backward_formula``. There is no Triton kernel yet: on CUDA this op
+``_forward_formula`` and ``_backward_formula``, the same math in torch ops (moments in float64,
+as the C++ kernels accumulate them). Under torch.compile inductor computes the forward from
+native's decomposition. There is no Triton kernel yet: on CUDA this op
 runs torch ops.
 """
 
@@ -111,6 +113,26 @@ def cpu_kernel_takes(
     )
 
 
+def _moments(x: Tensor, dims: tuple[int, ...], eps: float, wide: torch.dtype):
+    """A row's mean and 1/sqrt(var + eps), accumulated in float64 as the C++ kernel does (a
+    float32 variance of values near 1e19 overflows), returned in the compute dtype."""
+    xd = x.to(torch.float64)
+    mean = xd.mean(dims, keepdim=True)
+    var = (xd - mean).square().mean(dims, keepdim=True)
+    return mean.to(wide), torch.rsqrt(var + eps).to(wide)
+
+
+def _forward_formula(
+    x: Tensor, normalized_shape: list[int], weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """The forward in torch ops, as the C++ kernel computes it: centred, moments in float64."""
+    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    mean, rstd = _moments(x, tuple(range(-len(normalized_shape), 0)), eps, wide)
+    y = (x.to(wide) - mean) * rstd
+    y = y * weight.to(wide) if weight is not None else y
+    return (y + bias.to(wide) if bias is not None else y).to(x.dtype)
+
+
 def _layer_norm_kernel(
     x: Tensor,
     normalized_shape: list[int],
@@ -122,7 +144,7 @@ def _layer_norm_kernel(
     if cpu_kernel_takes(x, normalized_shape, weight, bias):
         n = _row_size(normalized_shape)
         return torch.ops.opslib_cpu.layer_norm_forward(x, n, weight, bias, eps)  # one sweep
-    return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    return _forward_formula(x, normalized_shape, weight, bias, eps)
 
 
 def _layer_norm_fake(
@@ -133,7 +155,7 @@ def _layer_norm_fake(
     eps: float = 1e-5,
 ) -> Tensor:
     _check_layer_norm(x, normalized_shape, weight, bias, eps)
-    return F.layer_norm(x, normalized_shape, weight, bias, eps)  # native's layout
+    return _forward_formula(x, normalized_shape, weight, bias, eps)  # the kernel's layout
 
 
 def _backward_formula(
@@ -150,9 +172,8 @@ def _backward_formula(
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     g, xw = grad_y.to(wide), x.to(wide)
     dims = tuple(range(-len(normalized_shape), 0))
-    centered = xw - xw.mean(dims, keepdim=True)
-    rstd = torch.rsqrt(centered.square().mean(dims, keepdim=True) + eps)
-    xhat = centered * rstd
+    mean, rstd = _moments(x, dims, eps, wide)
+    xhat = (xw - mean) * rstd
     u = g * weight.to(wide) if weight is not None else g
     mean_u = u.mean(dims, keepdim=True)
     mean_uxhat = (u * xhat).mean(dims, keepdim=True)

@@ -28,8 +28,10 @@ first-order CPU backward runs the C++ kernel.
 
 Kernels: plain CPU calls on contiguous rows run the C++ kernels of ``opslib/csrc/rms_norm.cpp``
 (one pass per row forward and backward; native eager makes about five passes forward and ten
-backward); anything else (CUDA, other layouts, compile and export tracing) runs ``F.rms_norm``
-and ``_backward_formula``. There is no Triton kernel yet: on CUDA this op runs torch ops.
+backward); anything else (CUDA, other layouts, compile and export tracing) runs
+``_forward_formula`` and ``_backward_formula``, the same math in torch ops (mean(x²) in float64,
+as the C++ kernels accumulate it). Under torch.compile inductor computes the forward from
+native's composite. There is no Triton kernel yet: on CUDA this op runs torch ops.
 """
 
 from __future__ import annotations
@@ -104,6 +106,19 @@ def cpu_kernel_takes(x: Tensor, normalized_shape: list[int], weight: Tensor | No
     )
 
 
+def _forward_formula(
+    x: Tensor, normalized_shape: list[int], weight: Tensor | None, eps: float | None
+) -> Tensor:
+    """The forward in torch ops, with mean(x²) accumulated in float64 as the C++ kernel does:
+    native's float32 mean of squares overflows from |x| ~ 2e19 (and then gives 0 or nan)."""
+    dims = tuple(range(-len(normalized_shape), 0))
+    mean_square = x.to(torch.float64).square().mean(dims, keepdim=True)
+    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    rstd = torch.rsqrt(mean_square + _eps(x, eps)).to(wide)
+    y = x.to(wide) * rstd
+    return (y * weight.to(wide) if weight is not None else y).to(x.dtype)
+
+
 def _rms_norm_kernel(
     x: Tensor, normalized_shape: list[int], weight: Tensor | None = None, eps: float | None = None
 ) -> Tensor:
@@ -111,14 +126,14 @@ def _rms_norm_kernel(
     if cpu_kernel_takes(x, normalized_shape, weight):
         n = _row_size(normalized_shape)
         return torch.ops.opslib_cpu.rms_norm_forward(x, n, weight, _eps(x, eps))  # one pass
-    return F.rms_norm(x, normalized_shape, weight, eps)
+    return _forward_formula(x, normalized_shape, weight, eps)
 
 
 def _rms_norm_fake(
     x: Tensor, normalized_shape: list[int], weight: Tensor | None = None, eps: float | None = None
 ) -> Tensor:
     _check_rms_norm(x, normalized_shape, weight, eps)
-    return F.rms_norm(x, normalized_shape, weight, eps)  # native's layout
+    return _forward_formula(x, normalized_shape, weight, eps)  # the kernel's layout
 
 
 def _backward_formula(
@@ -130,9 +145,13 @@ def _backward_formula(
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     g, xw = grad_y.to(wide), x.to(wide)
     dims = tuple(range(-len(normalized_shape), 0))
-    rstd = torch.rsqrt(xw.square().mean(dims, keepdim=True) + eps)
+    # the row's scalars r and r³·mean(u·x) in float64, as the C++ kernel computes them (no
+    # overflow of x², no underflow of r³)
+    rstd = torch.rsqrt(x.to(torch.float64).square().mean(dims, keepdim=True) + eps)
     u = g * weight.to(wide) if weight is not None else g
-    grad_x = rstd * u - xw * (rstd.pow(3) * (u * xw).mean(dims, keepdim=True))
+    coefficient = rstd.pow(3) * (u.to(torch.float64) * x.to(torch.float64)).mean(dims, keepdim=True)
+    rstd = rstd.to(wide)
+    grad_x = rstd * u - xw * coefficient.to(wide)
     grad_w = None
     if weight is not None:
         grad_w = (g * xw * rstd).sum_to_size(weight.shape).to(dtype)
