@@ -11,8 +11,8 @@
 //             dw  = sum over rows of g * xh,   db = sum over rows of g
 //
 // The variance is the mean of squared deviations from the row's mean (two sweeps over a row in
-// cache), never mean(x^2) - mu^2, which cancels catastrophically when |mu| >> the spread; both
-// moments are accumulated in double, so that squares of large values do not overflow.
+// cache), never mean(x^2) - mu^2, which cancels catastrophically when |mu| >> the spread. A
+// row whose moments overflow is recomputed in double (see moments()).
 // The backward recomputes mu and r from x instead of saving them (opslib/ops/layer_norm.py
 // says why); native's fused backward reads the same x and g, plus its saved mean and rstd.
 //
@@ -42,18 +42,17 @@ using at::vec::Vectorized;
 using rows::as_compute;
 using rows::kRowsPerBlock;
 
-// mu and r of one row (both accumulated in double, see rows.h), and the row minus mu in T.
+// mu and r of one row: two sweeps in T (the mean, then the squared deviations from it); a row
+// whose moments overflow T (|x| from ~1e19 in float32) is done again with both accumulated in
+// double (rows.h), so it gets the right answer where native gives nan.
 template <typename T>
-std::pair<T, T> moments(const T* x, int64_t n, double eps, T* centered) {
-  using Vec = Vectorized<T>;
-  const double mu = rows::sum_in_double(x, n) / double(n);
-  const double var = rows::squared_deviations(x, mu, n) / double(n);
-  const Vec mv(static_cast<T>(mu));
-  for (int64_t i = 0; i < n; i += Vec::size()) {
-    const int64_t k = std::min<int64_t>(Vec::size(), n - i);
-    (Vec::loadu(x + i, k) - mv).store(centered + i, k);
-  }
-  return {static_cast<T>(mu), static_cast<T>(1.0 / std::sqrt(var + eps))};
+std::pair<T, T> moments(const T* x, int64_t n, double eps) {
+  const T mu = rows::sum(x, n) / T(n);
+  const T var = rows::squared_deviations_in(x, mu, n) / T(n);
+  if (std::isfinite(var)) return {mu, T(1) / std::sqrt(var + T(eps))};
+  const double mu_wide = rows::sum_in_double(x, n) / double(n);
+  const double var_wide = rows::squared_deviations(x, mu_wide, n) / double(n);
+  return {static_cast<T>(mu_wide), static_cast<T>(1.0 / std::sqrt(var_wide + eps))};
 }
 
 template <typename T>
@@ -67,6 +66,22 @@ std::vector<T> in_compute_type(const void* values, at::ScalarType dtype, int64_t
   return out;
 }
 
+// Where a row's result is written in T: straight into the output (T is its dtype), or into a
+// buffer that is rounded into it afterwards (float16/bfloat16).
+template <typename scalar_t, typename T>
+T* output_row(scalar_t* out, T* buffer) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return out;
+  } else {
+    return buffer;
+  }
+}
+
+template <typename scalar_t, typename T>
+void store_row(scalar_t* out, const T* row, int64_t n) {
+  if constexpr (!std::is_same_v<T, scalar_t>) at::vec::convert(row, out, n);
+}
+
 template <typename scalar_t>
 void forward_rows(const scalar_t* x, const scalar_t* w, const scalar_t* b, scalar_t* y,
                   int64_t rows, int64_t n, double eps) {
@@ -76,19 +91,21 @@ void forward_rows(const scalar_t* x, const scalar_t* w, const scalar_t* b, scala
   const std::vector<T> weight = in_compute_type<T>(w, dtype, n);
   const std::vector<T> bias = in_compute_type<T>(b, dtype, n);
   at::parallel_for(0, rows, kRowsPerBlock, [&](int64_t r0, int64_t r1) {
-    std::vector<T> xf(std::is_same_v<T, scalar_t> ? 0 : n), centered(n), out(n);
+    const bool half = !std::is_same_v<T, scalar_t>;
+    std::vector<T> xf(half ? n : 0), yf(half ? n : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = as_compute<scalar_t, T>(x + r * n, xf.data(), n);
-      const T rstd = moments(xr, n, eps, centered.data()).second;
-      const Vec rv(rstd);
-      for (int64_t i = 0; i < n; i += Vec::size()) {
+      T* yr = output_row<scalar_t, T>(y + r * n, yf.data());
+      const auto [mu, rstd] = moments(xr, n, eps);
+      const Vec mv(mu), rv(rstd);
+      for (int64_t i = 0; i < n; i += Vec::size()) {  // y = (x - mu) * r * w + b
         const int64_t k = std::min<int64_t>(Vec::size(), n - i);
-        Vec v = Vec::loadu(centered.data() + i, k) * rv;
+        Vec v = (Vec::loadu(xr + i, k) - mv) * rv;
         if (w) v = v * Vec::loadu(weight.data() + i, k);
         if (b) v = v + Vec::loadu(bias.data() + i, k);
-        v.store(out.data() + i, k);
+        v.store(yr + i, k);
       }
-      at::vec::convert(out.data(), y + r * n, n);
+      store_row(y + r * n, yr, n);
     }
   });
 }
@@ -102,50 +119,72 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
   const std::vector<T> weight = in_compute_type<T>(w, dtype, n);
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> xf(std::is_same_v<T, scalar_t> ? 0 : n), gf(n), u(n), xhat(n), out(n);
+    const bool half = !std::is_same_v<T, scalar_t>;
+    std::vector<T> xf(half ? n : 0), gf(half ? n : 0), out(half ? n : 0);
     std::vector<T> acc_w(dw_blocks ? n : 0), acc_b(db_blocks ? n : 0);
     for (int64_t b = b0; b < b1; ++b) {
       std::fill(acc_w.begin(), acc_w.end(), T(0));
       std::fill(acc_b.begin(), acc_b.end(), T(0));
       for (int64_t r = b * kRowsPerBlock; r < std::min(rows, (b + 1) * kRowsPerBlock); ++r) {
         const T* xr = as_compute<scalar_t, T>(x + r * n, xf.data(), n);
-        at::vec::convert(g + r * n, gf.data(), n);
-        const T rstd = moments(xr, n, eps, xhat.data()).second;
-        const Vec rv(rstd);
-        for (int64_t i = 0; i < n; i += Vec::size()) {  // xhat = (x - mu) * r ; u = w * g
-          const int64_t k = std::min<int64_t>(Vec::size(), n - i);
-          const Vec xh = Vec::loadu(xhat.data() + i, k) * rv;
-          xh.store(xhat.data() + i, k);
-          const Vec gv = Vec::loadu(gf.data() + i, k);
-          (w ? Vec::loadu(weight.data() + i, k) * gv : gv).store(u.data() + i, k);
-          if (dw_blocks) (Vec::loadu(acc_w.data() + i, k) + gv * xh).store(acc_w.data() + i, k);
-          if (db_blocks) (Vec::loadu(acc_b.data() + i, k) + gv).store(acc_b.data() + i, k);
+        const T* gr = as_compute<scalar_t, T>(g + r * n, gf.data(), n);
+        T* dxr = output_row<scalar_t, T>(gx + r * n, out.data());
+        const auto [mu, rstd] = moments(xr, n, eps);
+        const Vec mv(mu), rv(rstd);
+        // One sweep for the row sums of u = w·g and u·x̂ (and the dw, db terms)...
+        Vec sum_u(T(0)), sum_uxh(T(0));
+        T tail_u = T(0), tail_uxh = T(0);
+        int64_t i = 0;
+        for (; i + Vec::size() <= n; i += Vec::size()) {
+          const Vec gv = Vec::loadu(gr + i);
+          const Vec xh = (Vec::loadu(xr + i) - mv) * rv;
+          const Vec u = w ? Vec::loadu(weight.data() + i) * gv : gv;
+          sum_u = sum_u + u;
+          sum_uxh = at::vec::fmadd(u, xh, sum_uxh);
+          if (dw_blocks) (Vec::loadu(acc_w.data() + i) + gv * xh).store(acc_w.data() + i);
+          if (db_blocks) (Vec::loadu(acc_b.data() + i) + gv).store(acc_b.data() + i);
         }
-        const Vec mean_u(rows::sum(u.data(), n) / T(n));
-        const Vec mean_uxh(rows::dot(u.data(), xhat.data(), n) / T(n));
-        for (int64_t i = 0; i < n; i += Vec::size()) {
-          const int64_t k = std::min<int64_t>(Vec::size(), n - i);
-          const Vec v = rv * (Vec::loadu(u.data() + i, k) - mean_u -
-                              Vec::loadu(xhat.data() + i, k) * mean_uxh);
-          v.store(out.data() + i, k);
+        for (; i < n; ++i) {
+          const T xh = (xr[i] - mu) * rstd, u = w ? weight[i] * gr[i] : gr[i];
+          tail_u += u;
+          tail_uxh += u * xh;
+          if (dw_blocks) acc_w[i] += gr[i] * xh;
+          if (db_blocks) acc_b[i] += gr[i];
         }
-        at::vec::convert(out.data(), gx + r * n, n);
+        const auto reduce = [](Vec v) {
+          return at::vec::vec_reduce_all<T>([](Vec& a, Vec& c) { return a + c; }, v);
+        };
+        const Vec mean_u((reduce(sum_u) + tail_u) / T(n));
+        const Vec mean_uxh((reduce(sum_uxh) + tail_uxh) / T(n));
+        // ...and one for dL/dx = r·(u - mean(u) - x̂·mean(u·x̂)).
+        for (int64_t j = 0; j < n; j += Vec::size()) {
+          const int64_t k = std::min<int64_t>(Vec::size(), n - j);
+          const Vec gv = Vec::loadu(gr + j, k);
+          const Vec u = w ? Vec::loadu(weight.data() + j, k) * gv : gv;
+          const Vec xh = (Vec::loadu(xr + j, k) - mv) * rv;
+          (rv * (u - mean_u - xh * mean_uxh)).store(dxr + j, k);
+        }
+        store_row(gx + r * n, dxr, n);
       }
-      for (int64_t i = 0; dw_blocks && i < n; ++i) dw_blocks[b * n + i] = double(acc_w[i]);
-      for (int64_t i = 0; db_blocks && i < n; ++i) db_blocks[b * n + i] = double(acc_b[i]);
+      for (int64_t j = 0; dw_blocks && j < n; ++j) dw_blocks[b * n + j] = double(acc_w[j]);
+      for (int64_t j = 0; db_blocks && j < n; ++j) db_blocks[b * n + j] = double(acc_b[j]);
     }
   });
 }
 
-// The blocks' partial sums [blocks, n] added in block order, in double: thread-independent.
+// The blocks' partial sums [blocks, n] added in block order, in double: thread-independent
+// (each column's sum runs over the blocks in order, whichever thread takes the column).
 at::Tensor sum_blocks(const at::Tensor& partial, int64_t blocks, int64_t n,
                       const at::Tensor& like) {
-  at::Tensor total = at::zeros({n}, partial.options());
+  at::Tensor total = at::empty({n}, partial.options());
   double* out = total.data_ptr<double>();
   const double* block = partial.const_data_ptr<double>();
-  for (int64_t b = 0; b < blocks; ++b) {
-    for (int64_t i = 0; i < n; ++i) out[i] += block[b * n + i];
-  }
+  at::parallel_for(0, n, 1024, [&](int64_t c0, int64_t c1) {
+    for (int64_t i = c0; i < c1; ++i) out[i] = 0.0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int64_t i = c0; i < c1; ++i) out[i] += block[b * n + i];
+    }
+  });
   return total.to(like.scalar_type()).view(like.sizes());
 }
 
@@ -188,9 +227,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
   const int64_t rows = x.numel() / n;
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   const auto partial_options = x.options().dtype(at::kDouble);
-  at::Tensor dw = weight ? at::zeros({std::max<int64_t>(blocks, 1), n}, partial_options)
+  // every block writes its whole row of partial sums: no need to zero them first
+  at::Tensor dw = weight ? at::empty({std::max<int64_t>(blocks, 1), n}, partial_options)
                          : at::Tensor();
-  at::Tensor db = bias ? at::zeros({std::max<int64_t>(blocks, 1), n}, partial_options)
+  at::Tensor db = bias ? at::empty({std::max<int64_t>(blocks, 1), n}, partial_options)
                        : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ln_bwd", [&] {
     backward_rows<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),

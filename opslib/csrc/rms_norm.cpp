@@ -14,8 +14,8 @@
 // g and x) while it is in cache, and written once.
 //
 // dtypes: float and double compute in their own type; float16 and bfloat16 in float, rounded
-// once at the store. mean(x^2) is accumulated in double (no overflow for large x, see rows.h);
-// the other row sum uses 4 vector accumulators (4 * 16 floats on AVX-512). dw is summed in double over fixed blocks of rows, added in block order:
+// once at the store. Row sums use 4 vector accumulators (4 * 16 floats on AVX-512); a row
+// whose mean(x^2) overflows is summed again in double (inverse_rms). dw is summed in double over fixed blocks of rows, added in block order:
 // the same bits whatever the number of threads.
 
 #include <ATen/ATen.h>
@@ -39,7 +39,18 @@ namespace {
 
 using at::vec::Vectorized;
 using rows::as_compute;
+using rows::dot;
 using rows::kRowsPerBlock;
+
+// 1 / sqrt(mean(x^2) + eps) of one row: summed in T, and again in double if that overflows
+// (|x| from ~1e19 in float32), where native's float32 mean of squares gives inf and then 0.
+template <typename T>
+double inverse_rms(const T* x, int64_t n, double eps) {
+  const T mean_square = rows::dot(x, x, n) / T(n);
+  const double wide = std::isfinite(mean_square) ? double(mean_square)
+                                                 : rows::squared_deviations(x, 0.0, n) / double(n);
+  return 1.0 / std::sqrt(wide + eps);
+}
 
 template <typename scalar_t>
 void forward_rows(const scalar_t* x, const scalar_t* w, scalar_t* y, int64_t rows, int64_t n,
@@ -52,7 +63,7 @@ void forward_rows(const scalar_t* x, const scalar_t* w, scalar_t* y, int64_t row
     std::vector<T> xf(std::is_same_v<T, scalar_t> ? 0 : n), yf(n);
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = as_compute<scalar_t, T>(x + r * n, xf.data(), n);
-      const T rstd = static_cast<T>(1.0 / std::sqrt(rows::squared_deviations(xr, 0.0, n) / double(n) + eps));
+      const T rstd = static_cast<T>(inverse_rms(xr, n, eps));
       const Vec rv(rstd);
       for (int64_t i = 0; i < n; i += Vec::size()) {
         const int64_t k = std::min<int64_t>(Vec::size(), n - i);
@@ -90,7 +101,7 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
           ur = u.data();
         }
         // r and r³·mean(u·x) in double: r³ underflows in float32 for rows of |x| ~ 1e13
-        const double rd = 1.0 / std::sqrt(rows::squared_deviations(xr, 0.0, n) / double(n) + eps);
+        const double rd = inverse_rms(xr, n, eps);
         const T rstd = static_cast<T>(rd);
         const T coefficient =
             static_cast<T>(rd * rd * rd * rows::dot_in_double(ur, xr, n) / double(n));

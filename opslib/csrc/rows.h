@@ -57,6 +57,28 @@ T sum(const T* a, int64_t n) {
   return at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, total);
 }
 
+// sum((a - center)^2) over n contiguous elements in T, with four vector accumulators.
+template <typename T>
+T squared_deviations_in(const T* a, T center, int64_t n) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const Vec c(center);
+  Vec acc0(T(0)), acc1(T(0)), acc2(T(0)), acc3(T(0));
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const Vec d0 = Vec::loadu(a + i) - c, d1 = Vec::loadu(a + i + W) - c;
+    const Vec d2 = Vec::loadu(a + i + 2 * W) - c, d3 = Vec::loadu(a + i + 3 * W) - c;
+    acc0 = at::vec::fmadd(d0, d0, acc0);
+    acc1 = at::vec::fmadd(d1, d1, acc1);
+    acc2 = at::vec::fmadd(d2, d2, acc2);
+    acc3 = at::vec::fmadd(d3, d3, acc3);
+  }
+  T tail = T(0);
+  for (; i < n; ++i) tail += (a[i] - center) * (a[i] - center);
+  const Vec total = (acc0 + acc1) + (acc2 + acc3);
+  return tail + at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, total);
+}
+
 // sum((a - center)^2) over n contiguous elements, converted to and accumulated in double: a
 // row's second moment never overflows (float32 squares overflow from |a| ~ 2e19) and keeps
 // its digits when it is a small difference of large values.

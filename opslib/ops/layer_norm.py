@@ -114,9 +114,11 @@ def cpu_kernel_takes(
 
 
 def _moments(x: Tensor, dims: tuple[int, ...], eps: float, wide: torch.dtype):
-    """A row's mean and 1/sqrt(var + eps), accumulated in float64 as the C++ kernel does (a
-    float32 variance of values near 1e19 overflows), returned in the compute dtype."""
-    xd = x.to(torch.float64)
+    """A row's mean and 1/sqrt(var + eps), returned in the compute dtype. Accumulated in
+    float64 when computing (a float32 variance of values near 1e19 overflows; the C++ kernel
+    redoes such rows in double); in the compute dtype while torch.compile traces, where the
+    forward is native's decomposition too (float32 throughout, as native's compiled code)."""
+    xd = x.to(torch.float64 if only_plain_tensors((x,)) else wide)
     mean = xd.mean(dims, keepdim=True)
     var = (xd - mean).square().mean(dims, keepdim=True)
     return mean.to(wide), torch.rsqrt(var + eps).to(wide)

@@ -145,11 +145,13 @@ def _backward_formula(
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     g, xw = grad_y.to(wide), x.to(wide)
     dims = tuple(range(-len(normalized_shape), 0))
-    # the row's scalars r and r³·mean(u·x) in float64, as the C++ kernel computes them (no
-    # overflow of x², no underflow of r³)
-    rstd = torch.rsqrt(x.to(torch.float64).square().mean(dims, keepdim=True) + eps)
+    # The row's scalars r and r³·mean(u·x) in float64, as the C++ kernel computes them (no
+    # overflow of x², no underflow of r³); in the compute dtype while torch.compile traces,
+    # where the forward is native's composite too (as native's compiled code).
+    scalars = torch.float64 if only_plain_tensors((x,)) else wide
+    rstd = torch.rsqrt(x.to(scalars).square().mean(dims, keepdim=True) + eps)
     u = g * weight.to(wide) if weight is not None else g
-    coefficient = rstd.pow(3) * (u.to(torch.float64) * x.to(torch.float64)).mean(dims, keepdim=True)
+    coefficient = rstd.pow(3) * (u.to(scalars) * x.to(scalars)).mean(dims, keepdim=True)
     rstd = rstd.to(wide)
     grad_x = rstd * u - xw * coefficient.to(wide)
     grad_w = None
