@@ -40,6 +40,7 @@ namespace {
 
 using at::vec::Vectorized;
 using rows::as_compute;
+using rows::kIllConditioned;
 using rows::kRowsPerBlock;
 
 // mu and r of one row: two sweeps in T (the mean, then the squared deviations from it); a row
@@ -110,6 +111,24 @@ void forward_rows(const scalar_t* x, const scalar_t* w, const scalar_t* b, scala
   });
 }
 
+// dL/dx of one row computed in double throughout (for rows where float cancels, see rows.h).
+template <typename T>
+void backward_row_in_double(const T* x, const T* g, const T* w, T* dx, int64_t n, double eps) {
+  const double mu = rows::sum_in_double(x, n) / double(n);
+  const double r = 1.0 / std::sqrt(rows::squared_deviations(x, mu, n) / double(n) + eps);
+  double sum_u = 0.0, sum_uxh = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double u = (w ? double(w[i]) : 1.0) * double(g[i]);
+    sum_u += u;
+    sum_uxh += u * (double(x[i]) - mu) * r;
+  }
+  const double mean_u = sum_u / double(n), mean_uxh = sum_uxh / double(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double u = (w ? double(w[i]) : 1.0) * double(g[i]);
+    dx[i] = static_cast<T>(r * (u - mean_u - (double(x[i]) - mu) * r * mean_uxh));
+  }
+}
+
 template <typename scalar_t>
 void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scalar_t* gx,
                    double* dw_blocks, double* db_blocks, int64_t rows, int64_t n, double eps) {
@@ -163,6 +182,17 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
           const Vec u = w ? Vec::loadu(weight.data() + j, k) * gv : gv;
           const Vec xh = (Vec::loadu(xr + j, k) - mv) * rv;
           (rv * (u - mean_u - xh * mean_uxh)).store(dxr + j, k);
+        }
+        if constexpr (!std::is_same_v<T, double>) {  // cancellation: the row again in double
+          const T largest = std::max(rows::max_abs(dxr, n) * T(kIllConditioned),
+                                     T(0));
+          T scale = T(0);
+          for (int64_t j = 0; j < n; ++j) {
+            scale = std::max(scale, std::abs(rstd * (w ? weight[j] * gr[j] : gr[j])));
+          }
+          if (!(largest >= scale) && std::isfinite(scale)) {
+            backward_row_in_double(xr, gr, w ? weight.data() : nullptr, dxr, n, eps);
+          }
         }
         store_row(gx + r * n, dxr, n);
       }

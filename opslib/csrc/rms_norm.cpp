@@ -40,6 +40,7 @@ namespace {
 using at::vec::Vectorized;
 using rows::as_compute;
 using rows::dot;
+using rows::kIllConditioned;
 using rows::kRowsPerBlock;
 
 // 1 / sqrt(mean(x^2) + eps) of one row: summed in T, and again in double if that overflows
@@ -113,6 +114,17 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
           if (dw) {  // the block's dw terms g * x * r, in T over at most kRowsPerBlock rows
             const Vec term = Vec::loadu(gf.data() + i, k) * xv * rv;
             (Vec::loadu(acc.data() + i, k) + term).store(acc.data() + i, k);
+          }
+        }
+        if constexpr (!std::is_same_v<T, double>) {  // cancellation: the row again in double
+          T scale = T(0);
+          for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::abs(rstd * ur[i]));
+          if (!(rows::max_abs(out.data(), n) * T(kIllConditioned) >= scale) &&
+              std::isfinite(scale)) {
+            const double s3 = rd * rd * rd * rows::dot_in_double(ur, xr, n) / double(n);
+            for (int64_t i = 0; i < n; ++i) {
+              out[i] = static_cast<T>(rd * double(ur[i]) - double(xr[i]) * s3);
+            }
           }
         }
         at::vec::convert(out.data(), gx + r * n, n);

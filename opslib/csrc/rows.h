@@ -149,6 +149,20 @@ double sum_in_double(const T* a, int64_t n) {
   return at::vec::vec_reduce_all<double>([](VecD& x, VecD& y) { return x + y; }, acc0 + acc1);
 }
 
+// Largest |a| over n contiguous elements (0 for none; nan propagates as a large value would
+// not, so callers treat a non-finite result as "ill-conditioned").
+template <typename T>
+T max_abs(const T* a, int64_t n) {
+  T m = T(0);
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::abs(a[i]));
+  return m;
+}
+
+// A backward row's result is a small difference of large terms when max|dx| is this much below
+// the largest term: its float32 rounding error is then ~1e-7 * this ratio relative, so such a
+// row is computed again in double (a per-row test: typical rows keep the vectorized path).
+constexpr double kIllConditioned = 1e2;
+
 // A row in the compute type T: from x directly (T == scalar_t) or converted into `buffer`.
 template <typename scalar_t, typename T>
 const T* as_compute(const scalar_t* row, T* buffer, int64_t n) {

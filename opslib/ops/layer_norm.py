@@ -168,10 +168,15 @@ def _backward_formula(
     bias: Tensor | None,
     eps: float,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """dL/dx, dL/dw and dL/db as derived above, in differentiable torch ops (float16/bfloat16
-    in float32, rounded once)."""
+    """dL/dx, dL/dw and dL/db as derived above, in differentiable torch ops, rounded once to
+    x's dtype. Computed in float64 when it computes (dL/dx is a small difference of large terms
+    for short rows: float32 loses digits that native keeps, and the C++ kernel redoes such rows
+    in double); in float32 (for half types) or x's dtype while torch.compile traces, as
+    native's compiled code does."""
     dtype = x.dtype
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    if only_plain_tensors((grad_y, x)):
+        wide = torch.float64
     g, xw = grad_y.to(wide), x.to(wide)
     dims = tuple(range(-len(normalized_shape), 0))
     mean, rstd = _moments(x, dims, eps, wide)
@@ -180,8 +185,8 @@ def _backward_formula(
     mean_u = u.mean(dims, keepdim=True)
     mean_uxhat = (u * xhat).mean(dims, keepdim=True)
     grad_x = rstd * (u - mean_u - xhat * mean_uxhat)
-    grad_w = (g * xhat).sum_to_size(weight.shape).to(dtype) if weight is not None else None
-    grad_b = g.sum_to_size(bias.shape).to(dtype) if bias is not None else None
+    grad_w = (g * xhat).sum_to_size(weight.shape).to(weight.dtype) if weight is not None else None
+    grad_b = g.sum_to_size(bias.shape).to(bias.dtype) if bias is not None else None
     return grad_x.to(dtype), grad_w, grad_b
 
 

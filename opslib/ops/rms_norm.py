@@ -139,24 +139,23 @@ def _rms_norm_fake(
 def _backward_formula(
     grad_y: Tensor, x: Tensor, normalized_shape: list[int], weight: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor | None]:
-    """dL/dx and dL/dw as derived above, in differentiable torch ops (float16/bfloat16 in
-    float32, rounded once)."""
+    """dL/dx and dL/dw as derived above, in differentiable torch ops, rounded once to x's
+    dtype. Computed in float64 when it computes (no overflow of x², no underflow of r³, and no
+    cancellation in r·u - x·r³·mean(u·x) for short rows: the C++ kernel's double paths); in
+    float32 (for half types) or x's dtype while torch.compile traces, as native's compiled
+    code does."""
     dtype = x.dtype
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    if only_plain_tensors((grad_y, x)):
+        wide = torch.float64
     g, xw = grad_y.to(wide), x.to(wide)
     dims = tuple(range(-len(normalized_shape), 0))
-    # The row's scalars r and r³·mean(u·x) in float64, as the C++ kernel computes them (no
-    # overflow of x², no underflow of r³); in the compute dtype while torch.compile traces,
-    # where the forward is native's composite too (as native's compiled code).
-    scalars = torch.float64 if only_plain_tensors((x,)) else wide
-    rstd = torch.rsqrt(x.to(scalars).square().mean(dims, keepdim=True) + eps)
+    rstd = torch.rsqrt(xw.square().mean(dims, keepdim=True) + eps)
     u = g * weight.to(wide) if weight is not None else g
-    coefficient = rstd.pow(3) * (u.to(scalars) * x.to(scalars)).mean(dims, keepdim=True)
-    rstd = rstd.to(wide)
-    grad_x = rstd * u - xw * coefficient.to(wide)
+    grad_x = rstd * u - xw * (rstd.pow(3) * (u * xw).mean(dims, keepdim=True))
     grad_w = None
     if weight is not None:
-        grad_w = (g * xw * rstd).sum_to_size(weight.shape).to(dtype)
+        grad_w = (g * xw * rstd).sum_to_size(weight.shape).to(weight.dtype)
     return grad_x.to(dtype), grad_w
 
 
