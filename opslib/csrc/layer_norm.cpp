@@ -151,8 +151,8 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
         const auto [mu, rstd] = moments(xr, n, eps);
         const Vec mv(mu), rv(rstd);
         // One sweep for the row sums of u = w·g and u·x̂ (and the dw, db terms)...
-        Vec sum_u(T(0)), sum_uxh(T(0));
-        T tail_u = T(0), tail_uxh = T(0);
+        Vec sum_u(T(0)), sum_uxh(T(0)), largest_u(T(0));
+        T tail_u = T(0), tail_uxh = T(0), tail_largest_u = T(0);
         int64_t i = 0;
         for (; i + Vec::size() <= n; i += Vec::size()) {
           const Vec gv = Vec::loadu(gr + i);
@@ -160,6 +160,7 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
           const Vec u = w ? Vec::loadu(weight.data() + i) * gv : gv;
           sum_u = sum_u + u;
           sum_uxh = at::vec::fmadd(u, xh, sum_uxh);
+          largest_u = at::vec::maximum(largest_u, u.abs());
           if (dw_blocks) (Vec::loadu(acc_w.data() + i) + gv * xh).store(acc_w.data() + i);
           if (db_blocks) (Vec::loadu(acc_b.data() + i) + gv).store(acc_b.data() + i);
         }
@@ -167,12 +168,15 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
           const T xh = (xr[i] - mu) * rstd, u = w ? weight[i] * gr[i] : gr[i];
           tail_u += u;
           tail_uxh += u * xh;
+          tail_largest_u = std::max(tail_largest_u, std::abs(u));
           if (dw_blocks) acc_w[i] += gr[i] * xh;
           if (db_blocks) acc_b[i] += gr[i];
         }
         const auto reduce = [](Vec v) {
           return at::vec::vec_reduce_all<T>([](Vec& a, Vec& c) { return a + c; }, v);
         };
+        const T max_u = std::max(tail_largest_u, at::vec::vec_reduce_all<T>(
+            [](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, largest_u));
         const Vec mean_u((reduce(sum_u) + tail_u) / T(n));
         const Vec mean_uxh((reduce(sum_uxh) + tail_uxh) / T(n));
         // ...and one for dL/dx = r·(u - mean(u) - x̂·mean(u·x̂)).
@@ -184,13 +188,8 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
           (rv * (u - mean_u - xh * mean_uxh)).store(dxr + j, k);
         }
         if constexpr (!std::is_same_v<T, double>) {  // cancellation: the row again in double
-          const T largest = std::max(rows::max_abs(dxr, n) * T(kIllConditioned),
-                                     T(0));
-          T scale = T(0);
-          for (int64_t j = 0; j < n; ++j) {
-            scale = std::max(scale, std::abs(rstd * (w ? weight[j] * gr[j] : gr[j])));
-          }
-          if (!(largest >= scale) && std::isfinite(scale)) {
+          const T scale = rstd * max_u;  // the largest term of r·(u - mean(u) - x̂·mean(u·x̂))
+          if (!(rows::max_abs(dxr, n) * T(kIllConditioned) >= scale) && std::isfinite(scale)) {
             backward_row_in_double(xr, gr, w ? weight.data() : nullptr, dxr, n, eps);
           }
         }

@@ -117,8 +117,7 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
           }
         }
         if constexpr (!std::is_same_v<T, double>) {  // cancellation: the row again in double
-          T scale = T(0);
-          for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::abs(rstd * ur[i]));
+          const T scale = rstd * rows::max_abs(ur, n);  // the largest term of r·u - x·c
           if (!(rows::max_abs(out.data(), n) * T(kIllConditioned) >= scale) &&
               std::isfinite(scale)) {
             const double s3 = rd * rd * rd * rows::dot_in_double(ur, xr, n) / double(n);

@@ -153,9 +153,14 @@ double sum_in_double(const T* a, int64_t n) {
 // not, so callers treat a non-finite result as "ill-conditioned").
 template <typename T>
 T max_abs(const T* a, int64_t n) {
-  T m = T(0);
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::abs(a[i]));
-  return m;
+  using Vec = Vectorized<T>;
+  Vec m(T(0));
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) m = at::vec::maximum(m, Vec::loadu(a + i).abs());
+  T tail = T(0);
+  for (; i < n; ++i) tail = std::max(tail, std::abs(a[i]));
+  return std::max(tail, at::vec::vec_reduce_all<T>(
+                            [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, m));
 }
 
 // A backward row's result is a small difference of large terms when max|dx| is this much below
