@@ -134,7 +134,7 @@ def _build(folder: Path) -> None:
 
     print(
         f"opslib: building its C++ CPU kernels for this machine ({capability()}), once per "
-        f"torch version: about 15 s...",
+        f"torch version: about 35 s...",
         file=sys.stderr,
         flush=True,
     )
@@ -174,8 +174,12 @@ def is_loaded() -> bool:
 if __name__ == "__main__":  # python3 -m opslib.core.cpu_kernels: build ahead of time
     import opslib  # noqa: F401  (imports, and so builds or loads, the library)
 
+    # The package's instance of this module, not this __main__ copy of it: that is where
+    # importing opslib recorded whether the library loaded.
+    from opslib.core import cpu_kernels as loader
+
     print(
-        f"opslib C++ CPU kernels: {'loaded' if is_loaded() else 'NOT loaded'} "
-        f"({capability()}) from {build_directory()}"
+        f"opslib C++ CPU kernels: {'loaded' if loader.is_loaded() else 'NOT loaded'} "
+        f"({loader.capability()}) from {loader.build_directory()}"
     )
-    raise SystemExit(0 if is_loaded() else 1)
+    raise SystemExit(0 if loader.is_loaded() else 1)
