@@ -13,10 +13,11 @@
 //   p      = p - (lr / (1 - beta1^t)) * m / (sqrt(v or vmax) / sqrt(1 - beta2^t) + eps)
 //
 // Each line rounds where torch.optim.Adam(foreach=True) rounds (one foreach op per line). The
-// one difference: sqrt here is IEEE's, correctly rounded; ATen's CPU sqrt (MKL's vector sqrt)
-// is off by an ulp on about one element in 40,000, so results differ from torch's there. The coefficients are computed in double,
-// as torch computes them in Python. float16 and bfloat16 compute in float and round once per
-// stored tensor (torch's foreach path rounds after every op, its fused path once, as here).
+// one difference: sqrt here is IEEE's, correctly rounded, where ATen's CPU sqrt was measured an
+// ulp off on about one element in 40,000, so results differ from torch's there. The
+// coefficients are computed in double, as torch computes them in Python. float16 and bfloat16
+// compute in float and round once per stored tensor (torch's foreach path rounds after every
+// op, its fused path once, as here).
 //
 // Memory traffic per element: read p, g, m, v (and vmax), write p, m, v (and vmax).
 

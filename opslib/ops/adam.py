@@ -41,8 +41,10 @@ The update (Kingma & Ba, "Adam", 2015; the conventions of ``torch.optim.Adam``)
     the effective step size never grows; torch keeps the maximum of the uncorrected v, as here.
 
 Rounding: each line above rounds where ``torch.optim.Adam(foreach=True)`` rounds, one foreach
-op per line (the torch-op kernel below is those ops), so float32 parameters follow torch's
-within a few ulps over hundreds of steps; the coefficients (1-β1ᵗ, lr/(1-β1ᵗ), √(1-β2ᵗ))
+op per line (the torch-op kernel below is those ops, and bit-identical to it). The C++
+kernel's square root is correctly rounded where ATen's is an ulp off on ~1 element in 40,000,
+so after 200 training steps its float32 parameters are within 1e-6 of torch's (relative, per
+tensor), as far as torch's own fused kernel lands. The coefficients (1-β1ᵗ, lr/(1-β1ᵗ), √(1-β2ᵗ))
 are computed in double, as torch computes them in Python. float16 and bfloat16 parameters keep
 their moments in their own dtype, as torch does, and are computed in float32 and rounded once
 per stored tensor, as torch's fused kernel does (the foreach path rounds after every op).
