@@ -89,3 +89,12 @@ def bind_constants(func, args: tuple):
             places.append(repr(a))  # repr of a float, int, bool, None or list round-trips
     with_constants = eval(f"lambda *t: func({', '.join(places)})", {"func": func})
     return with_constants, tensors
+
+
+def assert_error_in_chain(raised: BaseException, error: type[Exception]) -> None:
+    """Dynamo wraps a fake implementation's error; the op's own error must be in the chain."""
+    chain, err = [], raised
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    assert any(isinstance(e, error) for e in chain), [type(e) for e in chain]

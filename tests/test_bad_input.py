@@ -14,6 +14,7 @@ import re
 
 import pytest
 import torch
+from conftest import assert_error_in_chain
 
 from opslib.op_table import OP_TABLE, ErrorInput, OpInfo
 
@@ -111,12 +112,7 @@ def test_bad_call_raises_clear_error_under_compile(info, case):
     compiled = torch.compile(lambda: info.func(*args), backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match=case.message) as raised:
         compiled()
-    # Dynamo wraps the fake implementation's error; ours must be the one it carries.
-    chain, err = [], raised.value
-    while err is not None:
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    assert any(isinstance(e, case.error) for e in chain), [type(e) for e in chain]
+    assert_error_in_chain(raised.value, case.error)
 
 
 def test_every_op_has_bad_calls_of_its_own_or_shared_and_they_are_distinct():

@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from conftest import ALL_OPCHECK_TESTS
+from conftest import ALL_OPCHECK_TESTS, assert_error_in_chain
 
 import opslib.ops.adam
 from opslib.op_table import UPDATE_OP_TABLE, Sample, UpdateOpInfo
@@ -292,8 +292,4 @@ def test_bad_call_is_refused_under_compile(info, case):
     compiled = torch.compile(lambda: info.op(*args), backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match=case.message) as raised:
         compiled()
-    chain, err = [], raised.value
-    while err is not None:
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    assert any(isinstance(e, case.error) for e in chain), [type(e) for e in chain]
+    assert_error_in_chain(raised.value, case.error)

@@ -6,6 +6,7 @@ the same way in eager mode, under ``torch.compile`` and under ``torch.export``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -77,6 +78,37 @@ def check_same_dtype_and_device(op: str, named: dict[str, Tensor]) -> None:
                 f"{label(op)}: {first_name} and {name} must be on the same device, "
                 f"got {first_name} on {first.device} and {name} on {t.device}"
             )
+
+
+def check_normalization(
+    op: str,
+    x: Tensor,
+    normalized_shape: Sequence[int],
+    affine: dict[str, Tensor | None],
+    eps: float | None,
+) -> None:
+    """The arguments of a normalisation over x's trailing dims (rms_norm, layer_norm):
+    ``normalized_shape`` is x's trailing dims; each given affine tensor (weight, bias) is a
+    floating tensor of that shape with x's dtype and device; ``eps`` (if given) finite, >= 0."""
+    check_floating_input(op, "x", x)
+    k = len(normalized_shape)
+    if k > x.dim() or list(x.shape[x.dim() - k :]) != list(normalized_shape):
+        raise ValueError(
+            f"{label(op)}: normalized_shape {fmt_shape(normalized_shape)} must be x's trailing "
+            f"dims, but x has shape {fmt_shape(x.shape)}"
+        )
+    for name, t in affine.items():
+        if t is None:
+            continue
+        check_floating_input(op, name, t)
+        check_same_dtype_and_device(op, {"x": x, name: t})
+        if list(t.shape) != list(normalized_shape):
+            raise ValueError(
+                f"{label(op)}: {name} of shape {fmt_shape(t.shape)} must have "
+                f"normalized_shape {fmt_shape(normalized_shape)}"
+            )
+    if eps is not None and not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{label(op)}: eps must be finite and >= 0, got {eps}")
 
 
 def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:

@@ -201,19 +201,11 @@ void backward_rows(const scalar_t* g, const scalar_t* x, const scalar_t* w, scal
   });
 }
 
-// The blocks' partial sums [blocks, n] added in block order, in double: thread-independent
-// (each column's sum runs over the blocks in order, whichever thread takes the column).
+// The gradient of a weight or bias from the blocks' partial sums, in its dtype and shape.
 at::Tensor sum_blocks(const at::Tensor& partial, int64_t blocks, int64_t n,
                       const at::Tensor& like) {
   at::Tensor total = at::empty({n}, partial.options());
-  double* out = total.data_ptr<double>();
-  const double* block = partial.const_data_ptr<double>();
-  at::parallel_for(0, n, 1024, [&](int64_t c0, int64_t c1) {
-    for (int64_t i = c0; i < c1; ++i) out[i] = 0.0;
-    for (int64_t b = 0; b < blocks; ++b) {
-      for (int64_t i = c0; i < c1; ++i) out[i] += block[b * n + i];
-    }
-  });
+  rows::sum_blocks(partial.const_data_ptr<double>(), blocks, n, total.data_ptr<double>());
   return total.to(like.scalar_type()).view(like.sizes());
 }
 

@@ -181,12 +181,8 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_
   });
   at::Tensor grad_weight = at::empty({0}, x.options());
   if (weight) {  // the blocks' sums added in block order, in double: thread-independent
-    at::Tensor total = at::zeros({n}, x.options().dtype(at::kDouble));
-    double* out = total.data_ptr<double>();
-    const double* block = partial.const_data_ptr<double>();
-    for (int64_t b = 0; b < blocks; ++b) {
-      for (int64_t i = 0; i < n; ++i) out[i] += block[b * n + i];
-    }
+    at::Tensor total = at::empty({n}, x.options().dtype(at::kDouble));
+    rows::sum_blocks(partial.const_data_ptr<double>(), blocks, n, total.data_ptr<double>());
     grad_weight = total.to(x.scalar_type()).view(weight->sizes());
   }
   return {grad_x, grad_weight};

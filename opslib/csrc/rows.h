@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -177,6 +178,18 @@ const T* as_compute(const scalar_t* row, T* buffer, int64_t n) {
     at::vec::convert(row, buffer, n);
     return buffer;
   }
+}
+
+// The blocks' partial sums [blocks, n] (double) added in block order into out[n]: the same
+// bits whatever the number of threads (each column sums the blocks in order, whichever thread
+// takes the column).
+inline void sum_blocks(const double* partial, int64_t blocks, int64_t n, double* out) {
+  at::parallel_for(0, n, 1024, [&](int64_t c0, int64_t c1) {
+    for (int64_t i = c0; i < c1; ++i) out[i] = 0.0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int64_t i = c0; i < c1; ++i) out[i] += partial[b * n + i];
+    }
+  });
 }
 
 }  // namespace rows

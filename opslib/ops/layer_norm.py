@@ -48,11 +48,8 @@ from torch import Tensor
 
 from opslib.core import cpu_kernels
 from opslib.core.checks import (
-    check_floating_input,
-    check_same_dtype_and_device,
-    fmt_shape,
+    check_normalization,
     input_grad_flags,
-    label,
 )
 from opslib.core.registration import (
     define_op,
@@ -72,25 +69,7 @@ def _check_layer_norm(
     bias: Tensor | None,
     eps: float,
 ) -> None:
-    check_floating_input(OP, "x", x)
-    k = len(normalized_shape)
-    if k > x.dim() or list(x.shape[x.dim() - k :]) != list(normalized_shape):
-        raise ValueError(
-            f"{label(OP)}: normalized_shape {fmt_shape(normalized_shape)} must be x's trailing "
-            f"dims, but x has shape {fmt_shape(x.shape)}"
-        )
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is None:
-            continue
-        check_floating_input(OP, name, t)
-        check_same_dtype_and_device(OP, {"x": x, name: t})
-        if list(t.shape) != list(normalized_shape):
-            raise ValueError(
-                f"{label(OP)}: {name} of shape {fmt_shape(t.shape)} must have "
-                f"normalized_shape {fmt_shape(normalized_shape)}"
-            )
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"{label(OP)}: eps must be finite and >= 0, got {eps}")
+    check_normalization(OP, x, normalized_shape, {"weight": weight, "bias": bias}, eps)
 
 
 def _row_size(normalized_shape: list[int]) -> int:

@@ -44,11 +44,8 @@ from torch import Tensor
 
 from opslib.core import cpu_kernels
 from opslib.core.checks import (
-    check_floating_input,
-    check_same_dtype_and_device,
-    fmt_shape,
+    check_normalization,
     input_grad_flags,
-    label,
 )
 from opslib.core.registration import (
     define_op,
@@ -63,23 +60,7 @@ OP = "rms_norm"
 def _check_rms_norm(
     x: Tensor, normalized_shape: list[int], weight: Tensor | None, eps: float | None
 ) -> None:
-    check_floating_input(OP, "x", x)
-    k = len(normalized_shape)
-    if k > x.dim() or list(x.shape[x.dim() - k :]) != list(normalized_shape):
-        raise ValueError(
-            f"{label(OP)}: normalized_shape {fmt_shape(normalized_shape)} must be x's trailing "
-            f"dims, but x has shape {fmt_shape(x.shape)}"
-        )
-    if weight is not None:
-        check_floating_input(OP, "weight", weight)
-        check_same_dtype_and_device(OP, {"x": x, "weight": weight})
-        if list(weight.shape) != list(normalized_shape):
-            raise ValueError(
-                f"{label(OP)}: weight of shape {fmt_shape(weight.shape)} must have "
-                f"normalized_shape {fmt_shape(normalized_shape)}"
-            )
-    if eps is not None and not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"{label(OP)}: eps must be finite and >= 0, got {eps}")
+    check_normalization(OP, x, normalized_shape, {"weight": weight}, eps)
 
 
 def _eps(x: Tensor, eps: float | None) -> float:
