@@ -157,11 +157,14 @@ def measure_pair(
     return Stats(times[0]), Stats(times[1])
 
 
-def phase_callable(func: Callable, args: tuple, phase: str) -> Callable[[], object]:
-    """forward: no autograd at all; backward: only the backward of a kept graph; full: both."""
+def phase_callable(
+    func: Callable, args: tuple, phase: str, constant: tuple[int, ...] = ()
+) -> Callable[[], object]:
+    """forward: no autograd at all; backward: only the backward of a kept graph; full: both.
+    ``constant``: the op's constant_args, which never require grad."""
     if phase == "forward":
         return lambda: func(*args)
-    inputs = leaves(args)
+    inputs = leaves(args, constant=constant)
     wrt = requiring_grad(inputs)
     y = func(*inputs)
     grad_y = torch.randn_like(y)
@@ -217,8 +220,8 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
                 inputs = inputs_fn(size, device, args.dtype)
                 for phase in PHASES:
                     ours, native = measure_pair(
-                        phase_callable(ours_fn, inputs, phase),
-                        phase_callable(native_fn, inputs, phase),
+                        phase_callable(ours_fn, inputs, phase, info.constant_args),
+                        phase_callable(native_fn, inputs, phase, info.constant_args),
                         args.samples,
                         args.target_ms / 1000,
                     )
@@ -279,8 +282,8 @@ def saved_bytes(fn: Callable, args: tuple) -> int:
 def bench_memory(args, device, meta) -> list[dict]:
     rows = []
     for info in OP_TABLE:
-        size = info.bench_sizes[2]
-        inputs = leaves(info.bench_inputs(size, device, args.dtype))
+        size = info.bench_sizes[1 if args.quick else 2]
+        inputs = leaves(info.bench_inputs(size, device, args.dtype), constant=info.constant_args)
         ours, native = saved_bytes(info.func, inputs), saved_bytes(info.reference, inputs)
         rows.append(
             {

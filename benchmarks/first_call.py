@@ -28,8 +28,8 @@ CHILD = """
     one = torch.ones(1, requires_grad=True)
     torch.autograd.grad(one * 2, one, torch.ones(1))  # torch's own lazy imports, not the op's
     make = info.bench_variants.get("nn.Parameter slope", info.bench_inputs)
-    args = leaves(make(int(sys.argv[2]), "cpu", torch.float32))
-    grad_y = torch.randn(args[0].shape)
+    args = leaves(make(int(sys.argv[2]), "cpu", torch.float32), constant=info.constant_args)
+    grad_y = torch.ones_like(func(*args))
     times = []
     for _ in range(2):
         start = time.perf_counter()

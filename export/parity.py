@@ -22,29 +22,45 @@ PARITY_BATCHES = (1, 7, 4096)
 
 
 class SingleOpModel(torch.nn.Module):
-    """One op as a model. Of the op's arguments, the first is the model's input; the other
-    tensors (weight, bias, slope) are parameters, exported as initializers the way a trained
-    model's would be; the rest (floats, ints, None) are constants of the model's code."""
+    """One op as a model. Of the op's arguments, the first is the model's input, and so are
+    the others at ``batch_args`` (an OpInfo's: a cross-entropy's targets); the other tensors
+    (weight, bias, slope) are parameters, exported as initializers the way a trained model's
+    would be; the rest (floats, ints, None) are constants of the model's code."""
 
-    def __init__(self, func: Callable[..., torch.Tensor], args: tuple) -> None:
+    def __init__(
+        self, func: Callable[..., torch.Tensor], args: tuple, batch_args: tuple[int, ...] = (0,)
+    ) -> None:
         super().__init__()
         self.func = func
         self.eval()
         rest = args[1:]
-        self.is_param = [isinstance(a, torch.Tensor) for a in rest]
+        self.kinds = [
+            ("input" if i + 1 in batch_args else "param") if isinstance(a, torch.Tensor) else None
+            for i, a in enumerate(rest)
+        ]
         self.constants = [None if isinstance(a, torch.Tensor) else a for a in rest]
         self.params = torch.nn.ParameterList(
             [
                 torch.nn.Parameter(a.detach().clone(), requires_grad=False)
-                for a in rest
-                if isinstance(a, torch.Tensor)
+                for a, kind in zip(rest, self.kinds, strict=True)
+                if kind == "param"
             ]
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = iter(self.params)
-        places = zip(self.is_param, self.constants, strict=True)
-        return self.func(x, *(next(params) if param else c for param, c in places))
+    def forward(self, x: torch.Tensor, *batch_tensors: torch.Tensor) -> torch.Tensor:
+        params, inputs = iter(self.params), iter(batch_tensors)
+        places = zip(self.kinds, self.constants, strict=True)
+        args = [
+            next(inputs) if kind == "input" else next(params) if kind == "param" else c
+            for kind, c in places
+        ]
+        return self.func(x, *args)
+
+
+def model_inputs(args: tuple, batch_args: tuple[int, ...] = (0,)) -> tuple[torch.Tensor, ...]:
+    """What a SingleOpModel of ``args`` takes: the first argument and the others at
+    ``batch_args``."""
+    return (args[0], *(args[i] for i in sorted(batch_args) if i > 0))
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ class ReferenceModel:
     name: str
     dtype: torch.dtype
     model: torch.nn.Module
-    make_input: Callable[[int], torch.Tensor]  # rows -> input batch
+    make_input: Callable[[int], tuple[torch.Tensor, ...]]  # rows -> the model's inputs
     translations: dict = field(default_factory=dict)  # for ops outside the op table
 
 
@@ -70,16 +86,16 @@ def reference_models(
                 args = info.batch_inputs(8, "cpu", dtype)
 
                 def make_input(rows, info=info, dtype=dtype):
-                    return info.batch_inputs(rows, "cpu", dtype)[0]
+                    return model_inputs(info.batch_inputs(rows, "cpu", dtype), info.batch_args)
 
-                model = SingleOpModel(info.func, args)
+                model = SingleOpModel(info.func, args, info.batch_args)
                 models.append(ReferenceModel(info.name, dtype, model, make_input, extra))
         if table is OP_TABLE and (names is None or "mlp_classifier" in names):
             torch.manual_seed(0)
             classifier = MLPClassifier().to(dtype).eval()
 
             def make_input(rows, dtype=dtype):
-                return torch.rand(rows, 64, dtype=dtype)
+                return (torch.rand(rows, 64, dtype=dtype),)
 
             models.append(ReferenceModel("mlp_classifier", dtype, classifier, make_input))
     return models
@@ -91,7 +107,7 @@ def file_name(ref: ReferenceModel) -> str:
 
 def export_reference(ref: ReferenceModel, path: str | Path):
     return opslib_onnx.export(
-        ref.model, (ref.make_input(8),), path, extra_translations=ref.translations
+        ref.model, ref.make_input(8), path, extra_translations=ref.translations
     )
 
 
@@ -117,10 +133,10 @@ def check_parity(
     rows = []
     for batch in batches:
         torch.manual_seed(batch)
-        x = ref.make_input(batch)
+        inputs = ref.make_input(batch)
         with torch.no_grad():
-            expected = ref.model(x)
-        (actual,) = opslib_onnx.run_onnxruntime(session, x)
+            expected = ref.model(*inputs)
+        (actual,) = opslib_onnx.run_onnxruntime(session, *inputs)
         max_abs, max_rel = opslib_onnx.parity_error(actual, expected)
         used = opslib_onnx.tolerance_used(actual, expected, ref.dtype)
         passed = actual.shape == tuple(expected.shape) and used <= 1.0

@@ -101,3 +101,100 @@ class LayerNorm(torch.nn.LayerNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.layer_norm(x, list(self.normalized_shape), self.weight, self.bias, self.eps)
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` computed by ``customgrad::cross_entropy``: a subclass, same
+    constructor (class ``weight`` a buffer, ``ignore_index``, ``reduction``,
+    ``label_smoothing``) and state_dict. Targets are class indices (probability targets are
+    refused with an error naming the op)."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return ops.cross_entropy(
+            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing
+        )
+
+
+class LinearCrossEntropyLoss(torch.nn.Linear):
+    """An output projection and its cross-entropy in one: ``forward(input, target)`` is
+    ``F.cross_entropy(F.linear(input, weight, bias), target, ...)`` computed by
+    ``customgrad::linear_cross_entropy`` without ever holding the [tokens, classes] logits.
+
+    A subclass of ``torch.nn.Linear(in_features, num_classes)``: the same parameters,
+    initialisation and state_dict keys (``weight``, ``bias``), so a language model's head loads
+    unchanged; ``logits(input)`` is that Linear's forward, for inference.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        bias: bool = True,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        return ops.linear_cross_entropy(
+            input, self.weight, target, self.bias, self.ignore_index, self.reduction,
+            self.label_smoothing,
+        )  # fmt: skip
+
+    def logits(self, input: Tensor) -> Tensor:
+        return ops.linear(input, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.out_features}, "
+            f"bias={self.bias is not None}, ignore_index={self.ignore_index}, "
+            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
+        )
+
+
+class _BatchNormForward:
+    """The forward of ``torch.nn``'s batch norms (its ``_BatchNorm.forward``, step by step),
+    computed by ``opslib.batch_norm``: the same choice of batch or running statistics, the
+    same momentum (``None``: a cumulative average over ``num_batches_tracked``)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_statistics = self.training or (
+            self.running_mean is None and self.running_var is None
+        )
+        tracked = not self.training or self.track_running_stats
+        return ops.batch_norm(
+            input,
+            self.running_mean if tracked else None,
+            self.running_var if tracked else None,
+            self.weight,
+            self.bias,
+            use_batch_statistics,
+            factor,
+            self.eps,
+        )
+
+
+class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` computed by ``customgrad::batch_norm`` (and its running-statistics
+    update): a subclass, same constructor, parameters, buffers and state_dict keys."""
+
+
+class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` computed by ``customgrad::batch_norm``: a subclass, same
+    constructor, parameters, buffers and state_dict keys."""
+
+
+class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` computed by ``customgrad::batch_norm``: a subclass, same
+    constructor, parameters, buffers and state_dict keys."""

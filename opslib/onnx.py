@@ -65,7 +65,12 @@ def translation_table(table: Sequence | None = None) -> dict[torch._ops.OpOverlo
     ``table``, a list of ``OpInfo``)."""
     from opslib.op_table import OP_TABLE
 
-    return {info.op: info.onnx_translation for info in (OP_TABLE if table is None else table)}
+    table = OP_TABLE if table is None else table
+    translations = {info.op: info.onnx_translation for info in table}
+    for info in table:  # the ops that an op's public function calls besides (batch_norm's update)
+        for name, translation in info.companions.items():
+            translations[getattr(getattr(torch.ops, info.namespace), name).default] = translation
+    return translations
 
 
 def constant(value: float | int | bool, like) -> object:
@@ -107,9 +112,11 @@ def export(
                 "(PyTorch specialises sizes 0 and 1); pass a larger example batch"
             )
         batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple(
-            {0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args
-        )
+        # by tensor, not by position: whatever the forward's signature (``*inputs`` too)
+        dynamic_shapes = torch.export.ShapesCollection()
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.dim() > 0:
+                dynamic_shapes[a] = {0: batch}
     translations = {**translation_table(), **(extra_translations or {})}
     with _quiet_exporter():
         try:

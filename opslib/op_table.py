@@ -27,12 +27,19 @@ from torch import Tensor
 
 from opslib.core import triton_launchers as triton
 from opslib.ops.adam import adam_step_
+from opslib.ops.batch_norm import batch_norm, batch_norm_onnx, batch_norm_update_onnx
+from opslib.ops.cross_entropy import cross_entropy, cross_entropy_onnx
 from opslib.ops.cube import cube, cube_onnx
 from opslib.ops.exp import exp, exp_onnx
 from opslib.ops.layer_norm import layer_norm, layer_norm_onnx
 from opslib.ops.learned_silu import cpu_kernel_takes as learned_silu_cpu_kernel_takes
 from opslib.ops.learned_silu import learned_silu, learned_silu_onnx
 from opslib.ops.linear import linear, linear_onnx
+from opslib.ops.linear_cross_entropy import (
+    linear_cross_entropy,
+    linear_cross_entropy_onnx,
+    native_linear_cross_entropy,
+)
 from opslib.ops.log_softmax import log_softmax, log_softmax_onnx
 from opslib.ops.relu import relu, relu_onnx
 from opslib.ops.rms_norm import rms_norm, rms_norm_onnx
@@ -66,21 +73,34 @@ class Sample:
 
 
 def leaves(
-    args: tuple, requires_grad: bool | None = True, dtype: torch.dtype | None = None
+    args: tuple,
+    requires_grad: bool | None = True,
+    dtype: torch.dtype | None = None,
+    constant: tuple[int, ...] = (),
 ) -> tuple:
     """Fresh copies of the floating-point tensors of ``args`` (detached, optionally cast, each
     requiring grad if asked, or as the original did for ``requires_grad=None``; an
-    ``nn.Parameter`` stays one); every other argument (integer tensors, floats, None...) as is."""
+    ``nn.Parameter`` stays one); every other argument (integer tensors, floats, None...) as is.
+    The tensors at the positions ``constant`` (an OpInfo's ``constant_args``) never require
+    grad."""
     out = []
-    for a in args:
+    for i, a in enumerate(args):
         if isinstance(a, Tensor) and a.is_floating_point():
             wants = a.requires_grad if requires_grad is None else requires_grad
+            wants = wants and i not in constant
             copy = a.detach().to(dtype) if dtype is not None else a.detach().clone()
             if isinstance(a, torch.nn.Parameter):
                 copy = torch.nn.Parameter(copy, requires_grad=wants)
             a = copy.requires_grad_(wants)
         out.append(a)
     return tuple(out)
+
+
+def among_tensors(args: tuple, positions: tuple[int, ...]) -> tuple[int, ...]:
+    """``positions`` in ``args`` as positions among its tensors alone: where they are in the
+    tensor tuple that ``bind_constants`` (tests/conftest.py) passes on."""
+    tensor_positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+    return tuple(k for k, i in enumerate(tensor_positions) if i in positions)
 
 
 def requiring_grad(args: tuple) -> list[Tensor]:
@@ -164,6 +184,20 @@ class OpInfo:
     # Also time the eager op against torch.compile of its reference: for ops whose eager path is
     # itself fused, the question is whether that is as good as what the compiler makes.
     bench_against_compiled: bool = False
+    # benchmarks/peak_memory.py: the bench size at which the peak memory of one forward +
+    # backward is compared with native's (ops whose point is memory); None: not measured.
+    bench_peak_memory_size: int | None = None
+    # Ops that the public function calls besides the op itself, by name, with their ONNX
+    # translations (batch_norm's in-place running-statistics update). tests/test_norms.py covers
+    # them; the translation table includes them.
+    companions: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    # Positions of batch_inputs' arguments whose dim 0 is the batch: the first, and any other
+    # that goes with it (cross_entropy's targets). Export marks their dim 0 dynamic, and ONNX
+    # parity models take them as inputs (the other tensors are parameters).
+    batch_args: tuple[int, ...] = (0,)
+    # Positions of floating-point tensor arguments that take no gradient (cross_entropy's class
+    # weights): the tests and benchmarks never make them require grad (``leaves(constant=)``).
+    constant_args: tuple[int, ...] = ()
     dtypes: tuple[torch.dtype, ...] = ALL_FLOAT_DTYPES
     # (atol, rtol) against the reference in float32 (values and gradients). float16/bfloat16 are
     # judged against a float64 reference relative to native's own error (see tests).
@@ -581,6 +615,552 @@ def _layer_norm_error_inputs() -> list[ErrorInput]:
             lambda: (x, [5], None, None, float("nan")),
             ValueError,
             label + r": eps must be finite and >= 0, got nan",
+        ),
+    ]
+
+
+def _native_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                          label_smoothing=0.0) -> Tensor:  # fmt: skip
+    return F.cross_entropy(
+        input, target, weight, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing,
+    )  # fmt: skip
+
+
+def _ignored_rows_zeroed(input, target, *rest) -> Tensor:
+    """cross_entropy's exact value for the property tests: native's, with the logits of ignored
+    targets set to 0. They contribute nothing to the loss, so their gradient is exactly 0;
+    native's log_softmax backward turns an inf or nan logit there into a nan gradient."""
+    ignore_index = rest[1] if len(rest) > 1 else -100
+    valid = target != ignore_index
+    mask = valid.unsqueeze(1) if input.dim() >= 2 else valid
+    return _native_cross_entropy(input.where(mask, 0), target, *rest)
+
+
+def _ignored_tokens_dropped(x, weight, target, bias=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0) -> Tensor:  # fmt: skip
+    """linear_cross_entropy's exact value for the property tests: the composite's over the
+    tokens whose targets count (ignored ones contribute nothing, so their gradient is exactly 0,
+    where the composite's can be 0·inf = nan), 0 for the others under reduction "none"."""
+    if target.dim() == 0:  # one token: as a batch of one
+        one = _ignored_tokens_dropped(x.unsqueeze(0), weight, target.unsqueeze(0), bias,
+                                      ignore_index, reduction, label_smoothing)  # fmt: skip
+        return one.reshape(())
+    counted = target != ignore_index
+    kept = native_linear_cross_entropy(
+        x[counted], weight, target[counted], bias, ignore_index,
+        "none" if reduction == "none" else reduction, label_smoothing,
+    )  # fmt: skip
+    if reduction != "none":
+        return kept
+    return torch.zeros(target.shape, dtype=kept.dtype).index_put((counted,), kept)
+
+
+def _targets(shape, classes: int, device, ignore_index: int | None = None) -> Tensor:
+    """Class indices in [0, classes); with ``ignore_index``, the first target is that."""
+    t = torch.randint(0, classes, shape, device=device)
+    if ignore_index is not None and t.numel():
+        t.view(-1)[0] = ignore_index
+    return t
+
+
+def _cross_entropy_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    def make(shape, rg=requires_grad):
+        return _make(shape, device, dtype, rg, scale=2.0)
+
+    def weight(c):
+        return torch.rand(c, device=device, dtype=dtype) + 0.5  # class weights: no gradient
+
+    def t(shape, classes=5, ignore=None):
+        return _targets(shape, classes, device, ignore)
+
+    wide = 300  # a row of vectors and a tail in the C++ kernels
+    return [
+        Sample("rows", (make((4, 5)), t((4,)), None, -100, "mean", 0.0)),
+        Sample("weighted-mean", (make((6, 5)), t((6,), ignore=-100), weight(5), -100, "mean", 0.0)),
+        Sample("sum", (make((6, 5)), t((6,), ignore=-100), None, -100, "sum", 0.0)),
+        Sample("none", (make((6, 5)), t((6,), ignore=-100), weight(5), -100, "none", 0.0)),
+        Sample("smoothing", (make((6, 5)), t((6,), ignore=-100), weight(5), -100, "mean", 0.1)),
+        Sample("smoothing-none", (make((6, 5)), t((6,)), None, -100, "none", 0.3)),
+        Sample("smoothing-sum", (make((6, 5)), t((6,), ignore=-100), weight(5), -100, "sum", 1.0)),
+        Sample("one-sample", (make((5,)), t(()), None, -100, "mean", 0.0)),
+        Sample("one-sample-none", (make((5,)), t(()), weight(5), -100, "none", 0.2)),
+        Sample(
+            "spatial",
+            (make((2, 5, 3, 4)), t((2, 3, 4), ignore=-100), weight(5), -100, "mean", 0.1),
+        ),
+        Sample("spatial-none", (make((2, 5, 3)), t((2, 3)), None, -100, "none", 0.0)),
+        Sample("ignore-index-2", (make((8, 5)), t((8,), ignore=2), None, 2, "mean", 0.05)),
+        Sample(
+            "all-ignored-sum",
+            (make((3, 5)), torch.full((3,), -1, device=device), None, -1, "sum", 0.1),
+        ),  # fmt: skip
+        Sample("empty-batch", (make((0, 5)), t((0,)), None, -100, "sum", 0.0)),
+        Sample("one-class", (make((4, 1)), t((4,), classes=1), None, -100, "mean", 0.0)),
+        Sample(
+            "transposed",
+            (
+                _leaf_view(torch.randn(5, 4, device=device, dtype=dtype).t(), requires_grad),
+                t((4,)),
+                weight(5),
+                -100,
+                "mean",
+                0.1,
+            ),
+        ),  # fmt: skip
+        Sample("no-grad", (make((4, 5), rg=False), t((4,)), None, -100, "mean", 0.0)),
+        Sample("wide-row", (make((3, wide)), t((3,), wide), weight(wide), -100, "mean", 0.1)),
+    ]
+
+
+CROSS_ENTROPY_CLASSES = 11  # batch_inputs: no batch size the tests use is 11
+
+
+def _cross_entropy_batch(rows: int, device, dtype) -> tuple:
+    """Logits [rows, 11], their targets (the batch, too), class weights, ignore_index 1 (a class
+    index, so some targets are ignored; never the first, so that every batch has a mean: one of
+    only ignored targets has none, nan), label smoothing."""
+    classes = CROSS_ENTROPY_CLASSES
+    target = _targets((rows,), classes, device)
+    if rows:
+        target[0] = 2
+    return (
+        torch.randn(rows, classes, device=device, dtype=dtype) * 2,
+        target,
+        torch.rand(classes, device=device, dtype=dtype) + 0.5,
+        1,
+        "mean",
+        0.1,
+    )
+
+
+CROSS_ENTROPY_BENCH_CLASSES = 32768  # a vocabulary: [8192, 32768] logits at 256M elements
+
+
+def _cross_entropy_bench(numel: int, device, dtype) -> tuple:
+    classes = min(numel, CROSS_ENTROPY_BENCH_CLASSES)
+    rows = numel // classes
+    # logits of a trained model's scale: standard normal (FACTS: large ones go denormal)
+    return (
+        torch.randn(rows, classes, device=device, dtype=dtype),
+        _targets((rows,), classes, device),
+        None,
+        -100,
+        "mean",
+        0.0,
+    )
+
+
+def _cross_entropy_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    classes = draw(st.integers(1, 4))
+    form = draw(st.sampled_from(["rows", "one-sample", "spatial"]))
+    batch = draw(st.integers(0, 4))
+    if form == "rows":
+        shape, target_shape = [batch, classes], [batch]
+    elif form == "one-sample":
+        shape, target_shape = [classes], []
+    else:
+        spatial = draw(st.integers(1, 3))
+        shape, target_shape = [batch, classes, spatial], [batch, spatial]
+    x = draw(tensors(shape=shape))
+    ignore_index = draw(st.sampled_from([-100, 0]))
+    n = 1
+    for d in target_shape:
+        n *= d
+    values = draw(st.lists(st.integers(-1, classes - 1), min_size=n, max_size=n))
+    target = torch.tensor([ignore_index if v < 0 else v for v in values], dtype=torch.long)
+    weight = None
+    if draw(st.booleans()):  # class weights are positive and finite in practice
+        seed = draw(st.integers(0, 2**31 - 1))
+        gen = torch.Generator().manual_seed(seed)
+        weight = torch.rand(classes, generator=gen, dtype=torch.float64) * 2 + 0.1
+    reduction = draw(st.sampled_from(["none", "mean", "sum"]))
+    return (x, target.reshape(target_shape), weight, ignore_index, reduction,
+            draw(st.sampled_from([0.0, 0.1, 1.0])))  # fmt: skip
+
+
+def _cross_entropy_error_inputs() -> list[ErrorInput]:
+    x = _t(4, 5)
+    t = torch.tensor([0, 1, 2, 3])
+    label = r"customgrad\.cross_entropy"
+
+    def weight_requiring_grad() -> tuple:
+        return (x.clone().requires_grad_(), t, torch.rand(5).requires_grad_(), -100, "mean", 0.0)
+
+    return [
+        ErrorInput(
+            "target past the last class",
+            lambda: (x, torch.tensor([0, 1, 7, 3]), None, -100, "mean", 0.0),
+            IndexError,
+            label + r": target 7 is out of range for 5 classes \(expected 0 to 4, or "
+            r"ignore_index -100\)",
+        ),
+        ErrorInput(
+            "negative target that is not ignore_index",
+            lambda: (x, torch.tensor([0, -1, 2, 3]), None, -100, "sum", 0.0),
+            IndexError,
+            label + r": target -1 is out of range for 5 classes",
+        ),
+        ErrorInput(
+            "target out of range with spatial dims",
+            lambda: (_t(2, 5, 3), torch.tensor([[0, 1, 2], [3, 4, 5]]), None, -100, "none", 0.0),
+            IndexError,
+            label + r": target 5 is out of range for 5 classes",
+        ),
+        ErrorInput(
+            "probability targets",
+            lambda: (x, torch.softmax(_t(4, 5), -1), None, -100, "mean", 0.0),
+            TypeError,
+            label + r": target must be an integer tensor of class indices, got torch\.float32",
+        ),
+        ErrorInput(
+            "target of the wrong shape",
+            lambda: (x, torch.tensor([0, 1, 2]), None, -100, "mean", 0.0),
+            ValueError,
+            label + r": target of shape \[3\] must have shape \[4\] \(one class index per "
+            r"sample\) for input of shape \[4, 5\]",
+        ),
+        ErrorInput(
+            "weight of the wrong shape",
+            lambda: (x, t, torch.rand(4), -100, "mean", 0.0),
+            ValueError,
+            label + r": weight of shape \[4\] must have one value per class, \[5\]",
+        ),
+        ErrorInput(
+            "unknown reduction",
+            lambda: (x, t, None, -100, "avg", 0.0),
+            ValueError,
+            label + r": reduction must be 'none', 'mean' or 'sum', got 'avg'",
+        ),
+        ErrorInput(
+            "label_smoothing above 1",
+            lambda: (x, t, None, -100, "mean", 1.5),
+            ValueError,
+            label + r": label_smoothing must be in \[0, 1\], got 1.5",
+        ),
+        ErrorInput(
+            "0-d input",
+            lambda: (_t(), torch.tensor(0), None, -100, "mean", 0.0),
+            ValueError,
+            label + r": input must have a class dim, got a 0-d tensor",
+        ),
+        ErrorInput(
+            "weight that requires grad",
+            weight_requiring_grad,
+            RuntimeError,
+            label + r": weight requires grad, but class weights get no gradient",
+        ),
+    ]
+
+
+def _linear_cross_entropy_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    hidden, classes = 8, 13
+
+    def make(shape, rg=requires_grad, scale=1.0):
+        return _make(shape, device, dtype, rg, scale=scale)
+
+    def w(rg=requires_grad):
+        return make((classes, hidden), rg, scale=0.4)
+
+    def t(shape, ignore=None):
+        return _targets(shape, classes, device, ignore)
+
+    def call(name, x, target, bias=True, reduction="mean", smoothing=0.0, ignore=-100, **kw):
+        b = make((classes,), kw.get("bias_rg", requires_grad)) if bias else None
+        return Sample(name, (x, kw.get("weight", w()), target, b, ignore, reduction, smoothing))
+
+    return [
+        call("rows", make((6, hidden)), t((6,))),
+        call("ignored-mean", make((6, hidden)), t((6,), ignore=-100)),
+        call("sum", make((6, hidden)), t((6,), ignore=-100), reduction="sum"),
+        call("none", make((6, hidden)), t((6,), ignore=-100), reduction="none"),
+        call("smoothing", make((6, hidden)), t((6,), ignore=-100), smoothing=0.1),
+        call("smoothing-none-no-bias", make((5, hidden)), t((5,)), False, "none", 0.3),
+        call("no-bias", make((6, hidden)), t((6,)), bias=False),
+        call("3-d-x", make((2, 3, hidden)), t((2, 3), ignore=-100), smoothing=0.05),
+        call("3-d-x-none", make((2, 3, hidden)), t((2, 3)), reduction="none"),
+        call("one-token", make((hidden,)), t(()), reduction="sum"),
+        call("ignore-index-4", make((8, hidden)), t((8,), ignore=4), ignore=4),
+        call("empty-batch", make((0, hidden)), t((0,)), reduction="sum"),
+        call(
+            "transposed-weight",
+            make((4, hidden)),
+            t((4,)),
+            weight=_leaf_view(
+                torch.randn(hidden, classes, device=device, dtype=dtype).t() * 0.4, requires_grad
+            ),  # fmt: skip
+        ),
+        call("weight-only-grad", make((4, hidden), rg=False), t((4,)), bias_rg=False),
+        call("x-only-grad", make((4, hidden)), t((4,)), weight=w(rg=False), bias_rg=False),
+        call("no-grad", make((4, hidden), rg=False), t((4,)), weight=w(rg=False), bias_rg=False),
+    ]
+
+
+LINEAR_CROSS_ENTROPY_CLASSES = 97  # batch_inputs: no batch size the tests use is 97
+
+
+def _linear_cross_entropy_batch(rows: int, device, dtype) -> tuple:
+    """Hidden states [rows, 16], a [97, 16] projection and bias, targets (the batch, too) with
+    ignore_index 1 (never the first: every batch has a mean), label smoothing."""
+    hidden, classes = 16, LINEAR_CROSS_ENTROPY_CLASSES
+    target = _targets((rows,), classes, device)
+    if rows:
+        target[0] = 2
+    return (
+        torch.randn(rows, hidden, device=device, dtype=dtype),
+        torch.randn(classes, hidden, device=device, dtype=dtype) * 0.5,
+        target,
+        torch.randn(classes, device=device, dtype=dtype) * 0.1,
+        1,
+        "mean",
+        0.1,
+    )
+
+
+LCE_BENCH_HIDDEN, LCE_BENCH_CLASSES = 1024, 32768  # the issue's: hidden 1024, vocabulary 32K
+
+
+def _linear_cross_entropy_bench(tokens: int, device, dtype) -> tuple:
+    """Hidden states [tokens, 1024] of a trained model's scale, a [32768, 1024] output
+    projection initialised as nn.Linear's (logits of std ~0.6: FACTS, no denormals)."""
+    hidden, classes = (4, 4) if tokens == 1 else (LCE_BENCH_HIDDEN, LCE_BENCH_CLASSES)
+    return (
+        torch.randn(tokens, hidden, device=device, dtype=dtype),
+        torch.empty(classes, hidden, device=device, dtype=dtype).uniform_(-1, 1) / hidden**0.5,
+        _targets((tokens,), classes, device),
+        None,
+        -100,
+        "mean",
+        0.0,
+    )
+
+
+def _linear_cross_entropy_flops(tokens: int) -> float:
+    hidden, classes = (4, 4) if tokens == 1 else (LCE_BENCH_HIDDEN, LCE_BENCH_CLASSES)
+    return 2 * tokens * hidden * classes
+
+
+def _linear_cross_entropy_property_inputs(
+    draw: Callable, st: ModuleType, tensors: Callable
+) -> tuple:
+    hidden, classes = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    batch = draw(st.lists(st.integers(0, 3), min_size=0, max_size=2))
+    x = draw(tensors(shape=[*batch, hidden]))
+    weight = draw(tensors(shape=[classes, hidden]))
+    bias = draw(tensors(shape=[classes])) if draw(st.booleans()) else None
+    ignore_index = draw(st.sampled_from([-100, 0]))
+    n = math.prod(batch)
+    values = draw(st.lists(st.integers(-1, classes - 1), min_size=n, max_size=n))
+    target = torch.tensor([ignore_index if v < 0 else v for v in values], dtype=torch.long)
+    reduction = draw(st.sampled_from(["none", "mean", "sum"]))
+    return (x, weight, target.reshape(batch), bias, ignore_index, reduction,
+            draw(st.sampled_from([0.0, 0.1])))  # fmt: skip
+
+
+def _linear_cross_entropy_error_inputs() -> list[ErrorInput]:
+    x, w, t = _t(4, 3), _t(5, 3), torch.tensor([0, 1, 2, 3])
+    label = r"customgrad\.linear_cross_entropy"
+    return [
+        ErrorInput(
+            "target past the last class",
+            lambda: (x, w, torch.tensor([0, 1, 5, 3]), None, -100, "mean", 0.0),
+            IndexError,
+            label + r": target 5 is out of range for 5 classes",
+        ),
+        ErrorInput(
+            "hidden size mismatch",
+            lambda: (_t(4, 6), w, t, None, -100, "mean", 0.0),
+            ValueError,
+            label + r": x of shape \[4, 6\] must end in weight's hidden size 3",
+        ),
+        ErrorInput(
+            "weight 1-D",
+            lambda: (x, _t(3), t, None, -100, "mean", 0.0),
+            ValueError,
+            label + r": weight must be 2-D \[classes, hidden\], got shape \[3\]",
+        ),
+        ErrorInput(
+            "target of the wrong shape",
+            lambda: (x, w, torch.tensor([0, 1]), None, -100, "mean", 0.0),
+            ValueError,
+            label + r": target of shape \[2\] must have shape \[4\]",
+        ),
+        ErrorInput(
+            "bias of the wrong shape",
+            lambda: (x, w, t, _t(4), -100, "mean", 0.0),
+            ValueError,
+            label + r": bias of shape \[4\] must be \[5\], one per class",
+        ),
+        ErrorInput(
+            "unknown reduction",
+            lambda: (x, w, t, None, -100, "max", 0.0),
+            ValueError,
+            label + r": reduction must be 'none', 'mean' or 'sum', got 'max'",
+        ),
+        ErrorInput(
+            "probability targets",
+            lambda: (x, w, torch.rand(4, 5), None, -100, "mean", 0.0),
+            TypeError,
+            label + r": target must be an integer tensor of class indices",
+        ),
+    ]
+
+
+def _native_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+                       momentum=0.1, eps=1e-5) -> Tensor:  # fmt: skip
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _running_stats(c, device, dtype):
+    return (
+        torch.randn(c, device=device, dtype=dtype) * 0.1,
+        torch.rand(c, device=device, dtype=dtype) + 0.5,
+    )
+
+
+def _batch_norm_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    def make(shape, rg=requires_grad):
+        return _make(shape, device, dtype, rg, scale=2.0)
+
+    def affine(c, rg=requires_grad):
+        w = (torch.rand(c, device=device, dtype=dtype) + 0.5).requires_grad_(rg)
+        return w, _make((c,), device, dtype, rg)
+
+    def call(name, x, stats=True, w=True, training=True, momentum=0.1, eps=1e-5, rg=None):
+        c = x.shape[1]
+        rm, rv = _running_stats(c, device, dtype) if stats else (None, None)
+        weight, bias = affine(c, requires_grad if rg is None else rg) if w else (None, None)
+        return Sample(name, (x, rm, rv, weight, bias, training, momentum, eps))
+
+    base = torch.randn(4, 5, device=device, dtype=dtype)
+    cl = torch.randn(2, 3, 4, 5, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    return [
+        call("1d-train", make((6, 4))),
+        call("1d-eval", make((6, 4)), training=False),
+        call("1d-sequence-train", make((4, 3, 5))),
+        call("2d-train", make((2, 3, 4, 5))),
+        call("2d-eval-no-affine", make((2, 3, 4, 5)), w=False, training=False),
+        call("3d-train", make((2, 3, 2, 2, 2)), momentum=0.5, eps=1e-3),
+        call("train-no-running-stats", make((5, 4)), stats=False),
+        call("train-no-affine", make((5, 4)), w=False, momentum=0.9),
+        call("one-sample-with-length", make((1, 3, 4))),  # M = 4 values per channel
+        call("transposed", _leaf_view(base.t(), requires_grad)),
+        call(
+            "strided",
+            _leaf_view(torch.randn(6, 8, device=device, dtype=dtype)[:, ::2], requires_grad),
+        ),  # fmt: skip
+        call("channels-last", _leaf_view(cl, requires_grad)),
+        call("x-no-grad", make((6, 4), rg=False)),
+        call("affine-no-grad", make((6, 4)), rg=False),
+        call("wide", make((8, 300))),
+        call("empty-batch-eval", make((0, 4)), training=False),
+    ]
+
+
+def _batch_norm_batch(rows: int, device, dtype) -> tuple:
+    """x [rows, 16] (BatchNorm1d) in eval mode, with running statistics, weight and bias: what
+    export and ONNX take (training-mode calls are the samples' and tests/test_norms.py's)."""
+    rm, rv = _running_stats(16, device, dtype)
+    return (
+        torch.randn(rows, 16, device=device, dtype=dtype) * 2 + 0.5,
+        rm,
+        rv,
+        torch.rand(16, device=device, dtype=dtype) + 0.5,
+        torch.randn(16, device=device, dtype=dtype),
+        False,
+        0.2,
+        1e-4,
+    )
+
+
+def _batch_norm_bench(numel: int, device, dtype) -> tuple:
+    """Training, BatchNorm1d on [rows, channels]: [4096, 4096] at 16M elements."""
+    channels = min(max(numel // 4, 1), 4096)
+    rm, rv = _running_stats(channels, device, dtype)
+    return (
+        torch.randn(numel // channels, channels, device=device, dtype=dtype),
+        rm,
+        rv,
+        torch.rand(channels, device=device, dtype=dtype) + 0.5,
+        torch.randn(channels, device=device, dtype=dtype),
+        True,
+        0.1,
+        1e-5,
+    )
+
+
+def _batch_norm_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    channels = draw(st.integers(1, 4))
+    rest = draw(st.lists(st.integers(1, 3), min_size=0, max_size=2))
+    batch = draw(st.integers(2, 4))
+    x = draw(tensors(shape=[batch, channels, *rest]))
+    training = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    rm = torch.randn(channels, generator=gen, dtype=torch.float64)
+    rv = torch.rand(channels, generator=gen, dtype=torch.float64) + 0.1
+    stats = (rm, rv) if (not training or draw(st.booleans())) else (None, None)
+    weight = draw(tensors(shape=[channels])) if draw(st.booleans()) else None
+    bias = draw(tensors(shape=[channels])) if draw(st.booleans()) else None
+    return (x, *stats, weight, bias, training, draw(st.sampled_from([0.1, 0.5])),
+            draw(st.sampled_from([1e-5, 1e-3])))  # fmt: skip
+
+
+def _batch_norm_error_inputs() -> list[ErrorInput]:
+    x = _t(4, 3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    label = r"customgrad\.batch_norm"
+    return [
+        ErrorInput(
+            "1-d x",
+            lambda: (_t(3), rm, rv, None, None, True, 0.1, 1e-5),
+            ValueError,
+            label + r": x must be \[N, C\] or \[N, C, \*\] \(channels in dim 1\), got shape \[3\]",
+        ),
+        ErrorInput(
+            "running_mean of the wrong size",
+            lambda: (x, torch.zeros(4), rv, None, None, True, 0.1, 1e-5),
+            ValueError,
+            label + r": running_mean of shape \[4\] must be \[3\], one per channel",
+        ),
+        ErrorInput(
+            "running_mean without running_var",
+            lambda: (x, rm, None, None, None, True, 0.1, 1e-5),
+            ValueError,
+            label + r": running_mean and running_var go together",
+        ),
+        ErrorInput(
+            "eval without running statistics",
+            lambda: (x, None, None, None, None, False, 0.1, 1e-5),
+            ValueError,
+            label + r": running_mean and running_var must be given in evaluation mode",
+        ),
+        ErrorInput(
+            "training on one value per channel",
+            lambda: (_t(1, 3), rm, rv, None, None, True, 0.1, 1e-5),
+            ValueError,
+            label + r": training needs more than one value per channel",
+        ),
+        ErrorInput(
+            "negative eps",
+            lambda: (x, rm, rv, None, None, True, 0.1, -1.0),
+            ValueError,
+            label + r": eps must be finite and >= 0, got -1.0",
+        ),
+        ErrorInput(
+            "running_mean that requires grad",
+            lambda: (
+                x.clone().requires_grad_(),
+                torch.zeros(3, requires_grad=True),
+                rv,
+                None,
+                None,
+                True,
+                0.1,
+                1e-5,
+            ),  # fmt: skip
+            RuntimeError,
+            label + r": running_mean requires grad, but running statistics get no gradient",
         ),
     ]
 
@@ -1059,6 +1639,90 @@ OP_TABLE: list[OpInfo] = [
         inf_allowed_where_native_nan=_infinite_affine,
         error_inputs=_layer_norm_error_inputs,
         cpu_fast_path=_norm_fast_path,
+    ),
+    OpInfo(
+        name="batch_norm",
+        func=batch_norm,
+        reference=_native_batch_norm,
+        reference_text="F.batch_norm(x, running_mean, running_var, weight, bias, training, ...)",
+        formula=(
+            "y = x̂·w + b, x̂ = (x-μ)·r per channel (training: the batch's μ, σ², running stats "
+            "updated; eval: the running ones) ; training: dL/dx = r·(u - mean(u) - "
+            "x̂·mean(u·x̂)), eval: r·u, u = w·g; dL/dw = Σ g·x̂, dL/db = Σ g"
+        ),
+        sample_inputs=_batch_norm_samples,
+        batch_inputs=_batch_norm_batch,
+        constant_args=(1, 2),  # the running statistics: buffers, no gradient
+        companions={"batch_norm_update_": batch_norm_update_onnx},
+        onnx_translation=batch_norm_onnx,
+        bench_sizes=POINTWISE_BENCH_SIZES,
+        bench_inputs=_batch_norm_bench,
+        bench_size_label=lambda n: (
+            f"[{n // min(max(n // 4, 1), 4096)},{min(max(n // 4, 1), 4096)}]"
+        ),
+        bench_against_compiled=True,
+        extreme_inputs=lambda x: (
+            x.detach().reshape(-1, 1).requires_grad_(x.requires_grad),  # one channel of 13
+            None,
+            None,
+            None,
+            None,
+            True,
+            0.1,
+            1e-5,
+        ),  # fmt: skip
+        property_inputs=_batch_norm_property_inputs,
+        error_inputs=_batch_norm_error_inputs,
+    ),
+    OpInfo(
+        name="cross_entropy",
+        func=cross_entropy,
+        reference=_native_cross_entropy,
+        reference_text="F.cross_entropy(input, target, weight, ignore_index=..., reduction=..., "
+        "label_smoothing=...)",
+        formula=(
+            "ℓ = (1-ε)·w_t·(lse - x_t) + (ε/C)·Σ_c w_c·(lse - x_c), mean: Σℓ / Σw_t ; "
+            "dL/dx = s·((1-ε)·w_t·(p - onehot(t)) + (ε/C)·(Σw·p - w)), p = softmax(x)"
+        ),
+        sample_inputs=_cross_entropy_samples,
+        batch_inputs=_cross_entropy_batch,
+        batch_args=(0, 1),  # the logits and their targets
+        constant_args=(2,),  # weight: native refuses one that requires grad, and so does the op
+        onnx_translation=cross_entropy_onnx,
+        bench_sizes=(16, 262_144, 16_777_216, 268_435_456),
+        bench_inputs=_cross_entropy_bench,
+        bench_size_label=lambda n: f"[{n // min(n, 32768)},{min(n, 32768)}]",
+        bench_against_compiled=True,
+        bench_peak_memory_size=268_435_456,  # [8192, 32768] logits
+        extreme_inputs=lambda x: (x, torch.tensor(3), None, -100, "mean", 0.0),
+        property_inputs=_cross_entropy_property_inputs,
+        exact_reference=_ignored_rows_zeroed,
+        error_inputs=_cross_entropy_error_inputs,
+    ),
+    OpInfo(
+        name="linear_cross_entropy",
+        func=linear_cross_entropy,
+        reference=native_linear_cross_entropy,
+        reference_text="F.cross_entropy(F.linear(x, weight, bias), target, ...)",
+        formula=(
+            "per chunk of rows: z = x·Wᵀ + b, ℓ as cross_entropy ; dz = s·dℓ/dz, "
+            "dL/dx = dz·W, dL/dW = Σ dzᵀ·x, dL/db = Σ dz (computed in the forward)"
+        ),
+        sample_inputs=_linear_cross_entropy_samples,
+        batch_inputs=_linear_cross_entropy_batch,
+        batch_args=(0, 2),  # the hidden states and their targets
+        onnx_translation=linear_cross_entropy_onnx,
+        bench_sizes=(1, 16, 1024, 4096),
+        bench_inputs=_linear_cross_entropy_bench,
+        roofline="matmul",
+        bench_forward_flops=_linear_cross_entropy_flops,
+        bench_size_unit="tokens",
+        bench_peak_memory_size=4096,  # 4096 tokens, hidden 1024, vocabulary 32768
+        bench_size_label=lambda n: "[1,4]x[4,4]" if n == 1 else f"[{n},1024]x[1024,32768]",
+        extreme_inputs=None,  # sums of ±inf through a matmul are order-dependent (as linear)
+        property_inputs=_linear_cross_entropy_property_inputs,
+        exact_reference=_ignored_tokens_dropped,
+        error_inputs=_linear_cross_entropy_error_inputs,
     ),
 ]
 

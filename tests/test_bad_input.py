@@ -24,6 +24,8 @@ def shared_bad_calls(info: OpInfo) -> list[ErrorInput]:
     names = [a.name for a in info.op._schema.arguments]
     label = re.escape(info.label)
     tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    floating = [i for i in tensors if args[i].is_floating_point()]
+    indices = [i for i in tensors if not args[i].is_floating_point()]  # class indices
 
     def replaced(i: int, value: object):
         return lambda: (*args[:i], value, *args[i + 1 :])
@@ -35,7 +37,16 @@ def shared_bad_calls(info: OpInfo) -> list[ErrorInput]:
             TypeError,
             rf"{label}: {names[i]} must be a floating-point tensor .* torch\.int64",
         )
-        for i in tensors
+        for i in floating
+    ]
+    cases += [
+        ErrorInput(
+            f"floating-point {names[i]}",
+            replaced(i, args[i].to(torch.float32)),
+            TypeError,
+            rf"{label}: {names[i]} must be an integer tensor .* torch\.float32",
+        )
+        for i in indices
     ]
     first, x = tensors[0], args[tensors[0]]
     name = names[first]
@@ -68,13 +79,16 @@ def shared_bad_calls(info: OpInfo) -> list[ErrorInput]:
         ),
     ]
     for i in tensors[1:]:
+        if i in floating:
+            cases.append(
+                ErrorInput(
+                    f"{names[i]} float64, {name} float32",
+                    replaced(i, args[i].double()),
+                    TypeError,
+                    rf"{label}: {name} and {names[i]} must have the same dtype",
+                )
+            )
         cases += [
-            ErrorInput(
-                f"{names[i]} float64, {name} float32",
-                replaced(i, args[i].double()),
-                TypeError,
-                rf"{label}: {name} and {names[i]} must have the same dtype",
-            ),
             ErrorInput(
                 f"{names[i]} on meta, {name} on cpu",
                 replaced(i, args[i].to("meta")),

@@ -14,7 +14,7 @@ from conftest import assert_close_named, bind_constants, op_params
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, leaves, requiring_grad
+from opslib.op_table import OP_TABLE, among_tensors, leaves, requiring_grad
 
 BATCHES_AFTER_WARMUP = [3, 8, 64, 129]
 
@@ -26,8 +26,8 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _forward_and_grads(fn, args):
-    args = leaves(args)
+def _forward_and_grads(fn, args, constant=()):
+    args = leaves(args, constant=constant)
     y = fn(*args)
     y.backward(torch.ones_like(y))
     return y.detach(), [a.grad for a in requiring_grad(args)]
@@ -39,14 +39,16 @@ def test_op_compiles_fullgraph_dynamic_batch_without_recompiles(info):
     Non-tensor arguments are constants of the compiled code (see the next test for floats
     passed in as inputs)."""
     counter = CompileCounterWithBackend("aot_eager")
-    func, warmup = bind_constants(info.func, info.batch_inputs(2, "cpu", torch.float32))
+    full_args = info.batch_inputs(2, "cpu", torch.float32)
+    constant = among_tensors(full_args, info.constant_args)
+    func, warmup = bind_constants(info.func, full_args)
     compiled = torch.compile(func, backend=counter, fullgraph=True, dynamic=True)
-    _forward_and_grads(compiled, warmup)
+    _forward_and_grads(compiled, warmup, constant)
     with torch.compiler.set_stance("fail_on_recompile"):
         for rows in BATCHES_AFTER_WARMUP:
             _, args = bind_constants(info.func, info.batch_inputs(rows, "cpu", torch.float32))
-            y, grads = _forward_and_grads(compiled, args)
-            y_ref, grads_ref = _forward_and_grads(func, args)
+            y, grads = _forward_and_grads(compiled, args, constant)
+            y_ref, grads_ref = _forward_and_grads(func, args, constant)
             assert_close_named(y, y_ref, f"{info.name} compiled forward, batch {rows}")
             for i, (g, g_ref) in enumerate(zip(grads, grads_ref, strict=True)):
                 assert_close_named(g, g_ref, f"{info.name} compiled grad {i}, batch {rows}")
@@ -61,12 +63,12 @@ def _float_params(table=OP_TABLE) -> list:
     ]
 
 
-def _backend_calls(fn, args_per_call) -> int:
+def _backend_calls(fn, args_per_call, constant=()) -> int:
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(fn, backend=counter, fullgraph=True, dynamic=True)
     for args in args_per_call:
-        _forward_and_grads(compiled, args)
+        _forward_and_grads(compiled, args, constant)
     return counter.frame_count
 
 
@@ -79,15 +81,16 @@ def test_float_arguments_given_as_inputs_recompile_only_when_their_value_changes
     changed = tuple(a + 0.25 if type(a) is float else a for a in same[-1])
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(info.func, backend=counter, fullgraph=True, dynamic=True)
-    _forward_and_grads(compiled, first)
+    constant = info.constant_args
+    _forward_and_grads(compiled, first, constant)
     after_warmup = counter.frame_count
     with torch.compiler.set_stance("fail_on_recompile"):
         for args in same:
-            _forward_and_grads(compiled, args)
+            _forward_and_grads(compiled, args, constant)
     assert counter.frame_count == after_warmup
     for args in (*same, changed):
-        y, grads = _forward_and_grads(compiled, args)
-        y_ref, grads_ref = _forward_and_grads(info.func, args)
+        y, grads = _forward_and_grads(compiled, args, constant)
+        y_ref, grads_ref = _forward_and_grads(info.func, args, constant)
         assert_close_named(y, y_ref, f"{info.name} compiled with float inputs")
         for i, (g, g_ref) in enumerate(zip(grads, grads_ref, strict=True)):
             assert_close_named(g, g_ref, f"{info.name} compiled with float inputs, grad {i}")
@@ -104,7 +107,8 @@ def test_float_arguments_given_as_inputs_recompile_only_when_their_value_changes
 @pytest.mark.parametrize("info", _float_params())
 def test_float_arguments_given_as_inputs_compile_without_a_restart(info):
     """The first compile is one trace, with no restart (two backend calls would mean one)."""
-    assert _backend_calls(info.func, [info.batch_inputs(2, "cpu", torch.float32)]) == 1
+    args = info.batch_inputs(2, "cpu", torch.float32)
+    assert _backend_calls(info.func, [args], info.constant_args) == 1
 
 
 def test_model_is_one_graph_with_no_breaks():
@@ -141,18 +145,33 @@ def test_training_step_with_inductor_matches_eager_without_recompiles():
                 assert_close_named(
                     g, g_ref, f"inductor grad {name}, batch {rows}", atol=1e-5, rtol=1e-4
                 )
-    assert counter.frame_count == 1
+    # One graph. Its LayerNorm's float eps makes dynamo restart the first trace once (two
+    # backend calls), exactly as for the torch.nn twin (see the xfail on float inputs above).
+    frames = counter.frame_count
+    torch._dynamo.reset()  # the twin's first trace, as fresh as ours was
+    twin_counter = CompileCounterWithBackend("aot_eager")
+    twin = torch.compile(MLPClassifier(native=True), backend=twin_counter, fullgraph=True,
+                         dynamic=True)  # fmt: skip
+    loss_and_grads(twin, twin, *batch(2))
+    assert frames == twin_counter.frame_count <= 2
 
 
 def test_inductor_fuses_every_op_forward_and_keeps_the_registered_backward(table=OP_TABLE):
-    """Under inductor, each op's forward is its registered formula in generated code (no call
-    to a customgrad op is left to run); values and gradients still equal eager's, so the
-    backward is the op's own. One compile over every op of the table keeps this test short."""
+    """Under inductor, the forward of each op that registers a formula for it is that formula in
+    generated code (no call to the op is left to run); values and gradients still equal eager's,
+    so the backward is the op's own. One compile over all of them keeps this test short. (Ops
+    without one, such as cross_entropy, whose kernel checks the target values, stay calls.)"""
     from torch._inductor.utils import fresh_inductor_cache, run_and_get_code
 
+    from opslib.core.registration import has_inductor_decomposition
+
+    table = [info for info in table if has_inductor_decomposition(info.op)]
+    assert table, "no op registers an inductor formula"
     torch.manual_seed(0)
-    bound = [
-        bind_constants(info.func, info.batch_inputs(6, "cpu", torch.float32)) for info in table
+    batches = [info.batch_inputs(6, "cpu", torch.float32) for info in table]
+    bound = [bind_constants(info.func, args) for info, args in zip(table, batches, strict=True)]
+    constants = [
+        among_tensors(args, info.constant_args) for info, args in zip(table, batches, strict=True)
     ]
 
     def every_op(*flat):
@@ -163,7 +182,11 @@ def test_inductor_fuses_every_op_forward_and_keeps_the_registered_backward(table
         return outputs
 
     def run(fn):
-        flat = leaves(tuple(t for _, tensors in bound for t in tensors))
+        flat = tuple(
+            t
+            for (_, tensors), constant in zip(bound, constants, strict=True)
+            for t in leaves(tensors, constant=constant)
+        )
         outputs = fn(*flat)
         sum(y.sum() for y in outputs).backward()
         return outputs, [a.grad for a in requiring_grad(flat)]
@@ -183,14 +206,17 @@ def test_inductor_fuses_every_op_forward_and_keeps_the_registered_backward(table
 
 @pytest.mark.parametrize("info", op_params())
 def test_op_exports_with_dynamic_batch_and_keeps_its_node(info):
-    func, tensors = bind_constants(info.func, info.batch_inputs(4, "cpu", torch.float32))
+    args = info.batch_inputs(4, "cpu", torch.float32)
+    func, tensors = bind_constants(info.func, args)
+    of_the_batch = among_tensors(args, info.batch_args)
 
     class OpModule(torch.nn.Module):
         def forward(self, *tensors):
             return func(*tensors)
 
     batch = torch.export.Dim("batch", min=2)
-    dynamic_shapes = ({0: batch}, *([None] * (len(tensors) - 1)))
+    # every tensor of the batch (logits and their targets) shares its dynamic dim 0
+    dynamic_shapes = tuple({0: batch} if i in of_the_batch else None for i in range(len(tensors)))
     program = torch.export.export(OpModule(), tensors, dynamic_shapes=(dynamic_shapes,))
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     assert str(info.op) in targets, targets

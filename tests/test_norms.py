@@ -44,3 +44,128 @@ def test_norms_of_rows_far_from_zero_are_as_accurate_as_native(op, mean):
         ours_error, native_error = (o - e).abs().max().item(), (n - e).abs().max().item()
         eps = torch.finfo(torch.float32).eps * e.abs().max().item()
         assert ours_error <= native_error + eps, (i, ours_error, native_error)
+
+
+# ---- batch_norm: the running statistics, the update op, the modules ----
+
+BATCH_NORM_SHAPES = [(8, 4), (4, 3, 5), (2, 3, 4, 5), (2, 3, 2, 3, 2)]
+
+
+@pytest.mark.parametrize("shape", BATCH_NORM_SHAPES, ids=str)
+@pytest.mark.parametrize("momentum", [0.1, 0.7])
+def test_batch_norm_updates_running_statistics_as_native(shape, momentum):
+    """Three training steps: native's running mean and unbiased running variance, each step,
+    and the same y."""
+    torch.manual_seed(0)
+    c = shape[1]
+    ours = [torch.randn(c) * 0.1, torch.rand(c) + 0.5]
+    native = [t.clone() for t in ours]
+    for _ in range(3):
+        x = torch.randn(shape) * 3 + 1
+        y = opslib.batch_norm(x, *ours, None, None, True, momentum, 1e-5)
+        y_ref = F.batch_norm(x, *native, None, None, True, momentum, 1e-5)
+        torch.testing.assert_close(y, y_ref)
+        for got, want in zip(ours, native, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_batch_norm_update_op_passes_opcheck():
+    update = torch.ops.customgrad.batch_norm_update_
+    args = (torch.zeros(4), torch.ones(4), torch.randn(4), torch.rand(4), 6, 0.1)
+    tests = (
+        "test_schema",
+        "test_autograd_registration",
+        "test_faketensor",
+        "test_aot_dispatch_static",
+        "test_aot_dispatch_dynamic",
+    )
+    result = torch.library.opcheck(update, args, test_utils=tests)
+    assert result == dict.fromkeys(tests, "SUCCESS")
+
+
+def test_batch_norm_update_refusal_changes_nothing():
+    running_mean, running_var = torch.zeros(4), torch.ones(4)
+    with pytest.raises(ValueError, match=r"customgrad\.batch_norm_update_: count must be > 1"):
+        torch.ops.customgrad.batch_norm_update_(
+            running_mean, running_var, torch.randn(4), torch.rand(4), 1, 0.1
+        )
+    with pytest.raises(ValueError, match=r"customgrad\.batch_norm_update_: var of shape \[3\]"):
+        torch.ops.customgrad.batch_norm_update_(
+            running_mean, running_var, torch.randn(4), torch.rand(3), 5, 0.1
+        )
+    assert torch.equal(running_mean, torch.zeros(4)) and torch.equal(running_var, torch.ones(4))
+
+
+@pytest.mark.parametrize("module", ["BatchNorm1d", "BatchNorm2d"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_modules_train_and_evaluate_as_torch_nn(module, momentum):
+    torch.manual_seed(0)
+    ours = getattr(opslib.nn, module)(3, momentum=momentum)
+    native = getattr(torch.nn, module)(3, momentum=momentum)
+    assert isinstance(ours, getattr(torch.nn, module))
+    ours.load_state_dict(native.state_dict())
+    shape = (6, 3, 5) if module == "BatchNorm1d" else (2, 3, 4, 4)
+    for _ in range(3):
+        x = torch.randn(shape).requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        y, y_ref = ours(x), native(x_ref)
+        torch.testing.assert_close(y, y_ref)
+        g = torch.randn_like(y)
+        torch.testing.assert_close(
+            torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_ref, x_ref, g)[0]
+        )
+    for (name, a), b in zip(ours.state_dict().items(), native.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)
+    ours.eval(), native.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), native(x))
+
+
+def test_batch_norm_training_compiles_fullgraph_with_buffer_updates_and_no_recompiles():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    ours, native = opslib.nn.BatchNorm1d(16), torch.nn.BatchNorm1d(16)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(ours, backend=counter, fullgraph=True, dynamic=True)
+    for rows in (5, 9, 33):
+        x = torch.randn(rows, 16) * 2 + 1
+        y = compiled(x.requires_grad_())
+        y.sum().backward()
+        torch.testing.assert_close(y, native(x))
+    torch.testing.assert_close(ours.running_mean, native.running_mean)
+    torch.testing.assert_close(ours.running_var, native.running_var)
+    assert int(ours.num_batches_tracked) == 3
+    assert counter.frame_count <= 2  # eps and momentum: dynamo's one restart (test_compile_export)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        compiled(torch.randn(70, 16).requires_grad_())
+
+
+def test_batch_norm_exports_in_training_mode_with_its_buffer_update_and_refuses_onnx(tmp_path):
+    """The exported program keeps the update and runs it (the same running statistics as the
+    eager model after the same batch); ONNX, an inference format, refuses training mode."""
+    import copy
+
+    from opslib import onnx as opslib_onnx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(opslib.nn.Linear(4, 3), opslib.nn.BatchNorm1d(3)).train()
+    eager = copy.deepcopy(model)
+    program = torch.export.export(model, (torch.randn(8, 4),))
+    exported, x = program.module(), torch.randn(8, 4)
+    torch.testing.assert_close(exported(x), eager(x))
+    for name in ("1.running_mean", "1.running_var"):
+        torch.testing.assert_close(exported.state_dict()[name], eager.state_dict()[name])
+    with pytest.raises(Exception, match=r"customgrad\.batch_norm: ONNX export needs evaluation"):
+        opslib_onnx.export(model, (torch.randn(8, 4),), tmp_path / "train.onnx")
+
+
+def test_batch_norm_under_vmap_refuses_to_update_running_statistics():
+    x = torch.randn(5, 6, 3)
+    with pytest.raises(RuntimeError, match=r"customgrad\.batch_norm: vmap cannot update"):
+        torch.vmap(lambda x: opslib.batch_norm(x, torch.zeros(3), torch.ones(3), training=True))(x)
+    per_sample = torch.vmap(lambda x: opslib.batch_norm(x, None, None, training=True))(x)
+    torch.testing.assert_close(
+        per_sample, torch.stack([F.batch_norm(s, None, None, training=True) for s in x])
+    )

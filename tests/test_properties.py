@@ -95,8 +95,8 @@ def op_inputs(draw, info):
     return info.property_inputs(draw, st, tensors)
 
 
-def _leaves(args, dtype):
-    return leaves(args, requires_grad=True, dtype=dtype)
+def _leaves(args, dtype, constant=()):
+    return leaves(args, requires_grad=True, dtype=dtype, constant=constant)
 
 
 def _run(fn, args, grad_y):
@@ -128,8 +128,8 @@ def _expected_pattern(native, exact, dtype, inf_limit_allowed):
 
 
 def _check(info, args, dtype):
-    cast = _leaves(args, dtype)
-    native_leaves = _leaves(cast, dtype)  # same rounded values
+    cast = _leaves(args, dtype, info.constant_args)
+    native_leaves = _leaves(cast, dtype, info.constant_args)  # same rounded values
     y_shape = info.reference(*native_leaves).shape
     grad_y = torch.randn(y_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     grad_y = grad_y.to(dtype)
@@ -139,7 +139,7 @@ def _check(info, args, dtype):
     what = f"{info.name} {dtype} args {[describe(a) for a in args]}"
     inf_limit_allowed = info.inf_allowed_where_native_nan(cast)
     exact_reference = info.exact_reference or info.reference
-    exact = _run(exact_reference, _leaves(cast, torch.float64), grad_y.double())
+    exact = _run(exact_reference, _leaves(cast, torch.float64, info.constant_args), grad_y.double())
     if dtype in (torch.float32, torch.float64):
         for name, o, n, e in zip(names, ours, native, exact, strict=True):
             want, inf_limit_ok = _expected_pattern(n, e, dtype, inf_limit_allowed)

@@ -21,21 +21,25 @@ from conftest import bind_constants
 
 import opslib
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, OpInfo, leaves, requiring_grad
+from opslib.op_table import OP_TABLE, OpInfo, among_tensors, leaves, requiring_grad
 
 # TorchScript warns on every call that it is deprecated; silenced here, and only here.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 
 def every_op_module_source(table: list[OpInfo]) -> str:
-    """A module whose forward takes every op's arguments, typed as its schema types them, and
-    returns every op's output."""
+    """A module whose forward takes every op's arguments (those its batch_inputs give: trailing
+    schema arguments past them keep their defaults), typed as its schema types them, and
+    returns every op's output (the first, for an op with several: the result its public
+    function returns)."""
     params, calls = [], []
     for k, info in enumerate(table):
-        arguments = info.op._schema.arguments
+        given = len(info.batch_inputs(2, "cpu", torch.float32))
+        arguments = info.op._schema.arguments[:given]
         names = [f"{a.name}_{k}" for a in arguments]
         params += [f"{n}: {a.type}" for n, a in zip(names, arguments, strict=True)]
-        calls.append(f"torch.ops.{info.namespace}.{info.name}({', '.join(names)})")
+        first = "[0]" if len(info.op._schema.returns) > 1 else ""
+        calls.append(f"torch.ops.{info.namespace}.{info.name}({', '.join(names)}){first}")
     return textwrap.dedent(
         """\
         from typing import List, Optional, Tuple
@@ -66,6 +70,18 @@ def every_op_args(table: list[OpInfo], rows: int) -> tuple:
     return tuple(a for info in table for a in info.batch_inputs(rows, "cpu", torch.float32))
 
 
+def every_op_constants(table: list[OpInfo], rows: int, tensors_only: bool = False) -> tuple:
+    """The positions of every op's ``constant_args`` in ``every_op_args`` (or in the tuple of
+    its tensors alone): the tensors that never require grad."""
+    positions, offset = [], 0
+    for info in table:
+        args = info.batch_inputs(rows, "cpu", torch.float32)
+        own = among_tensors(args, info.constant_args) if tensors_only else info.constant_args
+        positions += [offset + i for i in own]
+        offset += sum(isinstance(a, torch.Tensor) for a in args) if tensors_only else len(args)
+    return tuple(positions)
+
+
 LOAD_AND_CHECK = """
     import sys, warnings, torch, opslib
     warnings.simplefilter("ignore")
@@ -86,13 +102,13 @@ LOAD_AND_CHECK = """
 """
 
 
-def check_round_trip(converted, args: tuple, tmp_path, *imports: str) -> None:
+def check_round_trip(converted, args: tuple, tmp_path, *imports: str, constant=()) -> None:
     """``converted`` (scripted or traced) saved, loaded in a fresh process, run on ``args`` and
     differentiated; outputs must equal those of this process."""
     out = converted(*args)
     expected = [o.detach() for o in (out if isinstance(out, tuple) else (out,))]
     converted.save(tmp_path / "model.ts")
-    inputs = leaves(args)
+    inputs = leaves(args, constant=constant)
     torch.save(
         {"args": inputs, "expected": expected, "num_grads": len(requiring_grad(inputs))},
         tmp_path / "io.pt",
@@ -123,7 +139,10 @@ def test_every_op_scripted_round_trips_in_a_fresh_process(tmp_path, table=OP_TAB
     scripted = torch.jit.script(module)
     for got, want in zip(scripted(*args), module(*args), strict=True):
         torch.testing.assert_close(got, want)
-    check_round_trip(scripted, every_op_args(table, 3), tmp_path, *imports)
+    check_round_trip(
+        scripted, every_op_args(table, 3), tmp_path, *imports,
+        constant=every_op_constants(table, 3),
+    )  # fmt: skip
 
 
 class _Traced(torch.nn.Module):
@@ -149,7 +168,8 @@ def test_every_op_traced_round_trips_in_a_fresh_process(tmp_path, table=OP_TABLE
     module = _Traced(table)
     tensors = tuple(t for _, own in module.calls for t in own)
     traced = torch.jit.trace(module, tensors)
-    check_round_trip(traced, tensors, tmp_path, *imports)
+    constant = every_op_constants(table, 5, tensors_only=True)
+    check_round_trip(traced, tensors, tmp_path, *imports, constant=constant)
 
 
 @pytest.mark.parametrize("how", ["script", "trace"])

@@ -25,11 +25,19 @@ def _loop(fn, in_dims, args):
     return torch.stack(outs)
 
 
+def _another(a: torch.Tensor) -> torch.Tensor:
+    """An independent tensor like ``a``: random values, or for integer tensors (class indices)
+    a shuffle of a's own, so that every value stays valid."""
+    if a.is_floating_point():
+        return torch.randn_like(a)
+    return a.flatten()[torch.randperm(a.numel())].reshape(a.shape)
+
+
 def _batched(args: tuple, in_dims: tuple) -> list:
     """B independent copies of each argument with an in_dim, stacked along it: each slice is a
     valid call of the op, whatever the other arguments are."""
     return [
-        a if d is None else torch.stack([torch.randn_like(a) for _ in range(B)], dim=d)
+        a if d is None else torch.stack([_another(a) for _ in range(B)], dim=d)
         for a, d in zip(args, in_dims, strict=True)
     ]
 
@@ -88,8 +96,8 @@ def test_autocast_cpu_follows_native(info, dtype):
     """Under CPU autocast the op computes in the dtype native does (linear: the autocast dtype,
     like F.linear; pointwise ops: their input's), and its gradients reach the inputs in the
     dtype native's do."""
-    args = leaves(info.batch_inputs(8, "cpu", torch.float32))
-    native_args = leaves(args)
+    args = leaves(info.batch_inputs(8, "cpu", torch.float32), constant=info.constant_args)
+    native_args = leaves(args, constant=info.constant_args)
     with torch.autocast("cpu", dtype=dtype):
         ours, native = info.func(*args), info.reference(*native_args)
     assert ours.dtype == native.dtype, f"{info.name}: {ours.dtype} vs native {native.dtype}"

@@ -176,7 +176,7 @@ def test_ops_take_the_triton_path_on_cuda_and_keep_the_contract(info, monkeypatc
     for fn in launchers:
         original = getattr(_triton, fn)
         monkeypatch.setattr(_triton, fn, lambda *a, f=original, n=fn: calls.append(n) or f(*a))
-    args = leaves(info.batch_inputs(64, "cuda", torch.float32))
+    args = leaves(info.batch_inputs(64, "cuda", torch.float32), constant=info.constant_args)
     y = info.func(*args)
     y.backward(torch.ones_like(y))
     assert len(calls) == 2, calls  # one forward kernel, one backward kernel

@@ -64,6 +64,39 @@ def check_floating_input(op: str, name: str, t: Tensor) -> None:
         )
 
 
+def check_index_input(op: str, name: str, t: Tensor, like: Tensor, like_name: str) -> None:
+    """A dense tensor of integer indices (class indices) on the device of ``like`` (the
+    argument ``like_name``)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{label(op)}: {name} must be a Tensor, got {type(t).__name__}")
+    if t.layout is not _STRIDED:
+        raise TypeError(
+            f"{label(op)}: {name} must be a dense (strided) tensor, got layout {t.layout}; "
+            f"call .to_dense() first"
+        )
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(
+            f"{label(op)}: {name} must be an integer tensor of class indices, got {t.dtype} "
+            f"(class probabilities as targets are not supported)"
+        )
+    if t.device != like.device:
+        raise ValueError(
+            f"{label(op)}: {like_name} and {name} must be on the same device, got {like_name} "
+            f"on {like.device} and {name} on {t.device}"
+        )
+
+
+def check_same_device(op: str, named: dict[str, Tensor]) -> None:
+    """All tensor arguments on one device (no silent copies)."""
+    (first_name, first), *rest = named.items()
+    for name, t in rest:
+        if t.device != first.device:
+            raise ValueError(
+                f"{label(op)}: {first_name} and {name} must be on the same device, "
+                f"got {first_name} on {first.device} and {name} on {t.device}"
+            )
+
+
 def check_same_dtype_and_device(op: str, named: dict[str, Tensor]) -> None:
     """All tensor arguments share one dtype and one device (no silent promotion or copies)."""
     (first_name, first), *rest = named.items()

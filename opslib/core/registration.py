@@ -205,6 +205,11 @@ def register_inductor_decomposition(op: Op, formula: Callable[..., Tensor]) -> N
     _INDUCTOR_DECOMPOSITIONS[op.default] = formula
 
 
+def has_inductor_decomposition(op: Op | torch._ops.OpOverload) -> bool:
+    """Whether ``register_inductor_decomposition`` gave the op a formula for inductor."""
+    return getattr(op, "default", op) in _INDUCTOR_DECOMPOSITIONS
+
+
 def install_inductor_decompositions() -> None:
     """Copy the registered formulas into inductor's decomposition table, once.
 

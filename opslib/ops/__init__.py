@@ -2,11 +2,14 @@
 
 from opslib.core import cpu_kernels as _cpu_kernels
 from opslib.ops.adam import adam_step_
+from opslib.ops.batch_norm import batch_norm
+from opslib.ops.cross_entropy import cross_entropy
 from opslib.ops.cube import cube
 from opslib.ops.exp import exp
 from opslib.ops.layer_norm import layer_norm
 from opslib.ops.learned_silu import learned_silu
 from opslib.ops.linear import linear
+from opslib.ops.linear_cross_entropy import linear_cross_entropy
 from opslib.ops.log_softmax import log_softmax
 from opslib.ops.relu import relu
 from opslib.ops.rms_norm import rms_norm
@@ -24,11 +27,14 @@ __all__ = [
     "adam_step_",
     "cpu_fast_path_enabled",
     "cpu_kernels_enabled",
+    "batch_norm",
+    "cross_entropy",
     "cube",
     "exp",
     "layer_norm",
     "learned_silu",
     "linear",
+    "linear_cross_entropy",
     "log_softmax",
     "relu",
     "rms_norm",

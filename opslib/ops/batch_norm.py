@@ -1,0 +1,393 @@
+"""``opslib.batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+momentum=0.1, eps=1e-5)``: batch normalisation (Ioffe & Szegedy, 2015), as ``F.batch_norm``,
+made of two ops, because ``register_autograd`` refuses an op that mutates its inputs:
+
+- ``customgrad::batch_norm(Tensor x, Tensor? running_mean, Tensor? running_var,
+  Tensor? weight=None, Tensor? bias=None, bool training=False, float momentum=0.1,
+  float eps=1e-05) -> (Tensor y, Tensor mean, Tensor var)``, functional, with autograd: the
+  normalised output, and in training the batch's per-channel mean and (biased) variance;
+- ``customgrad::batch_norm_update_(Tensor(a!) running_mean, Tensor(b!) running_var,
+  Tensor mean, Tensor var, SymInt count, float momentum) -> ()``, which updates the running
+  statistics in place from them, as native does in training (no autograd: buffers).
+
+``opslib.batch_norm`` calls the first and, in training with running statistics, the second, and
+returns y. Under torch.compile the update is functionalised like any mutating op and inductor
+writes the buffers back in place; torch.export records it as a buffer mutation.
+
+x is ``[N, C]`` or ``[N, C, *]`` (BatchNorm1d/2d/3d); channel c's statistics are over every
+element of dim 1's slice c: M = N · ∏spatial elements.
+
+Forward (one channel: x_1..x_M; weight w and bias b, or 1 and 0)
+    training:  μ = (1/M) Σ_k x_k,  σ² = (1/M) Σ_k (x_k - μ)²   (the batch's)
+    eval:      μ, σ² = running_mean[c], running_var[c]
+    r = 1 / sqrt(σ² + eps),  x̂_k = (x_k - μ) r,  y_k = x̂_k w + b
+
+Running statistics (training, native's rule: the variance unbiased, M/(M-1))
+    running_mean ← (1 - momentum) running_mean + momentum μ
+    running_var  ← (1 - momentum) running_var  + momentum σ² M/(M-1)
+
+Backward (g = dL/dy, u_k = w g_k)
+    training: μ and σ² depend on every x_k of the channel, exactly as layer_norm's row
+        statistics do on the row (derived in ``opslib/ops/layer_norm.py``):
+        dL/dx_k = r (u_k - (1/M) Σ_j u_j - x̂_k (1/M) Σ_j u_j x̂_j)
+    eval: μ and σ² are constants
+        dL/dx_k = r u_k
+    both: dL/dw = Σ_k g_k x̂_k,  dL/db = Σ_k g_k   (per channel)
+    The running statistics get no gradient (native refuses ones that require grad; so does
+    this op).
+
+Saved for backward: x, weight, and the statistics used (mean and 1/sqrt(var + eps), [C]):
+what native saves.
+
+Kernels: the statistics are ``torch.var_mean`` (one pass, Welford's algorithm: no
+cancellation of mean(x²) - μ²), the normalisation is ATen's ``native_batch_norm`` given those
+statistics (one pass), and a first-order backward is ATen's ``native_batch_norm_backward``, the
+formula above in one kernel. ``create_graph=True`` takes ``_backward_formula``, the same math in
+differentiable torch ops (the statistics recomputed from x, so their dependence on x is
+differentiated again). float16/bfloat16 x: statistics in float32, as native (weight, bias and
+the statistics then join in float32: ATen's mixed-precision rule).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from opslib.core.checks import (
+    check_floating_input,
+    check_same_device,
+    check_same_dtype_and_device,
+    fmt_shape,
+    input_grad_flags,
+    label,
+)
+from opslib.core.registration import define_mutating_op, define_op, register_vmap
+
+OP = "batch_norm"
+HALF = (torch.float16, torch.bfloat16)
+
+
+def _check(x, running_mean, running_var, weight, bias, training, momentum, eps) -> None:
+    check_floating_input(OP, "x", x)
+    if x.dim() < 2:
+        raise ValueError(
+            f"{label(OP)}: x must be [N, C] or [N, C, *] (channels in dim 1), got shape "
+            f"{fmt_shape(x.shape)}"
+        )
+    channels = x.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):  # fmt: skip
+        if t is None:
+            continue
+        check_floating_input(OP, name, t)
+        # x's dtype, or float32 beside a float16/bfloat16 x (native's mixed precision)
+        if t.dtype == torch.float32 and x.dtype in HALF:
+            check_same_device(OP, {"x": x, name: t})
+        else:
+            check_same_dtype_and_device(OP, {"x": x, name: t})
+        if list(t.shape) != [channels]:
+            raise ValueError(
+                f"{label(OP)}: {name} of shape {fmt_shape(t.shape)} must be [{channels}], "
+                f"one per channel of x (dim 1)"
+            )
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            f"{label(OP)}: running_mean and running_var go together: give both or neither"
+        )
+    if not training and running_mean is None:
+        raise ValueError(
+            f"{label(OP)}: running_mean and running_var must be given in evaluation mode "
+            f"(training=False normalises with them)"
+        )
+    if training and x.numel() // max(channels, 1) <= 1 and x.numel() > 0:
+        raise ValueError(
+            f"{label(OP)}: training needs more than one value per channel to compute a batch "
+            f"variance, got x of shape {fmt_shape(x.shape)}"
+        )
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{label(OP)}: eps must be finite and >= 0, got {eps}")
+    if not math.isfinite(momentum):
+        raise ValueError(f"{label(OP)}: momentum must be finite, got {momentum}")
+
+
+def _reduced_dims(x: Tensor) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+def _stats_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in HALF else x.dtype
+
+
+def _params(x: Tensor, *tensors: Tensor | None) -> list[Tensor | None]:
+    """weight, bias and statistics in one dtype, as native_batch_norm requires them: x's, or
+    float32 if x is float16/bfloat16 and any of them is float32."""
+    dtype = x.dtype
+    if x.dtype in HALF and any(t is not None and t.dtype == torch.float32 for t in tensors):
+        dtype = torch.float32
+    return [t.to(dtype) if t is not None else None for t in tensors]
+
+
+def _batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of a batch, in the statistics dtype."""
+    xs = x.to(_stats_dtype(x))
+    var, mean = torch.var_mean(xs, _reduced_dims(x), correction=0)
+    return mean, var
+
+
+def _forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    if training:
+        mean, var = _batch_statistics(x)
+    else:
+        mean, var = running_mean, running_var
+    w, b, m, v = _params(x, weight, bias, mean, var)
+    y = torch.ops.aten.native_batch_norm(x, w, b, m, v, False, 0.0, eps)[0]
+    # ATen's CPU kernel and its meta function lay out the output of a non-dense x differently;
+    # both become x's suggested layout (channels-last stays channels-last)
+    y = y.contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
+    if not training:
+        mean, var = x.new_empty(0), x.new_empty(0)
+    return y, mean, var
+
+
+def _batch_norm_kernel(x, running_mean, running_var, weight=None, bias=None, training=False,
+                       momentum=0.1, eps=1e-5):  # fmt: skip
+    _check(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _batch_norm_fake(x, running_mean, running_var, weight=None, bias=None, training=False,
+                     momentum=0.1, eps=1e-5):  # fmt: skip
+    _check(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    x, running_mean, running_var, weight, bias, training, momentum, eps = (
+        *inputs, None, None, False, 0.1, 1e-5,
+    )[:8]  # fmt: skip
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.requires_grad:
+            raise RuntimeError(
+                f"{label(OP)}: {name} requires grad, but running statistics get no gradient "
+                f"(native F.batch_norm refuses the same); pass a buffer"
+            )
+    _, mean, var = output
+    ctx.training, ctx.eps, ctx.has_bias = training, eps, bias is not None
+    ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)
+    used_mean, used_var = (mean, var) if training else (running_mean, running_var)
+    ctx.save_for_backward(x, weight, used_mean, used_var)
+
+
+def _backward_formula(grad_y, x, weight, mean, var, training, eps, needs):
+    """dL/dx, dL/dw, dL/db as derived above, in differentiable torch ops: in training the
+    statistics are recomputed from x, so that a second differentiation sees them depend on x."""
+    dims = _reduced_dims(x)
+    shape = [1, -1] + [1] * (x.dim() - 2)  # a [C] tensor against x
+    wide = _stats_dtype(x)
+    g, xw = grad_y.to(wide), x.to(wide)
+    if training:
+        var, mean = torch.var_mean(xw, dims, correction=0)
+    r = torch.rsqrt(var.to(wide) + eps).reshape(shape)
+    x_hat = (xw - mean.to(wide).reshape(shape)) * r
+    u = g * weight.to(wide).reshape(shape) if weight is not None else g
+    if training:
+        grad_x = r * (u - u.mean(dims, keepdim=True) - x_hat * (u * x_hat).mean(dims, keepdim=True))
+    else:
+        grad_x = r * u
+    grad_w = (g * x_hat).sum(dims).to(weight.dtype) if needs[1] else None
+    grad_b = g.sum(dims) if needs[2] else None
+    return grad_x.to(x.dtype) if needs[0] else None, grad_w, grad_b
+
+
+def _backward(ctx, grad_y: Tensor | None, *_stats_grads: Tensor | None):
+    x, weight, mean, var = ctx.saved_tensors
+    if grad_y is None:
+        return (None,) * 8
+    flags = input_grad_flags(ctx, 5)
+    needs = (flags[0], flags[3] and weight is not None, flags[4] and ctx.has_bias)
+    # create_graph=True: the differentiable formula; so for an empty x, which ATen's kernel
+    # (dividing by its zero elements) does not take
+    if torch.is_grad_enabled() or x.numel() == 0:
+        gx, gw, gb = _backward_formula(grad_y, x, weight, mean, var, ctx.training, ctx.eps, needs)
+    else:
+        w, m, v = _params(x, weight, mean, var)
+        save_mean, save_invstd = (m, torch.rsqrt(v + ctx.eps)) if ctx.training else (None, None)
+        running = (None, None) if ctx.training else (m, v)
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, w, *running, save_mean, save_invstd, ctx.training, ctx.eps, list(needs)
+        )
+        gw = gw.to(weight.dtype) if gw is not None else None
+    if gb is not None:
+        gb = gb.to(x.dtype if weight is None else weight.dtype)
+    return gx, None, None, gw, gb, None, None, None
+
+
+_batch_norm = define_op(
+    OP,
+    "(Tensor x, Tensor? running_mean, Tensor? running_var, Tensor? weight=None, "
+    "Tensor? bias=None, bool training=False, float momentum=0.1, float eps=1e-05) "
+    "-> (Tensor, Tensor, Tensor)",
+    kernel=_batch_norm_kernel,
+    fake=_batch_norm_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+)
+
+
+def _check_update(running_mean, running_var, mean, var, count, momentum) -> None:
+    op = "batch_norm_update_"
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("mean", mean), ("var", var)):  # fmt: skip
+        check_floating_input(op, name, t)
+        if t.shape != running_mean.shape or t.dim() != 1 or t.device != running_mean.device:
+            raise ValueError(
+                f"{label(op)}: {name} of shape {fmt_shape(t.shape)} on {t.device} must be like "
+                f"running_mean, one value per channel ({fmt_shape(running_mean.shape)} on "
+                f"{running_mean.device})"
+            )
+    if count <= 1:
+        raise ValueError(f"{label(op)}: count must be > 1 (the unbiased variance divides by "
+                         f"count - 1), got {count}")  # fmt: skip
+    if not math.isfinite(momentum):
+        raise ValueError(f"{label(op)}: momentum must be finite, got {momentum}")
+
+
+def _update_kernel(running_mean, running_var, mean, var, count, momentum) -> None:
+    """In float64, as native's CPU kernel updates them (its accumulation type), rounded once."""
+    _check_update(running_mean, running_var, mean, var, count, momentum)
+    unbiased = var.double() * (count / (count - 1))
+    running_mean.copy_(momentum * mean.double() + (1 - momentum) * running_mean.double())
+    running_var.copy_(momentum * unbiased + (1 - momentum) * running_var.double())
+
+
+def _update_fake(running_mean, running_var, mean, var, count, momentum) -> None:
+    _check_update(running_mean, running_var, mean, var, count, momentum)
+
+
+_batch_norm_update = define_mutating_op(
+    "batch_norm_update_",
+    "(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, SymInt count, "
+    "float momentum) -> ()",
+    kernel=_update_kernel,
+    fake=_update_fake,
+)
+
+
+def batch_norm_update_(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                       count: int, momentum: float) -> None:  # fmt: skip
+    """running ← (1 - momentum)·running + momentum·batch, the variance made unbiased
+    (``count`` values per channel), in place."""
+    _batch_norm_update(running_mean, running_var, mean, var, count, momentum)
+
+
+def _vmap(info, in_dims, x, running_mean, running_var, weight=None, bias=None, training=False,
+          momentum=0.1, eps=1e-5):  # fmt: skip
+    """Per-sample batch norm: B samples of [N, C, *] are one [N, B·C, *] call (each sample's
+    channel its own channel), with weight, bias and running statistics repeated or
+    flattened to B·C. Running statistics cannot be updated per sample in place (native's vmap
+    refuses the same): a training call with them is refused."""
+    x_dim, rm_dim, rv_dim, w_dim, b_dim = (*in_dims, None, None, None, None, None)[:5]
+    batch = info.batch_size
+    if training and running_mean is not None:
+        raise RuntimeError(
+            f"{label(OP)}: vmap cannot update running statistics in place per sample (native "
+            f"F.batch_norm under vmap refuses the same); use training=False or no running "
+            f"statistics"
+        )
+    x = x.movedim(x_dim, 0) if x_dim is not None else x.expand(batch, *x.shape)
+    n, c = x.shape[1], x.shape[2]
+    if not training and all(d is None for d in (rm_dim, rv_dim, w_dim, b_dim)):
+        # eval with shared statistics is per channel and element: [B, N, C, *] is the call
+        # [B, C, N, *] (the sample's N a spatial dim)
+        y, mean, var = _batch_norm(
+            x.movedim(2, 1), running_mean, running_var, weight, bias, training, momentum, eps
+        )
+        return (y.movedim(1, 2), mean, var), (0, None, None)
+    merged = x.movedim(0, 1).reshape(n, batch * c, *x.shape[3:])
+
+    def per_channel(t, dim):
+        if t is None:
+            return None
+        t = t.movedim(dim, 0) if dim is not None else t.expand(batch, c)
+        return t.reshape(batch * c)
+
+    args = [per_channel(t, d) for t, d in ((running_mean, rm_dim), (running_var, rv_dim),
+                                           (weight, w_dim), (bias, b_dim))]  # fmt: skip
+    y, mean, var = _batch_norm(merged, *args, training, momentum, eps)
+    y = y.reshape(n, batch, c, *x.shape[3:]).movedim(1, 0)
+    stats = (mean.reshape(batch, c), var.reshape(batch, c)) if training else (mean, var)
+    return (y, *stats), (0, 0 if training else None, 0 if training else None)
+
+
+register_vmap(_batch_norm, _vmap)
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)``:
+    in training, the running statistics are updated in place, as native does; the gradient is
+    written out in ``opslib/ops/batch_norm.py``."""
+    y, mean, var = _batch_norm(
+        x, running_mean, running_var, weight, bias, training, float(momentum), float(eps)
+    )
+    if training and running_mean is not None and x.numel() > 0:
+        # no torch.no_grad() needed (mean and var are non-differentiable outputs, buffers do
+        # not require grad), and none wanted: export records a plain call as a buffer mutation
+        count = x.numel() // x.shape[1]
+        _batch_norm_update(running_mean, running_var, mean, var, count, float(momentum))
+    return y
+
+
+def batch_norm_onnx(x, running_mean, running_var, weight=None, bias=None, training=False,
+                    momentum=0.1, eps=1e-5):  # fmt: skip
+    """ONNX translation: BatchNormalization in inference mode (opset 15 and later), with the
+    running statistics as its mean and var. Its ``epsilon`` attribute is a float32: with eps =
+    1e-4 that shifts a float64 model's outputs by ~2e-11 (measured), so float64 models get the
+    same formula in Sub/Div/Sqrt/Mul/Add instead, with eps a float64 constant (parity ~1e-16).
+    Training mode is refused: an inference graph does not update running statistics (export
+    ``model.eval()``)."""
+    import numpy as np
+    from onnxscript import ir
+
+    from opslib.onnx import constant, opset
+
+    if training:
+        raise ValueError(
+            f"{label(OP)}: ONNX export needs evaluation mode (model.eval(), training=False): "
+            f"training-mode batch norm normalises with batch statistics and updates the "
+            f"running ones, which an inference graph does not do"
+        )
+    channels = running_mean.shape[0]
+    if x.dtype == ir.DataType.DOUBLE:  # exact eps: y = (x - mean) / sqrt(var + eps) · w + b
+        shape = opset.Constant(value=ir.tensor(np.array([1, -1] + [1] * (len(x.shape) - 2),
+                                                        dtype=np.int64)))  # fmt: skip
+        std = opset.Sqrt(opset.Add(running_var, constant(eps, x)))
+        y = opset.Div(opset.Sub(x, opset.Reshape(running_mean, shape)), opset.Reshape(std, shape))
+        y = opset.Mul(y, opset.Reshape(weight, shape)) if weight is not None else y
+        y = opset.Add(y, opset.Reshape(bias, shape)) if bias is not None else y
+    else:
+        dtype = running_mean.dtype.numpy()
+        if weight is None:
+            weight = opset.Constant(value=ir.tensor(np.ones(channels, dtype=dtype)))
+        if bias is None:
+            bias = opset.Constant(value=ir.tensor(np.zeros(channels, dtype=dtype)))
+        y = opset.BatchNormalization(x, weight, bias, running_mean, running_var, epsilon=eps)
+    empty = opset.CastLike(opset.Constant(value=ir.tensor(np.zeros(0, dtype=np.float32))), x)
+    return y, empty, opset.Identity(empty)
+
+
+def batch_norm_update_onnx(running_mean, running_var, mean, var, count: int, momentum: float):
+    """No ONNX translation: an inference graph does not update running statistics. A model
+    exported in training mode reaches this, and gets the error batch_norm_onnx gives."""
+    batch_norm_onnx(None, running_mean, running_var, training=True)

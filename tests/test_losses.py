@@ -1,0 +1,196 @@
+"""cross_entropy and linear_cross_entropy beyond the op table's families: the chunked loop over
+many chunks, the forward-computed gradients under opcheck, the logits never held, the modules,
+targets out of range under inductor, and native's edge cases (all targets ignored, int32)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ALL_OPCHECK_TESTS, assert_close_named
+from torch.overrides import TorchFunctionMode
+
+import opslib
+from opslib.op_table import OPS_BY_NAME
+from opslib.ops.linear_cross_entropy import native_linear_cross_entropy
+
+LCE = sys.modules["opslib.ops.linear_cross_entropy"]
+
+
+def _leaf(*shape, scale=1.0, dtype=torch.float64):
+    return (torch.randn(*shape, dtype=dtype) * scale).requires_grad_()
+
+
+def _lce_case(rows=37, hidden=6, classes=11, bias=True, dtype=torch.float64):
+    x, w = _leaf(rows, hidden, dtype=dtype), _leaf(classes, hidden, scale=0.5, dtype=dtype)
+    b = _leaf(classes, dtype=dtype) if bias else None
+    target = torch.randint(0, classes, (rows,))
+    target[::5] = -100
+    return x, w, target, b
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 3 rows (33 logits of 11 classes): 37 rows make 13 chunks, the last partial."""
+    monkeypatch.setattr(LCE, "CHUNK_ELEMENTS", 33)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_many_chunks_give_native_loss_and_gradients(small_chunks, reduction, smoothing, bias):
+    x, w, target, b = _lce_case(bias=bias)
+    args = (x, w, target, b, -100, reduction, smoothing)
+    ref = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) and
+           a.is_floating_point() else a for a in args]  # fmt: skip
+    y, y_ref = opslib.linear_cross_entropy(*args), native_linear_cross_entropy(*ref)
+    assert_close_named(y, y_ref, f"loss {reduction}", atol=1e-12, rtol=1e-12)
+    g = torch.randn_like(y_ref)
+    wrt = [a for a in (x, w, b) if a is not None]
+    wrt_ref = [a for a in (ref[0], ref[1], ref[3]) if a is not None]
+    for got, want in zip(torch.autograd.grad(y, wrt, g), torch.autograd.grad(y_ref, wrt_ref, g),
+                         strict=True):  # fmt: skip
+        assert_close_named(got, want, f"gradient {reduction}", atol=1e-12, rtol=1e-10)
+
+
+def test_many_chunks_gradcheck_and_gradgradcheck(small_chunks):
+    x, w, target, b = _lce_case(rows=8)
+    for reduction in ("mean", "none"):
+
+        def f(x, w, b, reduction=reduction):
+            return opslib.linear_cross_entropy(x, w, target, b, -100, reduction, 0.1)
+
+        assert torch.autograd.gradcheck(f, (x, w, b))
+        assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("sample", ["rows", "smoothing", "3-d-x", "no-bias", "x-only-grad"])
+def test_opcheck_with_the_gradients_computed_in_the_forward(sample):
+    """The op table's samples call the op without ``grads_in_forward`` (the backward then
+    recomputes); here the fused path, every check."""
+    info = OPS_BY_NAME["linear_cross_entropy"]
+    samples = {s.name: s for s in info.sample_inputs("cpu", torch.float32, True)}
+    args = samples[sample].args
+    wants = [isinstance(a, torch.Tensor) and a.requires_grad for a in (args[0], args[1], args[3])]
+    result = torch.library.opcheck(info.op, (*args, wants), test_utils=ALL_OPCHECK_TESTS)
+    assert result == dict.fromkeys(ALL_OPCHECK_TESTS, "SUCCESS")
+
+
+class _LargestTensor(TorchFunctionMode):
+    """The largest tensor any torch function or op call returns. (A function mode, not a
+    dispatch mode: under a dispatch mode the op takes its tracing path, as it must.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_neither_forward_nor_backward_makes_the_logits(small_chunks, reduction):
+    """Every tensor made on the way is at most a chunk of logits or a parameter's size: never
+    [rows, classes] (the composite makes several)."""
+    x, w, target, b = _lce_case(rows=64, hidden=4, classes=40, dtype=torch.float32)
+    with _LargestTensor() as ours:
+        loss = opslib.linear_cross_entropy(x, w, target, b, -100, reduction, 0.1)
+        torch.autograd.grad(loss, (x, w, b), torch.ones_like(loss))
+    with _LargestTensor() as native:
+        loss = native_linear_cross_entropy(x, w, target, b, -100, reduction, 0.1)
+        torch.autograd.grad(loss, (x, w, b), torch.ones_like(loss))
+    assert native.numel >= 64 * 40
+    assert ours.numel <= max(x.numel(), w.numel(), 40 * 3), ours.numel
+
+
+def test_forward_computes_gradients_only_when_they_are_needed():
+    x, w, target, b = _lce_case(dtype=torch.float32)
+    with torch.no_grad():
+        out = LCE._linear_cross_entropy(x, w, target, b)
+    assert [t.numel() for t in out[1:]] == [0, 0, 0]
+    out = LCE._linear_cross_entropy(x, w, target, b, -100, "mean", 0.0, [True, True, True])
+    assert [t.shape for t in out[1:]] == [x.shape, w.shape, b.shape]
+    assert not any(t.requires_grad for t in out[1:])  # non-differentiable extra outputs
+
+
+def test_double_backward_through_the_fused_path():
+    x, w, target, b = _lce_case(rows=6)
+    loss = opslib.linear_cross_entropy(x, w, target, b)
+    gx, gw = torch.autograd.grad(loss, (x, w), create_graph=True)
+    ref = [a.detach().clone().requires_grad_() for a in (x, w, b)]
+    loss_ref = native_linear_cross_entropy(ref[0], ref[1], target, ref[2])
+    gx_ref, gw_ref = torch.autograd.grad(loss_ref, ref[:2], create_graph=True)
+    second = torch.autograd.grad((gx.square().sum() + gw.sum()), (x, w, b))
+    second_ref = torch.autograd.grad((gx_ref.square().sum() + gw_ref.sum()), ref)
+    for got, want in zip(second, second_ref, strict=True):
+        assert_close_named(got, want, "second derivative", atol=1e-12, rtol=1e-10)
+
+
+def test_all_targets_ignored_gives_natives_nan_mean_and_zero_gradients():
+    x = torch.randn(3, 5, requires_grad=True)
+    target = torch.full((3,), -100)
+    loss = opslib.cross_entropy(x, target)
+    native = F.cross_entropy(x, target)
+    assert torch.isnan(loss) and torch.isnan(native)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.equal(grad, torch.zeros_like(x))
+
+
+def test_int32_targets_are_class_indices_too():
+    x, target = torch.randn(6, 5), torch.randint(0, 5, (6,))
+    assert_close_named(
+        opslib.cross_entropy(x, target.int()), F.cross_entropy(x, target), "int32 targets"
+    )
+
+
+def test_out_of_range_target_is_refused_under_inductor_too():
+    torch._dynamo.reset()
+    compiled = torch.compile(opslib.cross_entropy, fullgraph=True)
+    x = torch.randn(4, 5)
+    compiled(x, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(IndexError, match=r"customgrad\.cross_entropy: target 9 is out of range"):
+        compiled(x, torch.tensor([0, 9, 2, 3]))
+
+
+def test_cross_entropy_loss_module_is_torch_nn_cross_entropy():
+    torch.manual_seed(0)
+    weight = torch.rand(5) + 0.5
+    x, target = torch.randn(7, 5, requires_grad=True), torch.randint(0, 5, (7,))
+    target[2] = 3
+    kwargs = {"weight": weight, "ignore_index": 3, "reduction": "sum", "label_smoothing": 0.1}
+    ours, native = opslib.nn.CrossEntropyLoss(**kwargs), torch.nn.CrossEntropyLoss(**kwargs)
+    assert isinstance(ours, torch.nn.CrossEntropyLoss)
+    assert ours.state_dict().keys() == native.state_dict().keys()
+    assert_close_named(ours(x, target), native(x, target), "CrossEntropyLoss")
+
+
+def test_linear_cross_entropy_loss_loads_a_linear_head():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 13)
+    loss_fn = opslib.nn.LinearCrossEntropyLoss(8, 13, label_smoothing=0.05)
+    loss_fn.load_state_dict(head.state_dict())
+    x, target = torch.randn(2, 5, 8), torch.randint(0, 13, (2, 5))
+    expected = F.cross_entropy(head(x).reshape(-1, 13), target.reshape(-1), label_smoothing=0.05)
+    assert_close_named(loss_fn(x, target), expected, "LinearCrossEntropyLoss")
+    assert_close_named(loss_fn.logits(x), head(x), "its logits")
+
+
+def test_mlp_classifier_fused_loss_matches_its_torch_nn_twin():
+    from opslib.models import MLPClassifier
+
+    torch.manual_seed(0)
+    ours, native = MLPClassifier(), MLPClassifier(native=True)
+    native.load_state_dict(ours.state_dict())
+    x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    loss, loss_ref = ours.loss(x, y), native.loss(x, y)
+    assert_close_named(loss, loss_ref, "model loss", atol=1e-6, rtol=1e-5)
+    loss.backward()
+    loss_ref.backward()
+    for (name, p), p_ref in zip(ours.named_parameters(), native.parameters(), strict=True):
+        assert_close_named(p.grad, p_ref.grad, f"grad {name}", atol=1e-6, rtol=1e-5)
