@@ -24,17 +24,22 @@ class NativeLearnedSiLU(torch.nn.Module):
 
 
 class MLPClassifier(torch.nn.Module):
-    """in -> Linear -> LearnedSiLU (per channel) -> Linear -> Tanh -> Linear -> logits."""
+    """in -> Linear -> LayerNorm -> LearnedSiLU (per channel) -> Linear -> Tanh -> Linear ->
+    logits. ``loss(x, target)`` is the training loss: the last Linear and the cross-entropy as
+    one fused ``linear_cross_entropy`` (native: ``F.cross_entropy`` of the logits)."""
 
     def __init__(
         self, in_features: int = 64, hidden: int = 128, num_classes: int = 10, native: bool = False
     ) -> None:
         super().__init__()
         linear = torch.nn.Linear if native else opslib.nn.Linear
+        norm = torch.nn.LayerNorm if native else opslib.nn.LayerNorm
         silu = NativeLearnedSiLU if native else opslib.nn.LearnedSiLU
         tanh = torch.nn.Tanh if native else opslib.nn.Tanh
+        self.native = native
         self.net = torch.nn.Sequential(
             linear(in_features, hidden),
+            norm(hidden),
             silu(num_parameters=hidden),
             linear(hidden, hidden // 2),
             tanh(),
@@ -43,3 +48,11 @@ class MLPClassifier(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def loss(self, x: Tensor, target: Tensor) -> Tensor:
+        """Mean cross-entropy of the logits against class indices, without materialising the
+        logits in opslib's model (the head's matmul and the loss are one op)."""
+        features, head = self.net[:-1](x), self.net[-1]
+        if self.native:
+            return torch.nn.functional.cross_entropy(head(features), target)
+        return opslib.ops.linear_cross_entropy(features, head.weight, target, head.bias)
