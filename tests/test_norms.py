@@ -71,7 +71,7 @@ def test_batch_norm_updates_running_statistics_as_native(shape, momentum):
 
 def test_batch_norm_update_op_passes_opcheck():
     update = torch.ops.customgrad.batch_norm_update_
-    args = (torch.zeros(4), torch.ones(4), torch.randn(4), torch.rand(4), 6, 0.1)
+    args = (torch.zeros(4), torch.ones(4), torch.randn(4), torch.rand(4) + 0.5, 1e-5, 6, 0.1)
     tests = (
         "test_schema",
         "test_autograd_registration",
@@ -87,11 +87,11 @@ def test_batch_norm_update_refusal_changes_nothing():
     running_mean, running_var = torch.zeros(4), torch.ones(4)
     with pytest.raises(ValueError, match=r"customgrad\.batch_norm_update_: count must be > 1"):
         torch.ops.customgrad.batch_norm_update_(
-            running_mean, running_var, torch.randn(4), torch.rand(4), 1, 0.1
+            running_mean, running_var, torch.randn(4), torch.rand(4), 1e-5, 1, 0.1
         )
-    with pytest.raises(ValueError, match=r"customgrad\.batch_norm_update_: var of shape \[3\]"):
+    with pytest.raises(ValueError, match=r"customgrad\.batch_norm_update_: invstd of shape \[3\]"):
         torch.ops.customgrad.batch_norm_update_(
-            running_mean, running_var, torch.randn(4), torch.rand(3), 5, 0.1
+            running_mean, running_var, torch.randn(4), torch.rand(3), 1e-5, 5, 0.1
         )
     assert torch.equal(running_mean, torch.zeros(4)) and torch.equal(running_var, torch.ones(4))
 
