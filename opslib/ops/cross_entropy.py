@@ -31,9 +31,11 @@ Backward (g = dL/d(result); s_i = g_i, g, or g / Σ w_t for none, sum, mean)
 Saved for backward: input, target and weight (the inputs: no copy). The row's lse is recomputed
 in backward, in the pass that computes p anyway. Native saves its [N, C] log-probabilities.
 
-Double backward: the backward is the torch-op formula ``_backward_formula`` (softmax, scatter,
-products), which autograd differentiates again under ``create_graph=True``; only a plain
-first-order CPU backward runs the C++ kernel.
+Double backward: under ``create_graph=True`` the backward is the torch-op formula
+``_backward_formula`` (softmax, scatter, products), which autograd differentiates again. A
+first-order backward calls the op ``customgrad::cross_entropy_backward`` (the C++ kernel on CPU,
+the formula elsewhere), so that a compiled backward calls the kernel too; its own backward
+differentiates the formula.
 
 Kernels: plain CPU calls on contiguous [N, C] or [C] inputs run the C++ kernels of
 ``opslib/csrc/cross_entropy.cpp`` (forward: two sweeps over a row in cache, no [N, C] output;
@@ -305,21 +307,55 @@ def _cross_entropy_setup_context(ctx, inputs: tuple, output: Tensor) -> None:
 def _cross_entropy_backward(ctx, grad: Tensor):
     input, target, weight = ctx.saved_tensors
     args = (target, weight, ctx.ignore_index, ctx.reduction, ctx.label_smoothing)
-    if (
-        not torch.is_grad_enabled()  # create_graph=True needs the differentiable formula
-        and only_plain_tensors((grad, input))
-        and cpu_kernel_takes(input, weight)
-    ):
+    if torch.is_grad_enabled():  # create_graph=True: the differentiable formula
+        return _backward_formula(grad, input, *args), None, None, None, None, None
+    # An op, so that a compiled backward calls it (and its C++ kernel) instead of inductor
+    # compiling the torch-op formula traced in its place.
+    return _cross_entropy_grad(grad, input, *args), None, None, None, None, None
+
+
+def _grad_kernel(grad, input, target, weight, ignore_index, reduction, label_smoothing):
+    if only_plain_tensors((grad, input)) and cpu_kernel_takes(input, weight):
         x, t = _rows(input, target)
-        _, _, w_t = _target_terms(t, weight, ctx.ignore_index, torch.float64)
-        scale = _row_scale(grad.reshape(-1) if ctx.reduction == "none" else grad, t, w_t,
-                           ctx.reduction, torch.float64)  # fmt: skip
-        grad_x = torch.ops.opslib_cpu.cross_entropy_backward(
-            scale.contiguous(), x, t, weight, ctx.ignore_index, ctx.label_smoothing
+        _, _, w_t = _target_terms(t, weight, ignore_index, torch.float64)
+        scale = _row_scale(grad.reshape(-1) if reduction == "none" else grad, t, w_t,
+                           reduction, torch.float64)  # fmt: skip
+        return torch.ops.opslib_cpu.cross_entropy_backward(
+            scale.contiguous(), x, t, weight, ignore_index, label_smoothing
         ).reshape(input.shape)
-    else:
-        grad_x = _backward_formula(grad, input, *args)
-    return grad_x, None, None, None, None, None
+    return _backward_formula(grad, input, target, weight, ignore_index, reduction, label_smoothing)
+
+
+def _grad_fake(grad, input, target, weight, ignore_index, reduction, label_smoothing):
+    # the formula's layout (the C++ kernel's for the inputs it takes: contiguous [N, C])
+    return _backward_formula(grad, input, target, weight, ignore_index, reduction, label_smoothing)
+
+
+def _grad_setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+    ctx.args = inputs[2:]
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _grad_backward(ctx, grad_grad_x: Tensor):
+    """The backward of the backward: dL/dx is linear in g, so its vjp with respect to g is the
+    same formula applied to the incoming gradient's contraction, and with respect to x the
+    derivative of p = softmax(x) it contains; both by autograd through the torch-op formula
+    (``torch.func.vjp``), itself differentiable again."""
+    grad, input = ctx.saved_tensors
+    _, vjp = torch.func.vjp(lambda g, x: _backward_formula(g, x, *ctx.args), grad, input)
+    grad_g, grad_x = vjp(grad_grad_x)
+    return grad_g, grad_x, None, None, None, None, None
+
+
+_cross_entropy_grad = define_op(
+    "cross_entropy_backward",
+    "(Tensor grad, Tensor input, Tensor target, Tensor? weight, int ignore_index, "
+    "str reduction, float label_smoothing) -> Tensor",
+    kernel=_grad_kernel,
+    fake=_grad_fake,
+    setup_context=_grad_setup_context,
+    backward=_grad_backward,
+)
 
 
 def row_losses(logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: float) -> Tensor:
