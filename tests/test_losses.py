@@ -232,3 +232,19 @@ def test_compiled_cross_entropy_backward_calls_the_backward_op():
     grad, code = run_and_get_code(run)
     assert any("customgrad.cross_entropy_backward" in c for c in code), code
     assert_close_named(grad, torch.autograd.grad(F.cross_entropy(x, target), x)[0], "grad")
+
+
+def test_backward_twice_with_retain_graph_gives_the_same_gradients():
+    """The forward's gradient buffers are consumed by the first backward (scaled in place and
+    handed over); a second backward of the retained graph recomputes them."""
+    x, w, target, b = _lce_case(dtype=torch.float32)
+    loss = opslib.linear_cross_entropy(x, w, target, b)
+    first = torch.autograd.grad(loss * 3, (x, w, b), retain_graph=True)
+    second = torch.autograd.grad(loss * 3, (x, w, b), retain_graph=True)
+    third = torch.autograd.grad(loss, (x, w, b))
+    ref = [a.detach().clone().requires_grad_() for a in (x, w, b)]
+    expected = torch.autograd.grad(native_linear_cross_entropy(ref[0], ref[1], target, ref[2]), ref)
+    for got1, got2, got3, want in zip(first, second, third, expected, strict=True):
+        assert_close_named(got1, 3 * want, "first backward")
+        assert_close_named(got2, 3 * want, "second backward")
+        assert_close_named(got3, want, "third backward")

@@ -32,7 +32,8 @@ non-differentiable. "none" (per-row g_i) and calls without them recompute the ch
 backward: four matmuls, the same memory.
 
 Saved for backward: x, weight, bias, target (inputs), and the precomputed gradients (the size of
-x, weight and bias). Native saves x, weight and its [N, V] log-probabilities.
+x, weight and bias; eagerly kept on ctx and consumed by the first backward, which scales them
+in place: no second W-sized buffer). Native saves x, weight and its [N, V] log-probabilities.
 
 Double backward (``create_graph=True``): the backward recomputes the loss as
 ``cross_entropy(linear(x, weight, bias), ...)`` from customgrad's twice-differentiable ops and
@@ -243,7 +244,12 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     ctx.precomputed = _wanted(grads_in_forward, bias, reduction)
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)  # no zero [V, H] gradient for the unused extra outputs
-    ctx.save_for_backward(x, weight, target, bias, *output[1:])
+    # Eagerly, the precomputed gradients are kept on ctx, not saved, so that the first backward
+    # can scale them in place and hand them to autograd without a copy (a saved tensor must
+    # stay unmodified): one W-sized buffer, not two. (No reference cycle: non-differentiable
+    # outputs have no grad_fn.) Traced (compile, export), they are saved like any tensor.
+    ctx.buffers = list(output[1:]) if only_plain_tensors(output[1:]) else None
+    ctx.save_for_backward(x, weight, target, bias, *(() if ctx.buffers else output[1:]))
 
 
 def _backward_formula(grad_loss, x, weight, target, bias, ignore_index, reduction,
@@ -264,17 +270,31 @@ def _backward_formula(grad_loss, x, weight, target, bias, ignore_index, reductio
     return gx, gw, gb
 
 
+def _precomputed_gradients(ctx, grad_loss: Tensor, saved: tuple, needs) -> list:
+    """The forward's gradients (for g = 1) times g. Eagerly they are consumed: scaled in place
+    and handed over, once; a later backward of the same graph (``retain_graph=True``) then
+    recomputes (ctx.precomputed is cleared)."""
+    if ctx.buffers is None:  # traced: saved tensors, left as they are
+        g = grad_loss.to(saved[0].dtype)
+        return [t * g if n else None for t, n in zip(saved, needs, strict=True)]
+    buffers, ctx.buffers, ctx.precomputed = ctx.buffers, None, (False, False, False)
+    scale_by_one = bool(grad_loss == 1)
+    for t, n in zip(buffers, needs, strict=True):
+        if n and not scale_by_one:
+            t.mul_(grad_loss.to(t.dtype))
+    return [t if n else None for t, n in zip(buffers, needs, strict=True)]
+
+
 def _backward(ctx, grad_loss: Tensor, *_unused: Tensor):
-    x, weight, target, bias, gx, gw, gb = ctx.saved_tensors
+    x, weight, target, bias, *saved_grads = ctx.saved_tensors
     if grad_loss is None:  # not materialised (set_materialize_grads(False)): a zero gradient
         return (None,) * 8
     ignore_index, reduction, label_smoothing = ctx.args
     flags = input_grad_flags(ctx, 4)
     needs = (flags[0], flags[1], flags[3] and bias is not None)
     precomputed = all(p or not n for p, n in zip(ctx.precomputed, needs, strict=True))
-    if precomputed and not torch.is_grad_enabled():
-        g = grad_loss.to(x.dtype)  # a scalar: the forward's gradients are for g = 1
-        gx, gw, gb = (t * g if n else None for t, n in zip((gx, gw, gb), needs, strict=True))
+    if precomputed and not torch.is_grad_enabled():  # a scalar g: the forward's, times g
+        gx, gw, gb = _precomputed_gradients(ctx, grad_loss, tuple(saved_grads), needs)
     elif torch.is_grad_enabled() or not only_plain_tensors((x, grad_loss)):
         gx, gw, gb = _backward_formula(grad_loss, x, weight, target, bias, *ctx.args, needs)
     else:  # recompute the chunks with each row's own scale (reduction "none")
