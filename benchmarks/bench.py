@@ -1,6 +1,6 @@
 """Benchmark every op of the op table against native PyTorch, as data.
 
-    python3 benchmarks/bench.py             # full run (CPU, 2 threads: about 15 minutes)
+    python3 benchmarks/bench.py             # full run (CPU, 2 threads: about 64 minutes)
     python3 benchmarks/bench.py --quick     # seconds: the CI smoke test
     python3 benchmarks/report.py            # CSV -> PNG plots and the README tables
 
