@@ -106,11 +106,7 @@ def check_same_dtype_and_device(op: str, named: dict[str, Tensor]) -> None:
                 f"{label(op)}: {first_name} and {name} must have the same dtype, "
                 f"got {first_name} {first.dtype} and {name} {t.dtype}"
             )
-        if t.device != first.device:
-            raise ValueError(
-                f"{label(op)}: {first_name} and {name} must be on the same device, "
-                f"got {first_name} on {first.device} and {name} on {t.device}"
-            )
+        check_same_device(op, {first_name: first, name: t})
 
 
 def check_normalization(

@@ -68,15 +68,13 @@ std::pair<T, T> exp_sum_and_weighted_shift(const T* x, const T* w, int64_t n, T 
   return {at::vec::vec_reduce_all<T>(add, acc_e), at::vec::vec_reduce_all<T>(add, acc_w)};
 }
 
+// W = sum_c w_c, in double (n without weights).
 template <typename T>
-std::vector<T> weight_in(const void* w, at::ScalarType dtype, int64_t n) {
-  std::vector<T> out(w ? n : 0);
-  if (w) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ce_weight", [&] {
-      at::vec::convert(static_cast<const scalar_t*>(w), out.data(), n);
-    });
-  }
-  return out;
+double weight_total(const T* w, int64_t n) {
+  if (!w) return double(n);
+  double total = 0.0;
+  for (int64_t c = 0; c < n; ++c) total += double(w[c]);
+  return total;
 }
 
 int64_t grain_rows(int64_t n) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)); }
@@ -85,13 +83,10 @@ template <typename scalar_t>
 void forward_rows(const scalar_t* x, const int64_t* target, const scalar_t* w_raw, int64_t rows,
                   int64_t n, int64_t ignore_index, double eps, double* losses, double* weights) {
   using T = at::opmath_type<scalar_t>;
-  const std::vector<T> w = weight_in<T>(w_raw, c10::CppTypeToScalarType<scalar_t>::value, n);
+  const std::vector<T> w =
+      rows::in_compute_type<T>(w_raw, c10::CppTypeToScalarType<scalar_t>::value, n);
   const T* wp = w_raw ? w.data() : nullptr;
-  double w_total = double(n);
-  if (wp) {
-    w_total = 0.0;
-    for (int64_t c = 0; c < n; ++c) w_total += double(wp[c]);
-  }
+  const double w_total = weight_total(wp, n);
   const bool smooth = eps != 0.0;
   at::parallel_for(0, rows, grain_rows(n), [&](int64_t r0, int64_t r1) {
     std::vector<T> buffer(std::is_same_v<T, scalar_t> ? 0 : n);
@@ -121,13 +116,10 @@ void backward_rows(const double* scale, const scalar_t* x, const int64_t* target
                    int64_t ignore_index, double eps) {
   using T = at::opmath_type<scalar_t>;
   using Vec = Vectorized<T>;
-  const std::vector<T> w = weight_in<T>(w_raw, c10::CppTypeToScalarType<scalar_t>::value, n);
+  const std::vector<T> w =
+      rows::in_compute_type<T>(w_raw, c10::CppTypeToScalarType<scalar_t>::value, n);
   const T* wp = w_raw ? w.data() : nullptr;
-  double w_total = double(n);
-  if (wp) {
-    w_total = 0.0;
-    for (int64_t c = 0; c < n; ++c) w_total += double(wp[c]);
-  }
+  const double w_total = weight_total(wp, n);
   at::parallel_for(0, rows, grain_rows(n), [&](int64_t r0, int64_t r1) {
     constexpr bool kHalf = !std::is_same_v<T, scalar_t>;
     std::vector<T> xbuf(kHalf ? n : 0), dbuf(kHalf ? n : 0);

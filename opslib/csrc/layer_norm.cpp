@@ -40,6 +40,7 @@ namespace {
 
 using at::vec::Vectorized;
 using rows::as_compute;
+using rows::in_compute_type;
 using rows::kIllConditioned;
 using rows::kRowsPerBlock;
 
@@ -54,17 +55,6 @@ std::pair<T, T> moments(const T* x, int64_t n, double eps) {
   const double mu_wide = rows::sum_in_double(x, n) / double(n);
   const double var_wide = rows::squared_deviations(x, mu_wide, n) / double(n);
   return {static_cast<T>(mu_wide), static_cast<T>(1.0 / std::sqrt(var_wide + eps))};
-}
-
-template <typename T>
-std::vector<T> in_compute_type(const void* values, at::ScalarType dtype, int64_t n) {
-  std::vector<T> out(values ? n : 0);
-  if (values) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "to_compute", [&] {
-      at::vec::convert(static_cast<const scalar_t*>(values), out.data(), n);
-    });
-  }
-  return out;
 }
 
 // Where a row's result is written in T: straight into the output (T is its dtype), or into a

@@ -2,6 +2,7 @@
 // that an op normalises over, contiguous in memory.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -9,6 +10,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 namespace opslib {
 namespace rows {
@@ -168,6 +170,19 @@ T max_abs(const T* a, int64_t n) {
 // the largest term: its float32 rounding error is then ~1e-7 * this ratio relative, so such a
 // row is computed again in double (a per-row test: typical rows keep the vectorized path).
 constexpr double kIllConditioned = 1e2;
+
+// n values of a per-element parameter (a weight, a bias) in the compute type T, or none if
+// ``values`` is null.
+template <typename T>
+std::vector<T> in_compute_type(const void* values, at::ScalarType dtype, int64_t n) {
+  std::vector<T> out(values ? n : 0);
+  if (values) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "to_compute", [&] {
+      at::vec::convert(static_cast<const scalar_t*>(values), out.data(), n);
+    });
+  }
+  return out;
+}
 
 // A row in the compute type T: from x directly (T == scalar_t) or converted into `buffer`.
 template <typename scalar_t, typename T>
