@@ -1,8 +1,11 @@
 """Peak memory of one forward + backward, opslib against native, for the ops of the op table that
-declare a size for it (``bench_peak_memory_size``: the fused losses).
+declare a size for it (``bench_peak_memory_size``: the fused losses, attention), at that size or
+along the op's ``bench_memory_curve`` (attention: L = 512 ... 8192), also against the op's other
+baselines (``bench_baselines``: attention's textbook "math" composite), with a plot per curve.
 
     python3 benchmarks/peak_memory.py                      # every such op, CPU
     python3 benchmarks/peak_memory.py --ops linear_cross_entropy --size 4096
+    python3 benchmarks/peak_memory.py --ops scaled_dot_product_attention   # the curve + plot
 
 Method (CPU): each measurement runs in a fresh Python process. It runs the op once at a small
 size (one-time buffers: thread pools, BLAS workspaces), builds the inputs, resets the kernel's
@@ -38,7 +41,7 @@ import json, sys, time, torch
 from opslib.op_table import OPS_BY_NAME, leaves, requiring_grad
 name, which, size, device, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], 0
 info = OPS_BY_NAME[name]
-fn = info.func if which == "opslib" else info.reference
+fn = {"opslib": info.func, "native": info.reference, **info.bench_baselines}[which]
 torch.manual_seed(seed)
 small = info.bench_inputs(info.bench_sizes[1], device, torch.float32)
 warm = leaves(small, constant=info.constant_args)
@@ -83,6 +86,76 @@ def measure(name: str, which: str, size: int, device: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def measure_size(info, size: int, device: str, meta: dict) -> dict:
+    """One row: the peak above the inputs and the seconds of one forward + backward, for opslib,
+    native and each of the op's baselines, in fresh processes."""
+    inputs = leaves(info.bench_inputs(size, "meta", torch.float32), constant=info.constant_args)
+    input_bytes = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
+    grad_bytes = sum(t.numel() * t.element_size() for t in requiring_grad(inputs))
+    ours = measure(info.name, "opslib", size, device)
+    native = measure(info.name, "native", size, device)
+    row = {
+        **meta,
+        "op": info.name,
+        "size": size,
+        "input_bytes": input_bytes,
+        "gradient_bytes": grad_bytes,
+        "ours_peak_bytes": ours["peak_bytes"],
+        "native_peak_bytes": native["peak_bytes"],
+        "ratio": round(ours["peak_bytes"] / native["peak_bytes"], 4),
+        "ours_seconds": round(ours["seconds"], 3),
+        "native_seconds": round(native["seconds"], 3),
+    }
+    mib = 1 << 20
+    line = (
+        f"{info.name:22s} size {size}: inputs {input_bytes / mib:8.1f} MiB, gradients "
+        f"{grad_bytes / mib:8.1f} MiB; peak above the inputs: opslib "
+        f"{ours['peak_bytes'] / mib:8.1f} MiB, native {native['peak_bytes'] / mib:8.1f} MiB "
+        f"(ratio {row['ratio']:.3f}); one fwd+bwd {ours['seconds']:.2f} s, "
+        f"native {native['seconds']:.2f} s"
+    )
+    for name in info.bench_baselines:
+        other = measure(info.name, name, size, device)
+        row[f"{name}_peak_bytes"], row[f"{name}_seconds"] = other["peak_bytes"], other["seconds"]
+        row[f"ratio_vs_{name}"] = round(ours["peak_bytes"] / other["peak_bytes"], 4)
+        line += (
+            f"; {name} {other['peak_bytes'] / mib:.1f} MiB (ratio {row[f'ratio_vs_{name}']:.3f}),"
+            f" {other['seconds']:.2f} s"
+        )
+    print(line, flush=True)
+    return row
+
+
+def plot_curve(info, rows: list[dict], folder: Path) -> Path:
+    """Peak memory and time of one forward + backward against the size, every implementation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [row["size"] for row in rows]
+    names = {"opslib": "ours", "native": "native", **{n: n for n in info.bench_baselines}}
+    figure, (memory, seconds) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, key in names.items():
+        memory.plot(sizes, [row[f"{key}_peak_bytes"] / (1 << 20) for row in rows], "o-",
+                    label=label)  # fmt: skip
+        seconds.plot(sizes, [row[f"{key}_seconds"] for row in rows], "o-", label=label)
+    for axis, what in ((memory, "peak memory above the inputs (MiB)"), (seconds, "seconds")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel(info.bench_size_unit)
+        axis.set_ylabel(what)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"{info.name}: one forward + backward ({rows[0]['device']}, "
+                    f"{rows[0]['threads']} threads)")  # fmt: skip
+    figure.tight_layout()
+    path = folder / f"peak_memory_{info.name}.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", nargs="*", help="only these ops")
@@ -97,38 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     for info in OP_TABLE:
         if info.bench_peak_memory_size is None or (args.ops and info.name not in args.ops):
             continue
-        size = args.size or info.bench_peak_memory_size
-        inputs = leaves(info.bench_inputs(size, "meta", torch.float32), constant=info.constant_args)
-        input_bytes = sum(
-            t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor)
+        sizes = (
+            [args.size] if args.size else info.bench_memory_curve or [info.bench_peak_memory_size]
         )
-        grad_bytes = sum(t.numel() * t.element_size() for t in requiring_grad(inputs))
-        ours = measure(info.name, "opslib", size, args.device)
-        native = measure(info.name, "native", size, args.device)
-        ratio = ours["peak_bytes"] / native["peak_bytes"]
-        rows.append(
-            {
-                **meta,
-                "op": info.name,
-                "size": size,
-                "input_bytes": input_bytes,
-                "gradient_bytes": grad_bytes,
-                "ours_peak_bytes": ours["peak_bytes"],
-                "native_peak_bytes": native["peak_bytes"],
-                "ratio": round(ratio, 4),
-                "ours_seconds": round(ours["seconds"], 3),
-                "native_seconds": round(native["seconds"], 3),
-            }
-        )
-        mib = 1 << 20
-        print(
-            f"{info.name:22s} size {size}: inputs {input_bytes / mib:8.1f} MiB, gradients "
-            f"{grad_bytes / mib:8.1f} MiB; peak above the inputs: opslib "
-            f"{ours['peak_bytes'] / mib:8.1f} MiB, native {native['peak_bytes'] / mib:8.1f} MiB "
-            f"(ratio {ratio:.3f}); one fwd+bwd {ours['seconds']:.2f} s, "
-            f"native {native['seconds']:.2f} s",
-            flush=True,
-        )
+        for size in sizes:
+            rows.append(measure_size(info, size, args.device, meta))
+        if len(sizes) > 1:
+            print(f"plotted {plot_curve(info, rows[-len(sizes) :], args.results)}")
     path = append_rows(args.results, "peak_memory", rows)
     print(f"wrote {path}")
     return 0

@@ -1,11 +1,15 @@
 """Train a digits classifier built only from opslib modules, under torch.compile.
 
-    python3 examples/train_digits.py    # ~25 s on 2 CPU cores the first time, ~6 s later; >= 95%
+    python3 examples/train_digits.py               # the MLP: ~25 s on 2 CPU cores the first
+                                                   # time, ~6 s later; >= 95%
+    python3 examples/train_digits.py --model cnn   # the CNN on 1x8x8 images (conv2d, batch norm)
 
 Data: scikit-learn's bundled 8x8 digits (1797 images, shipped inside scikit-learn; no download).
 The model (opslib.models.MLPClassifier) is Linear -> LayerNorm -> LearnedSiLU -> Linear -> Tanh
 -> Linear, every layer a customgrad op; it trains on ``model.loss``, where the last Linear and the
 cross-entropy are one fused linear_cross_entropy, with opslib.optim.Adam (one fused update op).
+``--model cnn`` trains opslib.models.DigitsCNN instead: Conv2d -> BatchNorm2d -> ReLU -> Conv2d
+(stride 2) -> ReLU -> Linear on the images as 1x8x8, with opslib.nn.CrossEntropyLoss.
 The script trains it compiled (fullgraph, dynamic batch), reports
 eager vs compiled step time, and saves the trained model as an exported program (.pt2) and as
 ONNX (standard operators only), which it runs in onnxruntime: accuracy, agreement with PyTorch
@@ -27,7 +31,7 @@ from tqdm import tqdm
 
 import opslib
 from opslib import onnx as opslib_onnx
-from opslib.models import MLPClassifier
+from opslib.models import DigitsCNN, MLPClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the first compile took, measured on 2 CPU cores (see the README): with a cold inductor
@@ -54,11 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     x_tr, y_tr, x_te, y_te = load_data(args.seed)
-    model = MLPClassifier()
+    model = MLPClassifier() if args.model == "mlp" else DigitsCNN()
+    name = "digits_classifier" if args.model == "mlp" else "digits_cnn"
     optimizer = opslib.optim.Adam(model.parameters(), lr=3e-3)
     compiled = torch.compile(model.loss, fullgraph=True, dynamic=True)
 
@@ -126,12 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{compiled_ms:.3f} ms ({eager_ms / compiled_ms:.2f}x), median of 30"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    plot_path = plot_training(history, eager_ms, compiled_ms, args.out / "training.png")
+    plot_path = plot_training(
+        history,
+        eager_ms,
+        compiled_ms,
+        args.out / f"training_{args.model}.png",
+        type(model).__name__,
+    )
     print(f"saved plot {plot_path}")
 
     batch = torch.export.Dim("batch", min=2)
     program = torch.export.export(model.eval(), (x_te[:8],), dynamic_shapes={"x": {0: batch}})
-    pt2_path = args.out / "digits_classifier.pt2"
+    pt2_path = args.out / f"{name}.pt2"
     torch.export.save(program, pt2_path)
     reloaded = torch.export.load(pt2_path).module()
     same = torch.equal(reloaded(x_te).argmax(1), model(x_te).argmax(1))
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved exported program {pt2_path} ({', '.join(ops)})")
     print(f"reloaded .pt2 gives identical predictions: {same}")
 
-    onnx_path = args.out / "digits_classifier.onnx"
+    onnx_path = args.out / f"{name}.onnx"
     opslib_onnx.export(model, (x_te[:8],), onnx_path)
     session = opslib_onnx.onnxruntime_session(onnx_path)
     (ort_logits,) = opslib_onnx.run_onnxruntime(session, x_te)
@@ -169,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if test_acc >= 0.95 and same and agree == len(x_te) else 1
 
 
-def plot_training(history: dict[str, list[float]], eager_ms: float, compiled_ms: float, path):
+def plot_training(history: dict[str, list[float]], eager_ms: float, compiled_ms: float, path,
+                  model_name: str = "MLPClassifier"):  # fmt: skip
     """Loss and test accuracy per epoch, and the step time eager vs compiled, from this run."""
     import matplotlib
 
@@ -187,7 +200,7 @@ def plot_training(history: dict[str, list[float]], eager_ms: float, compiled_ms:
     ax_time.bar_label(bars, fmt="%.3f ms")
     ax_time.set_ylim(0, 1.2 * max(eager_ms, compiled_ms))
     ax_time.set(title="train step (median of 30)", ylabel="ms")
-    fig.suptitle("opslib MLPClassifier on scikit-learn digits")
+    fig.suptitle(f"opslib {model_name} on scikit-learn digits")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     print(parity.format_parity_table(rows))
     failed = [r for r in rows if not r.passed]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
+    for line in parity.not_checked():
+        print(f"not checked: {line}")
     return 1 if failed else 0
 
 

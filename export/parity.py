@@ -81,7 +81,7 @@ def reference_models(
     extra = {} if table is OP_TABLE else opslib_onnx.translation_table(table)
     for dtype in dtypes:
         for info in table:
-            if names is None or info.name in names:
+            if (names is None or info.name in names) and dtype not in info.onnxruntime_missing:
                 torch.manual_seed(0)
                 args = info.batch_inputs(8, "cpu", dtype)
 
@@ -99,6 +99,15 @@ def reference_models(
 
             models.append(ReferenceModel("mlp_classifier", dtype, classifier, make_input))
     return models
+
+
+def not_checked(table: Sequence[OpInfo] = OP_TABLE) -> list[str]:
+    """The (op, dtype) pairs parity skips because onnxruntime has no kernel, and why."""
+    return [
+        f"{info.name} {str(dtype).removeprefix('torch.')}: onnxruntime CPU has {why}"
+        for info in table
+        for dtype, why in info.onnxruntime_missing.items()
+    ]
 
 
 def file_name(ref: ReferenceModel) -> str:

@@ -56,3 +56,27 @@ class MLPClassifier(torch.nn.Module):
         if self.native:
             return torch.nn.functional.cross_entropy(head(features), target)
         return opslib.ops.linear_cross_entropy(features, head.weight, target, head.bias)
+
+
+class DigitsCNN(torch.nn.Module):
+    """A small CNN for 1x8x8 images, every layer a customgrad op: Conv2d(1->16, 3x3, same) ->
+    BatchNorm2d -> ReLU -> Conv2d(16->32, 3x3, stride 2) -> ReLU -> flatten -> Linear(512 -> 10)."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = opslib.nn.Conv2d(1, 16, 3, padding="same")
+        self.norm1 = opslib.nn.BatchNorm2d(16)
+        self.conv2 = opslib.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.act = opslib.nn.ReLU()
+        self.head = opslib.nn.Linear(32 * 4 * 4, classes)
+        self.criterion = opslib.nn.CrossEntropyLoss()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [N, 1, 8, 8] (or [N, 64] pixel rows) -> logits [N, classes]."""
+        x = x.reshape(x.shape[0], 1, 8, 8)
+        h = self.act(self.norm1(self.conv1(x)))
+        h = self.act(self.conv2(h))
+        return self.head(h.flatten(1))
+
+    def loss(self, x: Tensor, target: Tensor) -> Tensor:
+        return self.criterion(self(x), target)

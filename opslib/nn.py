@@ -198,3 +198,112 @@ class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
 class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
     """``torch.nn.BatchNorm3d`` computed by ``customgrad::batch_norm``: a subclass, same
     constructor, parameters, buffers and state_dict keys."""
+
+
+class Conv1d(torch.nn.Conv1d):
+    """``torch.nn.Conv1d`` computed by ``customgrad::conv1d``: a subclass, same constructor,
+    parameters, initialisation and state_dict keys. Non-zero padding modes (reflect, replicate,
+    circular) pad with ``F.pad`` first, as torch.nn does."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return _conv_forward(self, ops.conv1d, input, weight, bias)
+
+
+class Conv2d(torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` computed by ``customgrad::conv2d``: a subclass, same constructor,
+    parameters, initialisation and state_dict keys. Non-zero padding modes (reflect, replicate,
+    circular) pad with ``F.pad`` first, as torch.nn does."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return _conv_forward(self, ops.conv2d, input, weight, bias)
+
+
+def _conv_forward(module, conv, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """torch.nn's ``_ConvNd._conv_forward`` with the customgrad op."""
+    if module.padding_mode != "zeros":
+        input = torch.nn.functional.pad(
+            input, module._reversed_padding_repeated_twice, mode=module.padding_mode
+        )
+        return conv(input, weight, bias, module.stride, 0, module.dilation, module.groups)
+    return conv(input, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+
+
+class MultiheadSelfAttention(torch.nn.Module):
+    """Self-attention over ``[batch, seq, embed_dim]`` (batch first): the input projections and
+    the output projection through ``customgrad::linear``, attention through
+    ``customgrad::scaled_dot_product_attention`` (whose backward never holds the [seq, seq]
+    probabilities of every row at once).
+
+    Its parameters and state_dict keys are ``torch.nn.MultiheadAttention``'s for self-attention
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias``), so
+    ``load_state_dict(mha.state_dict())`` takes the weights of
+    ``torch.nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)``, and ``forward(x)``
+    then equals ``mha(x, x, x, need_weights=False)[0]``. Masks follow that module's convention:
+    a bool ``attn_mask`` [seq, seq] or ``key_padding_mask`` [batch, seq] is True where a key is
+    *not* attended; a float attn_mask is added to the scores. Only the output is returned: the
+    attention weights are the [seq, seq] matrix this module exists not to keep. Attention
+    dropout is not supported (the op refuses dropout_p > 0).
+    """
+
+    def __init__(
+        self, embed_dim: int, num_heads: int, bias: bool = True, device=None, dtype=None
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"opslib.nn.MultiheadSelfAttention: embed_dim {embed_dim} must be divisible by "
+                f"num_heads {num_heads}"
+            )
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        factory = {"device": device, "dtype": dtype}
+        self.in_proj_weight = torch.nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+        self.in_proj_bias = (
+            torch.nn.Parameter(torch.empty(3 * embed_dim, **factory)) if bias else None
+        )
+        self.out_proj = Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch.nn.MultiheadAttention's initialisation."""
+        torch.nn.init.xavier_uniform_(self.in_proj_weight)
+        if self.in_proj_bias is not None:
+            torch.nn.init.zeros_(self.in_proj_bias)
+            torch.nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        batch, seq, _ = x.shape
+        qkv = ops.linear(x, self.in_proj_weight, self.in_proj_bias)  # [batch, seq, 3·embed]
+        head_dim = self.embed_dim // self.num_heads
+        # [batch, seq, 3, heads, head_dim] -> 3 x [batch, heads, seq, head_dim]
+        q, k, v = qkv.unflatten(-1, (3, self.num_heads, head_dim)).permute(2, 0, 3, 1, 4)
+        mask = _attention_mask(attn_mask, key_padding_mask, x.dtype)
+        out = ops.scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, seq, self.embed_dim))
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+
+
+def _attention_mask(
+    attn_mask: Tensor | None, key_padding_mask: Tensor | None, dtype: torch.dtype
+) -> Tensor | None:
+    """nn.MultiheadAttention's masks (bool True: not attended; float: added) as one mask for
+    scaled_dot_product_attention (bool True: attended), broadcasting to [batch, heads, L, S]."""
+    allowed = None
+    if attn_mask is not None:
+        allowed = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask
+    if key_padding_mask is not None:
+        padding = key_padding_mask[:, None, None, :]  # [batch, 1, 1, S]
+        if padding.dtype != torch.bool:
+            allowed = padding.to(dtype) if allowed is None else allowed + padding.to(dtype)
+        elif allowed is None or allowed.dtype == torch.bool:
+            allowed = ~padding if allowed is None else allowed & ~padding
+        else:
+            allowed = allowed.masked_fill(padding, float("-inf"))
+    return allowed

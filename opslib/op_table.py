@@ -28,6 +28,7 @@ from torch import Tensor
 from opslib.core import triton_launchers as triton
 from opslib.ops.adam import adam_step_
 from opslib.ops.batch_norm import batch_norm, batch_norm_onnx, batch_norm_update_onnx
+from opslib.ops.conv import conv1d, conv1d_onnx, conv2d, conv2d_onnx, conv_flops, native_conv
 from opslib.ops.cross_entropy import cross_entropy, cross_entropy_onnx
 from opslib.ops.cube import cube, cube_onnx
 from opslib.ops.exp import exp, exp_onnx
@@ -43,6 +44,10 @@ from opslib.ops.linear_cross_entropy import (
 from opslib.ops.log_softmax import log_softmax, log_softmax_onnx
 from opslib.ops.relu import relu, relu_onnx
 from opslib.ops.rms_norm import rms_norm, rms_norm_onnx
+from opslib.ops.scaled_dot_product_attention import (
+    scaled_dot_product_attention,
+    scaled_dot_product_attention_onnx,
+)
 from opslib.ops.sigmoid import sigmoid, sigmoid_onnx
 from opslib.ops.softmax import softmax, softmax_onnx
 from opslib.ops.square import square, square_onnx
@@ -187,6 +192,11 @@ class OpInfo:
     # benchmarks/peak_memory.py: the bench size at which the peak memory of one forward +
     # backward is compared with native's (ops whose point is memory); None: not measured.
     bench_peak_memory_size: int | None = None
+    # ... and the sizes at which it also draws the curve of peak memory and time (attention)
+    bench_memory_curve: tuple[int, ...] = ()
+    # Other implementations peak_memory.py measures besides native, by name (attention's
+    # textbook composite, whose memory the op's blocks are there to avoid).
+    bench_baselines: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
     # Ops that the public function calls besides the op itself, by name, with their ONNX
     # translations (batch_norm's in-place running-statistics update). tests/test_norms.py covers
     # them; the translation table includes them.
@@ -199,6 +209,9 @@ class OpInfo:
     # weights): the tests and benchmarks never make them require grad (``leaves(constant=)``).
     constant_args: tuple[int, ...] = ()
     dtypes: tuple[torch.dtype, ...] = ALL_FLOAT_DTYPES
+    # dtypes that onnxruntime's CPU provider has no kernel for in this op's translation, with
+    # what is missing: the export scripts do not run parity in them, and say so.
+    onnxruntime_missing: dict[torch.dtype, str] = field(default_factory=dict)
     # (atol, rtol) against the reference in float32 (values and gradients). float16/bfloat16 are
     # judged against a float64 reference relative to native's own error (see tests).
     float32_tol: tuple[float, float] = (1e-5, 1.3e-6)
@@ -1431,6 +1444,436 @@ def _learned_silu_fast_path(x: Tensor, slope: Tensor) -> bool:
     return learned_silu_cpu_kernel_takes(x, slope)  # other slope forms: the Python kernel
 
 
+# ---- scaled_dot_product_attention ----
+
+
+def _native_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                      enable_gqa=False) -> Tensor:  # fmt: skip
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+    )
+
+
+def math_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                   enable_gqa=False) -> Tensor:  # fmt: skip
+    """Attention as the textbook writes it in torch ops, softmax(q kᵀ·scale + m) v: autograd
+    saves its [L, S] scores and probabilities (the benchmarks' "math" baseline)."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if enable_gqa:
+        groups = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(groups, -3), v.repeat_interleave(groups, -3)
+    s = (q * scale) @ k.transpose(-2, -1)
+    if is_causal:
+        above = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1)
+        s = s.masked_fill(above, -math.inf)
+    elif attn_mask is not None and attn_mask.dtype == torch.bool:
+        s = s.masked_fill(~attn_mask, -math.inf)
+    elif attn_mask is not None:
+        s = s + attn_mask
+    return torch.softmax(s, -1) @ v
+
+
+def _attention_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    def make(shape, rg=requires_grad):
+        return _make(shape, device, dtype, rg)
+
+    def qkv(lead, rows, keys, e=4, ev=3, kv_lead=None, rg=requires_grad):
+        kv_lead = lead if kv_lead is None else kv_lead
+        return (
+            make((*lead, rows, e), rg),
+            make((*kv_lead, keys, e), rg),
+            make((*kv_lead, keys, ev), rg),
+        )
+
+    def call(name, q, k, v, mask=None, causal=False, scale=None, gqa=False) -> Sample:
+        return Sample(name, (q, k, v, mask, 0.0, causal, scale, gqa))
+
+    bool_mask = torch.rand(5, 7, device=device) > 0.4
+    bool_mask[:, 0] = True
+    bool_mask[2] = False  # a fully masked row: output and gradients 0, as native
+    base = torch.randn(2, 5, 3, 4, device=device, dtype=dtype)  # [batch, L, heads, E]
+    return [
+        call("heads", *qkv((2, 3), 5, 7)),
+        call("causal-L<S", *qkv((2, 2), 4, 6), causal=True),
+        call("causal-L>S", *qkv((2, 2), 6, 4), causal=True),
+        call("bool-mask[L,S]", *qkv((2, 3), 5, 7), mask=bool_mask),
+        call("float-mask[H,1,S]", *qkv((2, 3), 5, 7), mask=make((3, 1, 7))),
+        call("float-mask[B,H,L,S]", *qkv((2, 3), 5, 7), mask=make((2, 3, 5, 7))),
+        call("float-mask-no-grad", *qkv((2,), 5, 7), mask=make((5, 7), rg=False)),
+        call("scale", *qkv((2, 3), 5, 7), scale=0.3),
+        call("gqa", *qkv((2, 4), 5, 7, kv_lead=(2, 2)), gqa=True),
+        call("gqa-causal", *qkv((1, 6), 5, 3, kv_lead=(1, 2)), causal=True, gqa=True),
+        call("3-d", *qkv((3,), 5, 7)),
+        call("2-d", *qkv((), 5, 7)),
+        call("broadcast-batch", make((3, 5, 4)), make((2, 3, 7, 4)), make((2, 3, 7, 3))),
+        call("one-query", *qkv((2, 3), 1, 7)),
+        call("one-key", *qkv((2, 3), 5, 1)),
+        call("no-queries", *qkv((2, 3), 0, 7)),
+        call(
+            "transposed-[B,L,H,E]",
+            _leaf_view(base.transpose(1, 2), requires_grad),
+            _leaf_view(base.transpose(1, 2).clone(), requires_grad),
+            _leaf_view(base.transpose(1, 2).clone(), requires_grad),
+        ),
+        call("k-only-grad", *(a if i == 1 else a.detach() for i, a in enumerate(qkv((2,), 5, 7)))),
+        call("no-grad", *qkv((2, 3), 5, 7, rg=False)),
+    ]
+
+
+def _attention_batch(rows: int, device, dtype) -> tuple:
+    """q [rows, 10, 7, 12], k [rows, 5, 9, 12], v [rows, 5, 9, 11] (grouped-query: two query
+    heads per key head), a [7, 9] float mask, scale 0.25: no dim equals a batch size the tests
+    use."""
+    return (
+        torch.randn(rows, 10, 7, 12, device=device, dtype=dtype),
+        torch.randn(rows, 5, 9, 12, device=device, dtype=dtype),
+        torch.randn(rows, 5, 9, 11, device=device, dtype=dtype),
+        torch.randn(7, 9, device=device, dtype=dtype),
+        0,  # dropout_p: an int, so that the tests that vary every float argument leave it 0
+        False,
+        0.25,
+        True,
+    )
+
+
+ATTENTION_BENCH_HEADS, ATTENTION_BENCH_HEAD_DIM = 8, 64  # the issue's: batch 1, 8 heads, dim 64
+
+
+def _attention_bench(length: int, device, dtype) -> tuple:
+    """Self-attention of batch 1, 8 heads of dim 64, L = S = length, causal off, no mask."""
+    q, k, v = (
+        torch.randn(
+            1, ATTENTION_BENCH_HEADS, length, ATTENTION_BENCH_HEAD_DIM, device=device, dtype=dtype
+        )  # fmt: skip
+        for _ in range(3)
+    )
+    return (q, k, v, None, 0.0, False, None, False)
+
+
+def _attention_bench_causal(length: int, device, dtype) -> tuple:
+    return (*_attention_bench(length, device, dtype)[:5], True, None, False)
+
+
+def _attention_flops(length: int) -> float:
+    """Forward: Q Kᵀ and P V, 2·L·S·E each, per head."""
+    return 2 * 2 * ATTENTION_BENCH_HEADS * length * length * ATTENTION_BENCH_HEAD_DIM
+
+
+def _attention_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    rows, keys, e, ev = (draw(st.integers(0 if i == 0 else 1, 4)) for i in range(4))
+    heads_kv = draw(st.integers(1, 2))
+    gqa = draw(st.booleans())
+    heads_q = heads_kv * (draw(st.integers(1, 2)) if gqa else 1)
+    q = draw(tensors(shape=[heads_q, rows, e]))
+    k = draw(tensors(shape=[heads_kv, keys, e]))
+    v = draw(tensors(shape=[heads_kv, keys, ev]))
+    form = draw(st.sampled_from(["none", "causal", "bool", "float"]))
+    mask = None
+    if form == "bool":
+        mask = torch.tensor(draw(st.lists(st.booleans(), min_size=rows * keys,
+                                          max_size=rows * keys))).reshape(rows, keys)  # fmt: skip
+    elif form == "float":
+        mask = draw(tensors(shape=[rows, keys]))
+    scale = draw(st.sampled_from([None, 0.5]))
+    return (q, k, v, mask, 0.0, form == "causal", scale, gqa)
+
+
+def _attention_error_inputs() -> list[ErrorInput]:
+    q, k, v = _t(2, 5, 4), _t(2, 7, 4), _t(2, 7, 3)
+    label = r"customgrad\.scaled_dot_product_attention"
+
+    def call(q=q, k=k, v=v, mask=None, dropout=0.0, causal=False, scale=None, gqa=False):
+        return (q, k, v, mask, dropout, causal, scale, gqa)
+
+    return [
+        ErrorInput(
+            "dropout",
+            lambda: call(dropout=0.1),
+            NotImplementedError,
+            label + r": dropout_p=0.1 is not supported",
+        ),
+        ErrorInput(
+            "feature sizes differ",
+            lambda: call(k=_t(2, 7, 5)),
+            ValueError,
+            label + r": q and k must have the same feature size E",
+        ),
+        ErrorInput(
+            "key counts differ",
+            lambda: call(v=_t(2, 6, 3)),
+            ValueError,
+            label + r": k and v must have the same number of keys S",
+        ),
+        ErrorInput(
+            "1-d q",
+            lambda: call(q=_t(4)),
+            ValueError,
+            label + r": q must have at least 2 dims",
+        ),
+        ErrorInput(
+            "heads differ without enable_gqa",
+            lambda: call(q=_t(4, 5, 4)),
+            ValueError,
+            label + r": the leading dims of q \[4, 5, 4\].* do not broadcast .*enable_gqa",
+        ),
+        ErrorInput(
+            "gqa heads not a multiple",
+            lambda: call(q=_t(3, 5, 4), gqa=True),
+            ValueError,
+            label + r": enable_gqa needs q's heads \(3\) to be a multiple of k's \(2\)",
+        ),
+        ErrorInput(
+            "mask and causal",
+            lambda: call(mask=torch.ones(5, 7, dtype=torch.bool), causal=True),
+            ValueError,
+            label + r": attn_mask and is_causal=True were both given",
+        ),
+        ErrorInput(
+            "mask of the wrong shape",
+            lambda: call(mask=_t(4, 7)),
+            ValueError,
+            label + r": attn_mask of shape \[4, 7\] does not broadcast to the scores' shape "
+            r"\[2, 5, 7\]",
+        ),
+        ErrorInput(
+            "integer mask",
+            lambda: call(mask=torch.ones(5, 7, dtype=torch.int64)),
+            TypeError,
+            label + r": attn_mask must be a floating-point tensor of q's dtype .* or a bool "
+            r"tensor .*, got torch.int64",
+        ),
+        ErrorInput(
+            "float64 mask for float32 q",
+            lambda: call(mask=torch.zeros(5, 7, dtype=torch.float64)),
+            TypeError,
+            label + r": q and attn_mask must have the same dtype \(or attn_mask bool\), got q "
+            r"torch.float32 and attn_mask torch.float64",
+        ),
+    ]
+
+
+# ---- conv1d, conv2d ----
+
+
+def _conv_samples(dims: int) -> SampleFn:
+    def samples(device, dtype, requires_grad: bool) -> list[Sample]:
+        def make(shape, rg=requires_grad):
+            return _make(shape, device, dtype, rg)
+
+        def view(v, rg=requires_grad):
+            return _leaf_view(v, rg)
+
+        spatial = (9,) if dims == 1 else (7, 6)
+        kernel = (3,) if dims == 1 else (3, 2)
+
+        def call(name, x, w, b=True, stride=1, padding=0, dilation=1, groups=1, rg=None):
+            bias = make((w.shape[0],), requires_grad if rg is None else rg) if b else None
+            pads = [padding] * (2 * dims) if isinstance(padding, int) else list(padding)
+            return Sample(name, (x, w, bias, [stride] * dims, pads, [dilation] * dims, groups))
+
+        x, w = make((2, 4, *spatial)), make((6, 4, *kernel))
+        same_even = [1, 2] if dims == 1 else [0, 1, 1, 1]  # "same" for kernel (4,) / (2, 3)
+        even = (4,) if dims == 1 else (2, 3)
+        samples = [
+            call("plain", x, w),
+            call("padding-1", make((2, 4, *spatial)), make((6, 4, *kernel)), padding=1),
+            call(
+                "same-even-kernel", make((2, 4, *spatial)), make((6, 4, *even)), padding=same_even
+            ),  # fmt: skip
+            call("stride-2", make((2, 4, *spatial)), make((6, 4, *kernel)), stride=2, padding=1),
+            call("dilation-2", make((2, 4, *spatial)), make((6, 4, *kernel)), dilation=2),
+            call("groups-2", make((2, 4, *spatial)), make((6, 2, *kernel)), groups=2),
+            call("depthwise", make((2, 4, *spatial)), make((8, 1, *kernel)), groups=4),
+            call("no-bias", make((2, 4, *spatial)), make((6, 4, *kernel)), b=False),
+            call("unbatched", make((4, *spatial)), make((6, 4, *kernel)), padding=1),
+            call("kernel-1", make((3, 4, *spatial)), make((5, 4, *((1,) * dims)))),
+            call("empty-batch", make((0, 4, *spatial)), make((6, 4, *kernel))),
+            call(
+                "transposed-x",
+                view(
+                    torch.randn(2, *spatial[::-1], 4, device=device, dtype=dtype)
+                    .movedim(-1, 1)
+                    .transpose(-1, -2)
+                    if dims == 2
+                    else torch.randn(2, *spatial, 4, device=device, dtype=dtype).movedim(-1, 1)
+                ),
+                make((6, 4, *kernel)),
+            ),  # fmt: skip
+            call(
+                "weight-only-grad",
+                make((2, 4, *spatial), rg=False),
+                make((6, 4, *kernel)),
+                rg=False,
+            ),  # fmt: skip
+            call("x-only-grad", make((2, 4, *spatial)), make((6, 4, *kernel), rg=False), rg=False),
+            call(
+                "no-grad",
+                make((2, 4, *spatial), rg=False),
+                make((6, 4, *kernel), rg=False),
+                rg=False,
+            ),  # fmt: skip
+        ]
+        if dims == 2:
+            samples.append(
+                call(
+                    "channels-last",
+                    view(
+                        torch.randn(2, 4, 7, 6, device=device, dtype=dtype).to(
+                            memory_format=torch.channels_last
+                        )
+                    ),
+                    make((6, 4, 3, 3)),
+                    padding=1,
+                )  # fmt: skip
+            )
+        return samples
+
+    return samples
+
+
+def _conv_batch(dims: int) -> Callable[[int, Any, torch.dtype], tuple]:
+    def batch(rows: int, device, dtype) -> tuple:
+        """x [rows, 6, 11(, 10)], a [10, 3, 3(, 3)] kernel in 2 groups, stride 1, asymmetric
+        padding, dilation 2 (every argument away from its default but stride)."""
+        spatial = (11,) if dims == 1 else (11, 10)
+        return (
+            torch.randn(rows, 6, *spatial, device=device, dtype=dtype),
+            torch.randn(10, 3, *((3,) * dims), device=device, dtype=dtype) * 0.3,
+            torch.randn(10, device=device, dtype=dtype),
+            [1] * dims,
+            [1, 2] * dims,
+            [2] * dims,
+            2,
+        )
+
+    return batch
+
+
+CONV_BENCH_CHANNELS, CONV_BENCH_SPATIAL = 64, 56  # the issue's [32, 64, 56, 56], 3x3, 64 -> 64
+
+
+def _conv_bench(dims: int) -> Callable[[int, Any, torch.dtype], tuple]:
+    def bench(batch: int, device, dtype) -> tuple:
+        """batch 1: [1, 1, 4(, 4)] (overhead); else [batch, 64, 56(, 56)] with a 3(x3) kernel to
+        64 channels, padding 1 (a ResNet stage)."""
+        tiny = batch == 1
+        c = 1 if tiny else CONV_BENCH_CHANNELS
+        side = 4 if tiny else CONV_BENCH_SPATIAL
+        fan_in = c * 3**dims
+        return (
+            torch.randn(batch, c, *((side,) * dims), device=device, dtype=dtype),
+            torch.randn(c, c, *((3,) * dims), device=device, dtype=dtype) / fan_in**0.5,
+            torch.zeros(c, device=device, dtype=dtype),
+            [1] * dims,
+            [1] * (2 * dims),
+            [1] * dims,
+            1,
+        )
+
+    return bench
+
+
+def _conv_bench_flops(dims: int) -> Callable[[int], float]:
+    def flops(batch: int) -> float:
+        c, side = (1, 4) if batch == 1 else (CONV_BENCH_CHANNELS, CONV_BENCH_SPATIAL)
+        return conv_flops(batch, c, c, (side,) * dims, (3,) * dims)
+
+    return flops
+
+
+def _conv_property_inputs(dims: int):
+    def draw_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+        groups = draw(st.integers(1, 2))
+        channels, out = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+        kernel = [draw(st.integers(1, 3)) for _ in range(dims)]
+        stride = [draw(st.integers(1, 2)) for _ in range(dims)]
+        dilation = [draw(st.integers(1, 2)) for _ in range(dims)]
+        padding = [draw(st.integers(0, 2)) for _ in range(2 * dims)]
+        spatial = [
+            max(1, dilation[i] * (kernel[i] - 1) + 1 - padding[2 * i] - padding[2 * i + 1])
+            + draw(st.integers(0, 3))
+            for i in range(dims)
+        ]
+        batch = [draw(st.integers(0, 2))] if draw(st.booleans()) else []
+        x = draw(tensors(shape=[*batch, channels, *spatial]))
+        weight = draw(tensors(shape=[out, channels // groups, *kernel]))
+        bias = draw(tensors(shape=[out])) if draw(st.booleans()) else None
+        return (x, weight, bias, stride, padding, dilation, groups)
+
+    return draw_inputs
+
+
+def _conv_error_inputs(dims: int) -> Callable[[], list[ErrorInput]]:
+    def cases() -> list[ErrorInput]:
+        label = rf"customgrad\.conv{dims}d"
+        spatial, kernel = ((9,), (3,)) if dims == 1 else ((7, 6), (3, 3))
+        x, w = _t(2, 4, *spatial), _t(6, 4, *kernel)
+        ones, zeros = [1] * dims, [0] * (2 * dims)
+
+        def call(x=x, w=w, b=None, stride=ones, padding=zeros, dilation=ones, groups=1):
+            return (x, w, b, stride, padding, dilation, groups)
+
+        return [
+            ErrorInput(
+                "channels mismatch",
+                lambda: call(x=_t(2, 5, *spatial)),
+                ValueError,
+                label + r": x has 5 channels and weight .* expects 4 per group x 1 groups",
+            ),
+            ErrorInput(
+                "groups not dividing",
+                lambda: call(w=_t(6, 2, *kernel), groups=3),
+                ValueError,
+                label + r": x has 4 channels and weight .* expects 2 per group x 3 groups = 6",
+            ),
+            ErrorInput(
+                "weight of the wrong rank",
+                lambda: call(w=_t(6, 4)),
+                ValueError,
+                label + rf": weight must be {dims + 2}-D",
+            ),
+            ErrorInput(
+                "x of the wrong rank",
+                lambda: call(x=_t(4)),
+                ValueError,
+                label + rf": x must be {dims + 2}-D",
+            ),
+            ErrorInput(
+                "kernel larger than the input",
+                lambda: call(x=_t(2, 4, *((2,) * dims))),
+                ValueError,
+                label + r": the padded input \(2 in spatial dim 0\) is smaller than the dilated "
+                r"kernel \(3\)",
+            ),
+            ErrorInput(
+                "stride 0",
+                lambda: call(stride=[0] * dims),
+                ValueError,
+                label + r": stride, dilation and groups must be positive",
+            ),
+            ErrorInput(
+                "negative padding",
+                lambda: call(padding=[-1] * (2 * dims)),
+                ValueError,
+                label + r": .* padding non-negative",
+            ),
+            ErrorInput(
+                "bias of the wrong shape",
+                lambda: call(b=_t(5)),
+                ValueError,
+                label + r": bias of shape \[5\] must be \[6\]",
+            ),
+            ErrorInput(
+                "padding of the wrong length",
+                lambda: call(padding=[1] * (2 * dims + 1)),
+                ValueError,
+                label + rf": stride and dilation need {dims} values and padding {2 * dims}",
+            ),
+        ]
+
+    return cases
+
+
 OP_TABLE: list[OpInfo] = [
     OpInfo(
         name="square",
@@ -1723,6 +2166,83 @@ OP_TABLE: list[OpInfo] = [
         property_inputs=_linear_cross_entropy_property_inputs,
         exact_reference=_ignored_tokens_dropped,
         error_inputs=_linear_cross_entropy_error_inputs,
+    ),
+    OpInfo(
+        name="conv1d",
+        func=conv1d,
+        reference=native_conv(1),
+        reference_text="F.conv1d(x, W, b, stride, padding, dilation, groups)",
+        formula=(
+            "y = b + Σ W ⋆ x (cross-correlation) ; dL/dx = conv_transpose(g, W), "
+            "dL/dW = correlation of x with g, dL/db = Σ g"
+        ),
+        sample_inputs=_conv_samples(1),
+        batch_inputs=_conv_batch(1),
+        onnx_translation=conv1d_onnx,
+        bench_sizes=(1, 8, 32),
+        bench_inputs=_conv_bench(1),
+        roofline="matmul",
+        bench_forward_flops=_conv_bench_flops(1),
+        bench_size_unit="batch of [N, C, L] (64 channels, 56 wide, 3-wide kernel)",
+        bench_size_label=lambda n: "[1,1,4]" if n == 1 else f"[{n},64,56]",
+        extreme_inputs=None,  # sums of ±inf through a convolution are order-dependent
+        property_inputs=_conv_property_inputs(1),
+        error_inputs=_conv_error_inputs(1),
+        float32_tol=(3e-5, 1e-5),
+        onnxruntime_missing={torch.float64: "no float64 Conv kernel"},
+    ),
+    OpInfo(
+        name="conv2d",
+        func=conv2d,
+        reference=native_conv(2),
+        reference_text="F.conv2d(x, W, b, stride, padding, dilation, groups)",
+        formula=(
+            "y = b + Σ W ⋆ x (cross-correlation) ; dL/dx = conv_transpose(g, W), "
+            "dL/dW = correlation of x with g, dL/db = Σ g"
+        ),
+        sample_inputs=_conv_samples(2),
+        batch_inputs=_conv_batch(2),
+        onnx_translation=conv2d_onnx,
+        bench_sizes=(1, 8, 32),
+        bench_inputs=_conv_bench(2),
+        roofline="matmul",
+        bench_forward_flops=_conv_bench_flops(2),
+        bench_size_unit="batch of [N, C, H, W] (64 channels, 56 wide, 3-wide kernel)",
+        bench_size_label=lambda n: "[1,1,4,4]" if n == 1 else f"[{n},64,56,56]",
+        extreme_inputs=None,  # sums of ±inf through a convolution are order-dependent
+        property_inputs=_conv_property_inputs(2),
+        error_inputs=_conv_error_inputs(2),
+        float32_tol=(3e-5, 1e-5),
+        onnxruntime_missing={torch.float64: "no float64 Conv kernel"},
+    ),
+    OpInfo(
+        name="scaled_dot_product_attention",
+        func=scaled_dot_product_attention,
+        reference=_native_attention,
+        reference_text="F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, "
+        "scale, enable_gqa=...)",
+        formula=(
+            "o = P V, P = softmax(scale·q kᵀ + m) by blocks of rows, lse saved ; dV = Pᵀ dO, "
+            "dS = P ⊙ (dO Vᵀ - rowsum(dO ⊙ O)), dQ = scale·dS K, dK = scale·dSᵀ Q (P recomputed)"
+        ),
+        sample_inputs=_attention_samples,
+        batch_inputs=_attention_batch,
+        batch_args=(0, 1, 2),  # q, k and v carry the batch; the mask broadcasts over it
+        onnx_translation=scaled_dot_product_attention_onnx,
+        bench_sizes=(16, 512, 1024, 4096),
+        bench_inputs=_attention_bench,
+        bench_variants={"causal": _attention_bench_causal},
+        roofline="matmul",
+        bench_forward_flops=_attention_flops,
+        bench_size_unit="sequence length L = S (batch 1, 8 heads, dim 64)",
+        bench_size_label=lambda n: f"L={n}",
+        bench_peak_memory_size=4096,
+        bench_memory_curve=(512, 1024, 2048, 4096, 8192),
+        bench_baselines={"math": math_attention},
+        extreme_inputs=None,  # sums of ±inf through matmuls are order-dependent (as linear)
+        property_inputs=_attention_property_inputs,
+        error_inputs=_attention_error_inputs,
+        float32_tol=(2e-5, 1e-5),
     ),
 ]
 

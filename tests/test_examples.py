@@ -45,7 +45,23 @@ def test_digits_example_trains_to_95_percent_and_saves_an_exported_program(tmp_p
     assert "reloaded .pt2 gives identical predictions: True" in out
     assert "eager" in out and "compiled" in out
     assert "compiling the model" in out and "with no recompile after the warm-up" in out
-    assert (tmp_path / "training.png").stat().st_size > 10_000
+    assert (tmp_path / "training_mlp.png").stat().st_size > 10_000
     assert (tmp_path / "digits_classifier.pt2").stat().st_size > 0
     assert "same class as PyTorch on 360/360 test images" in out
     assert "onnxruntime" in out and (tmp_path / "digits_classifier.onnx").stat().st_size > 0
+
+
+def test_digits_cnn_example_trains_compiled_and_runs_in_onnxruntime(tmp_path):
+    """The second example: conv2d, batch norm and cross_entropy, compiled without recompiles,
+    exported (.pt2 and ONNX) and run in onnxruntime with the same predictions."""
+    out, err = run_example(
+        "examples/train_digits.py", "--model", "cnn", "--epochs", "15", "--out", str(tmp_path),
+        timeout=600, env={"TORCH_LOGS": "recompiles"},
+    )  # fmt: skip
+    assert "Recompiling" not in err, err[-3000:]
+    accuracy = float(out.split("final test accuracy ")[1].split("%")[0])
+    assert accuracy >= 95.0, out
+    assert "reloaded .pt2 gives identical predictions: True" in out
+    assert "customgrad.conv2d.default" in out
+    assert "same class as PyTorch on 360/360 test images" in out
+    assert (tmp_path / "digits_cnn.onnx").stat().st_size > 0

@@ -3,6 +3,7 @@
 from opslib.core import cpu_kernels as _cpu_kernels
 from opslib.ops.adam import adam_step_
 from opslib.ops.batch_norm import batch_norm
+from opslib.ops.conv import conv1d, conv2d
 from opslib.ops.cross_entropy import cross_entropy
 from opslib.ops.cube import cube
 from opslib.ops.exp import exp
@@ -13,6 +14,7 @@ from opslib.ops.linear_cross_entropy import linear_cross_entropy
 from opslib.ops.log_softmax import log_softmax
 from opslib.ops.relu import relu
 from opslib.ops.rms_norm import rms_norm
+from opslib.ops.scaled_dot_product_attention import scaled_dot_product_attention
 from opslib.ops.sigmoid import sigmoid
 from opslib.ops.softmax import softmax
 from opslib.ops.square import square
@@ -28,6 +30,8 @@ __all__ = [
     "cpu_fast_path_enabled",
     "cpu_kernels_enabled",
     "batch_norm",
+    "conv1d",
+    "conv2d",
     "cross_entropy",
     "cube",
     "exp",
@@ -38,6 +42,7 @@ __all__ = [
     "log_softmax",
     "relu",
     "rms_norm",
+    "scaled_dot_product_attention",
     "sigmoid",
     "softmax",
     "square",

@@ -1,0 +1,531 @@
+"""``customgrad::scaled_dot_product_attention(Tensor q, Tensor k, Tensor v, Tensor? attn_mask=None,
+float dropout_p=0.0, bool is_causal=False, float? scale=None, bool enable_gqa=False)
+-> (Tensor out, Tensor lse)``: softmax attention, as ``F.scaled_dot_product_attention``, with a
+backward that recomputes the attention probabilities block by block instead of saving them.
+
+Shapes (the leading dims ``...`` broadcast, as native's)
+    q     [..., Hq, L, E]      L queries
+    k     [..., Hk, S, E]      S keys
+    v     [..., Hk, S, Ev]
+    mask  None; bool (True: attend) or q's float dtype (added to the scores), broadcasting to
+          [..., Hq, L, S]
+    out   [..., Hq, L, Ev]     (the public function returns this)
+    lse   [..., Hq, L]         the rows' log-sum-exp, in float32 for half inputs
+    Without enable_gqa the head dims broadcast like the others; with it, Hq = G·Hk and query
+    head h reads key/value head h // G (grouped-query attention: k and v repeat_interleave'd).
+
+Forward, per row i (one query) of one (batch, head):
+    s_ij = scale · q_i·k_j + m_ij          scale = 1/√E unless given; m: the float mask, or
+                                           -inf where a bool mask is False or j > i (is_causal:
+                                           aligned top-left, row i sees keys 0..i, as native)
+    lse_i = log Σ_j e^(s_ij)               (torch.logsumexp: no overflow)
+    p_ij = e^(s_ij - lse_i)                the softmax of the row
+    o_i = Σ_j p_ij v_j
+
+    A fully masked row has lse_i = -inf; it gets p = 0, so o_i = 0 and zero gradients, as
+    native 2.13 gives (the softmax of a row of -inf would be 0/0).
+
+Backward (dO = dL/dout, g = dL/dlse, usually 0; d·(a) means dL/da)
+    o_i = Σ_j p_ij v_j            =>  dV_j = Σ_i p_ij dO_i                dV = Pᵀ dO
+                                      dP_ij = dO_i · v_j                  dP = dO Vᵀ
+    p_ij = e^(s_ij - lse_i), ∂lse_i/∂s_ij = p_ij
+        =>  dS_ij = p_ij (dP_ij - Σ_k p_ik dP_ik) + p_ij g_i              (the softmax Jacobian)
+    and Σ_k p_ik dP_ik = Σ_k p_ik dO_i·v_k = dO_i · o_i, so with
+        D_i = rowsum(dO ⊙ O)_i - g_i:      dS = P ⊙ (dP - D)
+    s_ij = scale · q_i·k_j + m_ij =>  dQ = scale · dS K,   dK = scale · dSᵀ Q,   dm = dS
+    Each gradient is then summed over the dims its tensor was broadcast along (sum_to_size),
+    and dK, dV over the G query heads that share a key/value head.
+
+    D needs only O and dO, never a full row of P; so P can be recomputed a block of query rows
+    at a time from q, k and the saved lse (one more matmul, Q Kᵀ), and no [L, S] matrix is
+    held for all rows at once: the memory of flash-attention's backward, O(L), in torch ops.
+
+Blocks: forward and backward loop over blocks of query rows, each holding the scores of at
+most BLOCK_SCORES elements (across every batch and head), so memory is O(L + S) whatever L
+and S are. Small calls are one block. The matmuls are ATen's (MKL/oneDNN on CPU, cuBLAS on
+CUDA); there is no Triton kernel.
+
+Saved for backward: q, k, v, the output and lse (the inputs and outputs: no copy), and the mask
+if any. Native's CPU flash kernel saves the same; its math path saves the [L, S] probabilities.
+
+Double backward: the first-order backward is the op ``customgrad::scaled_dot_product_attention_
+backward`` (so compile and export see it), whose own backward differentiates the same torch-op
+formula with ``torch.func.vjp``. Its graph holds every block: O(L·S) memory, for second order.
+
+dropout_p > 0 is refused with an error: attention dropout draws a random mask that would have to
+be regenerated identically in backward (flash-attention keeps the RNG state); this op does not
+implement that. Use dropout_p=0 (nn.MultiheadAttention's default) or dropout on the output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from opslib.core.checks import (
+    check_floating_input,
+    check_same_device,
+    check_same_dtype_and_device,
+    fmt_shape,
+    label,
+)
+from opslib.core.registration import (
+    define_op,
+    register_autocast_to_autocast_dtype,
+    register_vmap,
+)
+
+OP = "scaled_dot_product_attention"
+# Score elements one block of query rows may hold (4 MiB in float32): the forward and backward
+# keep a few tensors of this size alive at a time.
+BLOCK_SCORES = 1 << 20
+
+
+def _check_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    enable_gqa: bool,
+) -> tuple[list[int], int]:
+    """Validate the arguments; return the broadcast leading dims of the output and G, the query
+    heads per key/value head (1 without enable_gqa)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_floating_input(OP, name, t)
+    check_same_dtype_and_device(OP, {"q": q, "k": k, "v": v})
+    if dropout_p != 0.0:
+        raise NotImplementedError(
+            f"{label(OP)}: dropout_p={dropout_p} is not supported (its random mask would have to "
+            f"be drawn again identically in backward); pass dropout_p=0.0"
+        )
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() < 2:
+            raise ValueError(
+                f"{label(OP)}: {name} must have at least 2 dims ([..., rows, features]), got "
+                f"shape {fmt_shape(t.shape)}"
+            )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"{label(OP)}: q and k must have the same feature size E, got q {fmt_shape(q.shape)} "
+            f"and k {fmt_shape(k.shape)}"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"{label(OP)}: k and v must have the same number of keys S, got k "
+            f"{fmt_shape(k.shape)} and v {fmt_shape(v.shape)}"
+        )
+    groups = 1
+    k_lead, v_lead = list(k.shape[:-2]), list(v.shape[:-2])
+    if enable_gqa:
+        if q.dim() < 3 or k.dim() < 3 or v.dim() < 3:
+            raise ValueError(
+                f"{label(OP)}: enable_gqa needs a head dim (-3) in q, k and v, got q "
+                f"{fmt_shape(q.shape)}, k {fmt_shape(k.shape)}, v {fmt_shape(v.shape)}"
+            )
+        heads_q, heads_kv = q.shape[-3], k.shape[-3]
+        if v.shape[-3] != heads_kv or heads_kv == 0 or heads_q % heads_kv:
+            raise ValueError(
+                f"{label(OP)}: enable_gqa needs q's heads ({heads_q}) to be a multiple of k's "
+                f"({heads_kv}) and v's ({v.shape[-3]}), which must be equal"
+            )
+        groups = heads_q // heads_kv
+        k_lead[-1] = v_lead[-1] = heads_q
+    try:
+        lead = list(torch.broadcast_shapes(q.shape[:-2], k_lead, v_lead))
+    except RuntimeError:
+        raise ValueError(
+            f"{label(OP)}: the leading dims of q {fmt_shape(q.shape)}, k {fmt_shape(k.shape)} "
+            f"and v {fmt_shape(v.shape)} do not broadcast"
+            + ("" if enable_gqa else " (different head counts need enable_gqa=True)")
+        ) from None
+    if attn_mask is not None:
+        if is_causal:
+            raise ValueError(
+                f"{label(OP)}: attn_mask and is_causal=True were both given; pass one of them"
+            )
+        if attn_mask.layout != torch.strided:
+            raise TypeError(
+                f"{label(OP)}: attn_mask must be a dense (strided) tensor, got layout "
+                f"{attn_mask.layout}; call .to_dense() first"
+            )
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(
+                f"{label(OP)}: attn_mask must be a floating-point tensor of q's dtype (added to "
+                f"the scores) or a bool tensor (True: attend), got {attn_mask.dtype}"
+            )
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
+            raise TypeError(
+                f"{label(OP)}: q and attn_mask must have the same dtype (or attn_mask bool), "
+                f"got q {q.dtype} and attn_mask {attn_mask.dtype}"
+            )
+        check_same_device(OP, {"q": q, "attn_mask": attn_mask})
+        scores = [*lead, q.shape[-2], k.shape[-2]]
+        try:
+            fits = list(torch.broadcast_shapes(attn_mask.shape, scores)) == scores
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{label(OP)}: attn_mask of shape {fmt_shape(attn_mask.shape)} does not "
+                f"broadcast to the scores' shape {fmt_shape(scores)}"
+            )
+    return lead, groups
+
+
+def _compute_dtype(q: Tensor) -> torch.dtype:
+    """float32 for half inputs (as native's kernels accumulate), else q's own."""
+    return torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+
+
+def _scale(q: Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+
+def _block_rows(lead: list[int], rows: int, keys: int) -> int:
+    """Query rows per block: at most BLOCK_SCORES scores over every batch and head."""
+    return max(1, min(rows, BLOCK_SCORES // max(1, math.prod(lead) * keys)))
+
+
+def _mask_rows(attn_mask: Tensor | None, r0: int, r1: int, rows: int) -> Tensor | None:
+    """The mask's rows r0:r1, or all of it where it does not vary along the query dim."""
+    if attn_mask is None or attn_mask.dim() < 2 or attn_mask.shape[-2] == 1 or rows == 1:
+        return attn_mask
+    return attn_mask[..., r0:r1, :]
+
+
+def _scores(q_rows: Tensor, k: Tensor, mask_rows: Tensor | None, is_causal: bool, r0: int,
+            scale: float) -> Tensor:  # fmt: skip
+    """s = scale · q kᵀ + m for the query rows r0.. (q_rows, in the compute dtype)."""
+    s = (q_rows * scale) @ k.transpose(-2, -1)
+    if is_causal:  # row i sees keys 0..i (top-left aligned, as native, also for L != S)
+        rows = torch.arange(r0, r0 + q_rows.shape[-2], device=s.device).unsqueeze(-1)
+        s = s.masked_fill(torch.arange(s.shape[-1], device=s.device) > rows, -math.inf)
+    elif mask_rows is not None and mask_rows.dtype == torch.bool:
+        s = s.masked_fill(~mask_rows, -math.inf)
+    elif mask_rows is not None:
+        s = s + mask_rows.to(s.dtype)
+    return s
+
+
+def _probabilities(s: Tensor, lse: Tensor) -> Tensor:
+    """p = e^(s - lse), 0 on fully masked rows (lse = -inf) instead of e^(-inf + inf) = nan,
+    and nan on rows with a score of +inf (lse = +inf), as native's softmax makes them."""
+    lse = torch.where(lse == -math.inf, 0.0, torch.where(lse == math.inf, math.nan, lse))
+    return torch.exp(s - lse.unsqueeze(-1))
+
+
+def _expand_heads(t: Tensor, groups: int) -> Tensor:
+    """GQA: key/value head h serves query heads h·G .. h·G + G - 1."""
+    return t if groups == 1 else t.repeat_interleave(groups, dim=-3)
+
+
+def _fold_heads(grad: Tensor, like: Tensor, groups: int) -> Tensor:
+    """The gradient of an expanded k or v, summed back to its shape (groups and broadcasts)."""
+    if groups > 1:
+        grad = grad.unflatten(-3, (grad.shape[-3] // groups, groups)).sum(-3)
+    return grad.sum_to_size(like.shape)
+
+
+def _forward_formula(q, k, v, attn_mask, is_causal, scale, enable_gqa) -> tuple[Tensor, Tensor]:
+    """(out, lse) as derived above, a block of query rows at a time, in torch ops."""
+    lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
+    dtype, scale = _compute_dtype(q), _scale(q, scale)
+    k, v = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
+    rows = q.shape[-2]
+    step = _block_rows(lead, rows, k.shape[-2])
+    outs, lses = [], []
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        s = _scores(q[..., r0:r1, :].to(dtype), k, _mask_rows(attn_mask, r0, r1, rows),
+                    is_causal, r0, scale)  # fmt: skip
+        lse = torch.logsumexp(s, -1)
+        outs.append(_probabilities(s, lse) @ v)
+        lses.append(lse)
+    out_shape, lse_shape = [*lead, rows, v.shape[-1]], [*lead, rows]
+    if not outs:  # no query rows
+        return q.new_empty(out_shape), q.new_empty(lse_shape, dtype=dtype)
+    out = torch.cat(outs, -2) if len(outs) > 1 else outs[0]
+    lse = torch.cat(lses, -1) if len(lses) > 1 else lses[0]
+    return (
+        out.expand(out_shape).to(q.dtype).contiguous(),
+        lse.expand(lse_shape).contiguous(),
+    )
+
+
+def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale,
+                      enable_gqa, mask_grad):  # fmt: skip
+    """(dq, dk, dv, dmask) as derived above, a block of query rows at a time, in torch ops
+    (differentiable: the double backward takes its vjp). dmask is an empty tensor unless
+    ``mask_grad``."""
+    lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
+    dtype, scale = _compute_dtype(q), _scale(q, scale)
+    k_all, v_all = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
+    rows = q.shape[-2]
+    step = _block_rows(lead, rows, k.shape[-2])
+    dq_blocks, dmask_blocks = [], []
+    dk = dv = dmask_whole = None
+    mask_by_rows = attn_mask is not None and _mask_rows(attn_mask, 0, 1, rows) is not attn_mask
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        q_rows = q[..., r0:r1, :].to(dtype)
+        mask_rows = _mask_rows(attn_mask, r0, r1, rows)
+        p = _probabilities(_scores(q_rows, k_all, mask_rows, is_causal, r0, scale),
+                           lse[..., r0:r1].to(dtype))  # fmt: skip
+        d_out = grad_out[..., r0:r1, :].to(dtype)
+        d_p = d_out @ v_all.transpose(-2, -1)  # dP = dO Vᵀ
+        # D_i = rowsum(dO ⊙ O)_i - g_i: the softmax Jacobian's row term, without P's row. For
+        # half inputs the saved O is rounded to 8 or 11 bits, which would put that rounding
+        # into every gradient (measured: 7x native's bfloat16 error); there D is taken as
+        # Σ_j p_ij dP_ij, the same value from the block's float32 P and dP.
+        if q.dtype in (torch.float16, torch.bfloat16):
+            d = (p * d_p).sum(-1)
+        else:
+            d = (d_out * out[..., r0:r1, :].to(dtype)).sum(-1)
+        if grad_lse is not None:
+            d = d - grad_lse[..., r0:r1].to(dtype)
+        d_scores = p * (d_p - d.unsqueeze(-1))  # dS = P ⊙ (dP - D)
+        dv_block = p.transpose(-2, -1) @ d_out  # dV = Pᵀ dO
+        dk_block = (d_scores.transpose(-2, -1) @ q_rows) * scale  # dK = scale · dSᵀ Q
+        dv = dv_block if dv is None else dv + dv_block
+        dk = dk_block if dk is None else dk + dk_block
+        dq_blocks.append(((d_scores @ k_all) * scale).sum_to_size(q_rows.shape))
+        if mask_grad and mask_by_rows:
+            dmask_blocks.append(d_scores.sum_to_size(mask_rows.shape))
+        elif mask_grad:
+            whole = d_scores.sum_to_size(attn_mask.shape)
+            dmask_whole = whole if dmask_whole is None else dmask_whole + whole
+    if not dq_blocks:  # no query rows: nothing flows
+        dk, dv = k.new_zeros(k_all.shape, dtype=dtype), v.new_zeros(v_all.shape, dtype=dtype)
+        dq_blocks = [q.new_zeros(q.shape, dtype=dtype)]
+        dmask_whole = attn_mask.new_zeros(attn_mask.shape) if mask_grad else None
+    dq = torch.cat(dq_blocks, -2) if len(dq_blocks) > 1 else dq_blocks[0]
+    if mask_grad:
+        dmask = torch.cat(dmask_blocks, -2) if dmask_blocks else dmask_whole
+        dmask = dmask.to(attn_mask.dtype).contiguous()
+    else:
+        dmask = q.new_empty(0)
+    return (
+        dq.to(q.dtype).contiguous(),
+        _fold_heads(dk, k, groups).to(k.dtype).contiguous(),
+        _fold_heads(dv, v, groups).to(v.dtype).contiguous(),
+        dmask,
+    )
+
+
+def _attention_kernel(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                      enable_gqa=False):  # fmt: skip
+    _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
+    with torch.no_grad():
+        return _forward_formula(q, k, v, attn_mask, is_causal, scale, enable_gqa)
+
+
+def _attention_fake(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False):  # fmt: skip
+    lead, _ = _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
+    rows = q.shape[-2]
+    return (
+        q.new_empty([*lead, rows, v.shape[-1]]),
+        q.new_empty([*lead, rows], dtype=_compute_dtype(q)),
+    )
+
+
+def _attention_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    q, k, v, attn_mask, _, is_causal, scale, enable_gqa = inputs
+    out, lse = output
+    ctx.is_causal, ctx.scale, ctx.enable_gqa = is_causal, scale, enable_gqa
+    ctx.mask_grad = attn_mask is not None and ctx.needs_input_grad[3]
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask)
+
+
+def _attention_backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
+    q, k, v, out, lse, attn_mask = ctx.saved_tensors
+    dq, dk, dv, dmask = _attention_grad(
+        grad_out, grad_lse, q, k, v, out, lse, attn_mask, ctx.is_causal, ctx.scale,
+        ctx.enable_gqa, ctx.mask_grad,
+    )  # fmt: skip
+    needs = ctx.needs_input_grad
+    return (
+        dq if needs[0] else None,
+        dk if needs[1] else None,
+        dv if needs[2] else None,
+        dmask if ctx.mask_grad else None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def _grad_kernel(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale, enable_gqa,
+                 mask_grad):  # fmt: skip
+    with torch.no_grad():
+        return _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal,
+                                 scale, enable_gqa, mask_grad)  # fmt: skip
+
+
+def _grad_fake(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale, enable_gqa,
+               mask_grad):  # fmt: skip
+    _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
+    dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
+
+
+_GRAD_TENSORS = ("grad_out", "grad_lse", "q", "k", "v", "out", "lse", "attn_mask")
+
+
+def _grad_setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    ctx.options = inputs[8:]
+    ctx.save_for_backward(*inputs[:8])
+
+
+def _grad_backward(ctx, *grad_grads: Tensor):
+    """The backward of the backward: the vjp of ``_backward_formula`` (torch ops) with respect to
+    every tensor input that needs it, by ``torch.func.vjp``; itself differentiable again."""
+    saved = list(ctx.saved_tensors)
+    is_causal, scale, enable_gqa, mask_grad = ctx.options
+    wanted = [i for i, t in enumerate(saved) if t is not None and ctx.needs_input_grad[i]]
+
+    def formula(*tensors: Tensor) -> tuple[Tensor, ...]:
+        args = list(saved)
+        for i, t in zip(wanted, tensors, strict=True):
+            args[i] = t
+        grads = _backward_formula(*args, is_causal, scale, enable_gqa, mask_grad)
+        return grads if mask_grad else grads[:3]
+
+    _, vjp = torch.func.vjp(formula, *(saved[i] for i in wanted))
+    cotangents = grad_grads if mask_grad else grad_grads[:3]
+    results = vjp(tuple(cotangents))
+    grads: list[Tensor | None] = [None] * 12
+    for i, g in zip(wanted, results, strict=True):
+        grads[i] = g
+    return tuple(grads)
+
+
+_attention_grad = define_op(
+    "scaled_dot_product_attention_backward",
+    "(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+    "Tensor? attn_mask, bool is_causal, float? scale, bool enable_gqa, bool mask_grad) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    kernel=_grad_kernel,
+    fake=_grad_fake,
+    setup_context=_grad_setup_context,
+    backward=_grad_backward,
+)
+
+_attention = define_op(
+    OP,
+    "(Tensor q, Tensor k, Tensor v, Tensor? attn_mask=None, float dropout_p=0.0, "
+    "bool is_causal=False, float? scale=None, bool enable_gqa=False) -> (Tensor, Tensor)",
+    kernel=_attention_kernel,
+    fake=_attention_fake,
+    setup_context=_attention_setup_context,
+    backward=_attention_backward,
+)
+
+
+def _attention_vmap(info, in_dims, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
+                    scale=None, enable_gqa=False):  # fmt: skip
+    """The op already takes any leading dims: each batched tensor gets its vmapped dim moved to
+    the front and 1s after it up to the sample's rank, so that it broadcasts against the
+    unbatched ones (which broadcast over the batch) dim for dim."""
+    dims = list((*in_dims, None)[:4])
+    tensors = [q, k, v, attn_mask]
+    if dims[3] is not None and dims[:3] == [None, None, None]:
+        # only the mask is batched: the output grows by the batch, which the op gives only
+        # for q, k and v (its mask must broadcast to their scores), so q takes the batch
+        tensors[0], dims[0] = q.expand(info.batch_size, *q.shape), 0
+    rank = max(
+        t.dim() - (d is not None) for t, d in zip(tensors, dims, strict=True) if t is not None
+    )
+    for i, (t, d) in enumerate(zip(tensors, dims, strict=True)):
+        if t is not None and d is not None:
+            t = t.movedim(d, 0)
+            tensors[i] = t.reshape(t.shape[0], *([1] * (rank + 1 - t.dim())), *t.shape[1:])
+    out, lse = _attention(*tensors, dropout_p, is_causal, scale, enable_gqa)
+    return (out, lse), (0, 0)
+
+
+register_vmap(_attention, _attention_vmap)
+# Like native sdpa, a matmul op: under autocast it computes in the autocast dtype.
+register_autocast_to_autocast_dtype(_attention, "cpu")
+register_autocast_to_autocast_dtype(_attention, "cuda")
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
+    enable_gqa)`` (dropout_p must be 0), with a block-recomputing backward derived in
+    ``opslib/ops/scaled_dot_product_attention.py``."""
+    return _attention(q, k, v, attn_mask, float(dropout_p), is_causal, scale, enable_gqa)[0]
+
+
+def scaled_dot_product_attention_onnx(q, k, v, attn_mask=None, dropout_p: float = 0.0,
+                                      is_causal: bool = False, scale: float | None = None,
+                                      enable_gqa: bool = False):  # fmt: skip
+    """ONNX translation in standard operators at the default opset: MatMul(q·scale, kᵀ), the
+    mask (Where for bool and causal masks, Add for float ones), Softmax along the keys, MatMul
+    with v; fully masked rows (max score -inf) set to 0 with Where, as the op gives; lse by
+    ReduceLogSumExp. GQA repeats k and v's heads (Unsqueeze, Expand, Reshape). ONNX's own
+    Attention (opset 23) is not used: onnxruntime runs this decomposition at the default opset,
+    in float64 too."""
+    import numpy as np
+    from onnxscript import ir
+
+    from opslib.onnx import constant, opset
+
+    def ints(values) -> object:
+        return opset.Constant(value=ir.tensor(np.array(values, dtype=np.int64)))
+
+    if dropout_p:
+        _check_attention(q, k, v, None, dropout_p, False, False)  # the op's error
+    k_rank, e = len(k.shape), q.shape[-1]
+    if enable_gqa:
+        groups = q.shape[-3] // k.shape[-3]
+
+        def repeat(t):  # [..., Hk, S, D] -> [..., Hk, G, S, D] -> [..., Hk·G, S, D]
+            expanded = opset.Unsqueeze(t, ints([-3]))
+            shape = opset.Shape(expanded)
+            target = opset.Concat(
+                opset.Slice(shape, ints([0]), ints([-3])), ints([groups]),
+                opset.Slice(shape, ints([-2]), ints([np.iinfo(np.int64).max])), axis=0,
+            )  # fmt: skip
+            merged = opset.Concat(
+                opset.Slice(shape, ints([0]), ints([-4])), ints([-1]),
+                opset.Slice(shape, ints([-2]), ints([np.iinfo(np.int64).max])), axis=0,
+            )  # fmt: skip
+            return opset.Reshape(opset.Expand(expanded, target), merged)
+
+        k, v = repeat(k), repeat(v)
+    scale = 1.0 / math.sqrt(e) if scale is None else scale
+    perm = list(range(k_rank))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    scores = opset.MatMul(opset.Mul(q, constant(scale, q)), opset.Transpose(k, perm=perm))
+    minus_inf = constant(-np.inf, q)
+    if is_causal:
+        rows, keys = opset.Shape(q, start=-2, end=-1), opset.Shape(k, start=-2, end=-1)
+        row = opset.Unsqueeze(opset.Range(ints(0), opset.Squeeze(rows), ints(1)), ints([-1]))
+        key = opset.Range(ints(0), opset.Squeeze(keys), ints(1))
+        scores = opset.Where(opset.Greater(key, row), minus_inf, scores)
+    elif attn_mask is not None and attn_mask.dtype == ir.DataType.BOOL:
+        scores = opset.Where(attn_mask, scores, minus_inf)
+    elif attn_mask is not None:
+        scores = opset.Add(scores, attn_mask)
+    largest = opset.ReduceMax(scores, ints([-1]), keepdims=1)
+    p = opset.Where(
+        opset.Equal(largest, minus_inf), constant(0.0, q), opset.Softmax(scores, axis=-1)
+    )
+    out = opset.MatMul(p, v)
+    lse = opset.ReduceLogSumExp(scores, ints([-1]), keepdims=0)
+    return out, lse

@@ -1,0 +1,134 @@
+"""What conv1d and conv2d promise beyond matching native (the op table's tests): the gradients
+are the formulas derived in opslib/ops/conv.py (a transposed convolution and a correlation,
+computed here independently), every padding form of F.conv*d, and the modules are torch.nn's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import opslib
+
+CASES = {
+    "plain": {},
+    "stride-2-padding-1": {"stride": 2, "padding": 1},
+    "dilation-2-groups-2": {"dilation": 2, "groups": 2},
+    "stride-3-dilation-2": {"stride": 3, "dilation": 2, "padding": 2},
+}
+
+
+@pytest.mark.parametrize("kwargs", CASES.values(), ids=CASES.keys())
+def test_conv2d_gradients_are_the_derived_transposed_convolution_and_correlation(kwargs):
+    """dL/dx = conv_transpose2d(g, W) (output_padding restores x's size) and dL/dW = the
+    correlation of x with g, per group: a convolution of x's channels by g, stride and
+    dilation swapped (float64)."""
+    torch.manual_seed(0)
+    stride, padding = kwargs.get("stride", 1), kwargs.get("padding", 0)
+    dilation, groups = kwargs.get("dilation", 1), kwargs.get("groups", 1)
+    x = torch.randn(3, 4, 11, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 3, 2, dtype=torch.float64, requires_grad=True)
+    y = opslib.conv2d(x, w, None, stride, padding, dilation, groups)
+    g = torch.randn_like(y)
+    grad_x, grad_w = torch.autograd.grad(y, (x, w), g)
+
+    # dX: dY scattered back through W, a transposed convolution
+    reach = [dilation * (k - 1) + 1 for k in w.shape[2:]]
+    output_padding = [
+        x.shape[2 + i] + 2 * padding - ((y.shape[2 + i] - 1) * stride + reach[i]) for i in range(2)
+    ]
+    want_x = F.conv_transpose2d(g, w, None, stride, padding, output_padding, groups, dilation)
+    torch.testing.assert_close(grad_x, want_x, atol=1e-12, rtol=1e-12)
+
+    # dW[o, c, κ] = Σ_n Σ_i g[n, o, i] · x_p[n, c, s·i + dil·κ], group by group
+    x_p = F.pad(x, [padding] * 4)
+    per_group_out, per_group_in = 6 // groups, 4 // groups
+    blocks = []
+    for k in range(groups):
+        xs = x_p[:, k * per_group_in : (k + 1) * per_group_in].transpose(0, 1)  # [C/g, N, ...]
+        gs = g[:, k * per_group_out : (k + 1) * per_group_out].transpose(0, 1)  # [O/g, N, ...]
+        corr = F.conv2d(xs, gs, stride=dilation, dilation=stride)  # [C/g, O/g, ≥kh, ≥kw]
+        blocks.append(corr[:, :, : w.shape[2], : w.shape[3]].transpose(0, 1))
+    torch.testing.assert_close(grad_w, torch.cat(blocks), atol=1e-12, rtol=1e-12)
+
+
+PADDINGS = [0, 2, (1, 0), "valid", "same"]
+
+
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_every_padding_form_of_native(dims, padding):
+    """int, one int per dim, "valid" and "same" (also with an even kernel and dilation, where
+    native pads the odd one at the end), outputs and gradients."""
+    if dims == 1 and isinstance(padding, tuple):
+        padding = (padding[0],)
+    torch.manual_seed(0)
+    spatial, kernel = ((9,), (4,)) if dims == 1 else ((9, 8), (4, 3))
+    ours, native = (opslib.conv1d, F.conv1d) if dims == 1 else (opslib.conv2d, F.conv2d)
+    for dilation in (1, 2):
+        x = torch.randn(2, 3, *spatial, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(5, 3, *kernel, dtype=torch.float64, requires_grad=True)
+        y = ours(x, w, None, 1, padding, dilation)
+        y_ref = native(x, w, None, 1, padding, dilation)
+        torch.testing.assert_close(y, y_ref)
+        g = torch.randn_like(y)
+        for a, b in zip(
+            torch.autograd.grad(y, (x, w), g), torch.autograd.grad(y_ref, (x, w), g), strict=True
+        ):
+            torch.testing.assert_close(a, b)
+
+
+def test_same_padding_with_a_stride_is_refused_as_native_refuses_it():
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"customgrad\.conv2d: padding='same' needs stride 1"):
+        opslib.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match=r"customgrad\.conv2d: padding must be .* got 'full'"):
+        opslib.conv2d(x, w, padding="full")
+
+
+class _OpsSeen(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+MODULE_CASES = [
+    {},
+    {"padding": "same"},
+    {"padding": 2, "padding_mode": "reflect"},
+    {"padding": 1, "padding_mode": "circular"},
+    {"stride": 2, "groups": 3, "bias": False},
+]
+
+
+@pytest.mark.parametrize("kwargs", MODULE_CASES, ids=str)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_conv_modules_are_torch_nn_subclasses_computed_by_the_op(dims, kwargs):
+    """A torch.nn.Conv*d's state_dict loads unchanged; outputs and parameter gradients match;
+    the customgrad op computes them."""
+    ours_cls, native_cls = (
+        (opslib.nn.Conv1d, torch.nn.Conv1d) if dims == 1 else (opslib.nn.Conv2d, torch.nn.Conv2d)
+    )
+    torch.manual_seed(0)
+    native = native_cls(3, 6, 3, **kwargs)
+    ours = ours_cls(3, 6, 3, **kwargs)
+    assert isinstance(ours, native_cls)
+    ours.load_state_dict(native.state_dict())
+    x = torch.randn(2, 3, *((9,) * dims))
+    with _OpsSeen() as spy:
+        y = ours(x)
+    assert f"customgrad.conv{dims}d.default" in spy.seen, spy.seen
+    y_ref = native(x)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    for a, b in zip(
+        torch.autograd.grad(y, list(ours.parameters()), g),
+        torch.autograd.grad(y_ref, list(native.parameters()), g),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
