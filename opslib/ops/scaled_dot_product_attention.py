@@ -39,14 +39,18 @@ Backward (dO = dL/dout, g = dL/dlse, usually 0; d·(a) means dL/da)
     D needs only O and dO, never a full row of P; so P can be recomputed a block of query rows
     at a time from q, k and the saved lse (one more matmul, Q Kᵀ), and no [L, S] matrix is
     held for all rows at once: the memory of flash-attention's backward, O(L), in torch ops.
+    Within a block the whole rows of P are at hand anyway, so the code takes D = Σ_j p_ij dP_ij
+    (the same number) inside ATen's fused softmax backward: one pass per row in cache, and no
+    need to save O (see _backward_formula).
 
 Blocks: forward and backward loop over blocks of query rows, each holding the scores of at
 most BLOCK_SCORES elements (across every batch and head), so memory is O(L + S) whatever L
 and S are. Small calls are one block. The matmuls are ATen's (MKL/oneDNN on CPU, cuBLAS on
 CUDA); there is no Triton kernel.
 
-Saved for backward: q, k, v, the output and lse (the inputs and outputs: no copy), and the mask
-if any. Native's CPU flash kernel saves the same; its math path saves the [L, S] probabilities.
+Saved for backward: q, k, v (the inputs: no copy), lse (O(L)) and the mask if any; not the
+output, which the implementation of D below does not need. Native's CPU flash kernel saves the
+output too; its math path saves the [L, S] probabilities.
 
 Double backward: the first-order backward is the op ``customgrad::scaled_dot_product_attention_
 backward`` (so compile and export see it), whose own backward differentiates the same torch-op
@@ -59,6 +63,7 @@ implement that. Use dropout_p=0 (nn.MultiheadAttention's default) or dropout on 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -81,6 +86,10 @@ OP = "scaled_dot_product_attention"
 # Score elements one block of query rows may hold (4 MiB in float32): the forward and backward
 # keep a few tensors of this size alive at a time.
 BLOCK_SCORES = 1 << 20
+# A block across every batch and head is used while it holds at least this many query rows (or
+# all of them); below that, the kernels take one head at a time in blocks of BLOCK_SCORES / S
+# rows, where the matmuls have enough rows to run at full speed.
+MIN_BLOCK_ROWS = 128
 
 
 def _check_attention(
@@ -197,24 +206,34 @@ def _mask_rows(attn_mask: Tensor | None, r0: int, r1: int, rows: int) -> Tensor 
     return attn_mask[..., r0:r1, :]
 
 
+def _in_place() -> bool:
+    """Whether torch ops may overwrite their block temporaries: in the kernels, where nothing
+    records a graph (autograd and torch.func.vjp need the out-of-place forms)."""
+    return not torch.is_grad_enabled()
+
+
 def _scores(q_rows: Tensor, k: Tensor, mask_rows: Tensor | None, is_causal: bool, r0: int,
             scale: float) -> Tensor:  # fmt: skip
     """s = scale · q kᵀ + m for the query rows r0.. (q_rows, in the compute dtype)."""
     s = (q_rows * scale) @ k.transpose(-2, -1)
     if is_causal:  # row i sees keys 0..i (top-left aligned, as native, also for L != S)
         rows = torch.arange(r0, r0 + q_rows.shape[-2], device=s.device).unsqueeze(-1)
-        s = s.masked_fill(torch.arange(s.shape[-1], device=s.device) > rows, -math.inf)
+        hidden = torch.arange(s.shape[-1], device=s.device) > rows
     elif mask_rows is not None and mask_rows.dtype == torch.bool:
-        s = s.masked_fill(~mask_rows, -math.inf)
+        hidden = ~mask_rows
     elif mask_rows is not None:
-        s = s + mask_rows.to(s.dtype)
-    return s
+        return s.add_(mask_rows) if _in_place() else s + mask_rows
+    else:
+        return s
+    return s.masked_fill_(hidden, -math.inf) if _in_place() else s.masked_fill(hidden, -math.inf)
 
 
 def _probabilities(s: Tensor, lse: Tensor) -> Tensor:
     """p = e^(s - lse), 0 on fully masked rows (lse = -inf) instead of e^(-inf + inf) = nan,
     and nan on rows with a score of +inf (lse = +inf), as native's softmax makes them."""
     lse = torch.where(lse == -math.inf, 0.0, torch.where(lse == math.inf, math.nan, lse))
+    if _in_place():
+        return s.sub_(lse.unsqueeze(-1)).exp_()
     return torch.exp(s - lse.unsqueeze(-1))
 
 
@@ -230,41 +249,145 @@ def _fold_heads(grad: Tensor, like: Tensor, groups: int) -> Tensor:
     return grad.sum_to_size(like.shape)
 
 
+def _accumulate(total: Tensor | None, block: Tensor) -> Tensor:
+    if total is None:
+        return block
+    return total.add_(block) if _in_place() else total + block
+
+
+def _rows_per_head_block(lead: list[int], rows: int, keys: int) -> int | None:
+    """Query rows per block for the kernels' one-head-at-a-time loops, or None where a block of
+    every head at once is large enough (small calls: one block, few Python steps)."""
+    together = BLOCK_SCORES // max(1, math.prod(lead) * keys)
+    if together >= min(rows, MIN_BLOCK_ROWS):
+        return None
+    return max(1, BLOCK_SCORES // max(1, keys))
+
+
+def _heads(lead: list[int]):
+    """Every index of the leading (batch and head) dims."""
+    return itertools.product(*(range(n) for n in lead))
+
+
+def _attending_to_nothing(v: Tensor) -> Tensor:
+    """The output of a fully masked row, as native gives it: p = 0 times v, summed; 0, or nan
+    where a value is ±inf or nan (0·inf)."""
+    return (v * 0).sum(-2, keepdim=True)
+
+
+def _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, step, dtype):
+    """_forward_formula one (batch, head) at a time: the same math, [rows, S] blocks, 2-D
+    matmuls (k and v here are already in the compute dtype, heads expanded)."""
+    rows, keys = q.shape[-2], k.shape[-2]
+    q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))  # views: no copies
+    mask = None if attn_mask is None else attn_mask.expand(*lead, rows, keys)
+    out = q.new_empty([*lead, rows, v.shape[-1]], dtype=dtype)
+    lse = q.new_empty([*lead, rows], dtype=dtype)
+    for index in _heads(lead):
+        q_h, k_h, v_h = q[index].to(dtype) * scale, k[index], v[index]
+        nothing = _attending_to_nothing(v_h)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            s = _scores(q_h[r0:r1], k_h, None if mask is None else mask[index][r0:r1],
+                        is_causal, r0, 1.0)  # fmt: skip
+            largest = s.amax(-1)
+            p = torch.softmax(s, -1)
+            del s
+            masked = largest == -math.inf
+            out[index][r0:r1] = torch.where(masked.unsqueeze(-1), nothing, p @ v_h)
+            lse[index][r0:r1] = torch.where(masked, -math.inf, largest - torch.log(p.amax(-1)))
+    return out, lse
+
+
+def _backward_by_heads(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, scale, lead,
+                       step, dtype):  # fmt: skip
+    """_backward_formula one (batch, head) at a time, accumulating dK and dV inside the matmuls
+    (addmm_) and writing dQ's rows in place; returns the gradients of the broadcast (and
+    head-expanded) q, k, v."""
+    rows, keys = q.shape[-2], k.shape[-2]
+    q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))
+    grad_out = grad_out.expand(*lead, rows, v.shape[-1])
+    mask = None if attn_mask is None else attn_mask.expand(*lead, rows, keys)
+    dq = q.new_empty([*lead, rows, q.shape[-1]], dtype=dtype)
+    dk = q.new_zeros([*lead, keys, k.shape[-1]], dtype=dtype)
+    dv = q.new_zeros([*lead, keys, v.shape[-1]], dtype=dtype)
+    for index in _heads(lead):
+        q_h, k_h, v_h = q[index].to(dtype) * scale, k[index], v[index]  # q_h: scale·Q
+        d_out_h, lse_h = grad_out[index].to(dtype), lse[index].to(dtype)
+        dq_h, dk_h, dv_h = dq[index], dk[index], dv[index]
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            s = _scores(q_h[r0:r1], k_h, None if mask is None else mask[index][r0:r1],
+                        is_causal, r0, 1.0)  # fmt: skip
+            p = _probabilities(s, lse_h[r0:r1])
+            d_out = d_out_h[r0:r1]
+            d_scores = torch.ops.aten._softmax_backward_data(d_out @ v_h.t(), p, -1, dtype)
+            if grad_lse is not None:
+                d_scores.addcmul_(p, grad_lse[index][r0:r1].to(dtype).unsqueeze(-1))
+            dv_h.addmm_(p.t(), d_out)  # dV += Pᵀ dO
+            del p
+            dk_h.addmm_(d_scores.t(), q_h[r0:r1])  # dK += dSᵀ (scale·Q)
+            torch.mm(d_scores, k_h, out=dq_h[r0:r1]).mul_(scale)  # dQ = scale · dS K
+    return dq, dk, dv
+
+
 def _forward_formula(q, k, v, attn_mask, is_causal, scale, enable_gqa) -> tuple[Tensor, Tensor]:
-    """(out, lse) as derived above, a block of query rows at a time, in torch ops."""
+    """(out, lse) as derived above, a block of query rows at a time (the kernel: never
+    differentiated by autograd, so each block's scores are overwritten in place).
+
+    p is ATen's softmax of the block (one pass over each row, in cache), and lse comes from it:
+    at the row's largest score m, p = e^(m - lse), so lse = m - log(max_j p_ij) (max p >= 1/S:
+    its log loses nothing), without a second exponential pass."""
     lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     k, v = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
     rows = q.shape[-2]
+    per_head = _rows_per_head_block(lead, rows, k.shape[-2])
+    if per_head is not None:
+        out, lse = _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, per_head, dtype)
+        return out.to(q.dtype), lse
+    out = q.new_empty([*lead, rows, v.shape[-1]], dtype=dtype)
+    lse = q.new_empty([*lead, rows], dtype=dtype)
     step = _block_rows(lead, rows, k.shape[-2])
-    outs, lses = [], []
+    nothing = _attending_to_nothing(v)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         s = _scores(q[..., r0:r1, :].to(dtype), k, _mask_rows(attn_mask, r0, r1, rows),
                     is_causal, r0, scale)  # fmt: skip
-        lse = torch.logsumexp(s, -1)
-        outs.append(_probabilities(s, lse) @ v)
-        lses.append(lse)
-    out_shape, lse_shape = [*lead, rows, v.shape[-1]], [*lead, rows]
-    if not outs:  # no query rows
-        return q.new_empty(out_shape), q.new_empty(lse_shape, dtype=dtype)
-    out = torch.cat(outs, -2) if len(outs) > 1 else outs[0]
-    lse = torch.cat(lses, -1) if len(lses) > 1 else lses[0]
-    return (
-        out.expand(out_shape).to(q.dtype).contiguous(),
-        lse.expand(lse_shape).contiguous(),
-    )
+        largest = s.amax(-1)
+        p = torch.softmax(s, -1)
+        del s
+        masked = largest == -math.inf  # rows that attend to nothing (their softmax is nan)
+        out[..., r0:r1, :] = torch.where(masked.unsqueeze(-1), nothing, p @ v)
+        lse[..., r0:r1] = torch.where(masked, -math.inf, largest - torch.log(p.amax(-1)))
+    return out.to(q.dtype), lse
 
 
-def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale,
+def _backward_formula(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, scale,
                       enable_gqa, mask_grad):  # fmt: skip
     """(dq, dk, dv, dmask) as derived above, a block of query rows at a time, in torch ops
     (differentiable: the double backward takes its vjp). dmask is an empty tensor unless
-    ``mask_grad``."""
+    ``mask_grad``.
+
+    dS = P ⊙ (dP - D) is ATen's softmax backward, ``_softmax_backward_data(dP, P)``, which
+    takes D as Σ_j P_ij dP_ij: the same value as rowsum(dO ⊙ O) (derived above), computed in
+    the same pass over each row of the block, from the block's own P in the compute dtype
+    (a half-precision O would put its rounding into every gradient). So backward needs neither
+    the output nor its [L, S] probabilities: q, k, v and lse."""
     lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     k_all, v_all = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
     rows = q.shape[-2]
+    per_head = _rows_per_head_block(lead, rows, k.shape[-2])
+    if per_head is not None and _in_place() and not mask_grad:  # the kernel, large calls
+        dq, dk, dv = _backward_by_heads(grad_out, grad_lse, q, k_all, v_all, lse, attn_mask,
+                                        is_causal, scale, lead, per_head, dtype)  # fmt: skip
+        return (
+            dq.sum_to_size(q.shape).to(q.dtype).contiguous(),
+            _fold_heads(dk, k, groups).to(k.dtype).contiguous(),
+            _fold_heads(dv, v, groups).to(v.dtype).contiguous(),
+            q.new_empty(0),
+        )
     step = _block_rows(lead, rows, k.shape[-2])
     dq_blocks, dmask_blocks = [], []
     dk = dv = dmask_whole = None
@@ -277,32 +400,24 @@ def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causa
                            lse[..., r0:r1].to(dtype))  # fmt: skip
         d_out = grad_out[..., r0:r1, :].to(dtype)
         d_p = d_out @ v_all.transpose(-2, -1)  # dP = dO Vᵀ
-        # D_i = rowsum(dO ⊙ O)_i - g_i: the softmax Jacobian's row term, without P's row. For
-        # half inputs the saved O is rounded to 8 or 11 bits, which would put that rounding
-        # into every gradient (measured: 7x native's bfloat16 error); there D is taken as
-        # Σ_j p_ij dP_ij, the same value from the block's float32 P and dP.
-        if q.dtype in (torch.float16, torch.bfloat16):
-            d = (p * d_p).sum(-1)
-        else:
-            d = (d_out * out[..., r0:r1, :].to(dtype)).sum(-1)
-        if grad_lse is not None:
-            d = d - grad_lse[..., r0:r1].to(dtype)
-        d_scores = p * (d_p - d.unsqueeze(-1))  # dS = P ⊙ (dP - D)
-        dv_block = p.transpose(-2, -1) @ d_out  # dV = Pᵀ dO
-        dk_block = (d_scores.transpose(-2, -1) @ q_rows) * scale  # dK = scale · dSᵀ Q
-        dv = dv_block if dv is None else dv + dv_block
-        dk = dk_block if dk is None else dk + dk_block
+        d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, dtype)  # P ⊙ (dP - D)
+        del d_p
+        if grad_lse is not None:  # + P ⊙ g: the lse output's own gradient
+            d_scores = d_scores + p * grad_lse[..., r0:r1].to(dtype).unsqueeze(-1)
+        dv = _accumulate(dv, p.transpose(-2, -1) @ d_out)  # dV = Pᵀ dO
+        del p
+        dk = _accumulate(dk, (d_scores.transpose(-2, -1) @ q_rows) * scale)  # dK = scale·dSᵀQ
         dq_blocks.append(((d_scores @ k_all) * scale).sum_to_size(q_rows.shape))
         if mask_grad and mask_by_rows:
             dmask_blocks.append(d_scores.sum_to_size(mask_rows.shape))
         elif mask_grad:
-            whole = d_scores.sum_to_size(attn_mask.shape)
-            dmask_whole = whole if dmask_whole is None else dmask_whole + whole
+            dmask_whole = _accumulate(dmask_whole, d_scores.sum_to_size(attn_mask.shape))
     if not dq_blocks:  # no query rows: nothing flows
         dk, dv = k.new_zeros(k_all.shape, dtype=dtype), v.new_zeros(v_all.shape, dtype=dtype)
         dq_blocks = [q.new_zeros(q.shape, dtype=dtype)]
         dmask_whole = attn_mask.new_zeros(attn_mask.shape) if mask_grad else None
     dq = torch.cat(dq_blocks, -2) if len(dq_blocks) > 1 else dq_blocks[0]
+    del dq_blocks
     if mask_grad:
         dmask = torch.cat(dmask_blocks, -2) if dmask_blocks else dmask_whole
         dmask = dmask.to(attn_mask.dtype).contiguous()
@@ -335,16 +450,19 @@ def _attention_fake(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
 
 def _attention_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
     q, k, v, attn_mask, _, is_causal, scale, enable_gqa = inputs
-    out, lse = output
+    _, lse = output
     ctx.is_causal, ctx.scale, ctx.enable_gqa = is_causal, scale, enable_gqa
     ctx.mask_grad = attn_mask is not None and ctx.needs_input_grad[3]
-    ctx.save_for_backward(q, k, v, out, lse, attn_mask)
+    ctx.set_materialize_grads(False)  # an unused lse output's gradient stays None, not zeros
+    ctx.save_for_backward(q, k, v, lse, attn_mask)
 
 
-def _attention_backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
-    q, k, v, out, lse, attn_mask = ctx.saved_tensors
+def _attention_backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
+    q, k, v, lse, attn_mask = ctx.saved_tensors
+    if grad_out is None:  # only lse was used
+        grad_out = q.new_zeros(*lse.shape, v.shape[-1])
     dq, dk, dv, dmask = _attention_grad(
-        grad_out, grad_lse, q, k, v, out, lse, attn_mask, ctx.is_causal, ctx.scale,
+        grad_out, grad_lse, q, k, v, lse, attn_mask, ctx.is_causal, ctx.scale,
         ctx.enable_gqa, ctx.mask_grad,
     )  # fmt: skip
     needs = ctx.needs_input_grad
@@ -360,26 +478,26 @@ def _attention_backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
     )
 
 
-def _grad_kernel(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale, enable_gqa,
+def _grad_kernel(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, scale, enable_gqa,
                  mask_grad):  # fmt: skip
     with torch.no_grad():
-        return _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal,
+        return _backward_formula(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal,
                                  scale, enable_gqa, mask_grad)  # fmt: skip
 
 
-def _grad_fake(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale, enable_gqa,
+def _grad_fake(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, scale, enable_gqa,
                mask_grad):  # fmt: skip
     _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
-_GRAD_TENSORS = ("grad_out", "grad_lse", "q", "k", "v", "out", "lse", "attn_mask")
+_GRAD_TENSORS = 7  # grad_out, grad_lse, q, k, v, lse, attn_mask; then the options
 
 
 def _grad_setup_context(ctx, inputs: tuple, output: tuple) -> None:
-    ctx.options = inputs[8:]
-    ctx.save_for_backward(*inputs[:8])
+    ctx.options = inputs[_GRAD_TENSORS:]
+    ctx.save_for_backward(*inputs[:_GRAD_TENSORS])
 
 
 def _grad_backward(ctx, *grad_grads: Tensor):
@@ -399,7 +517,7 @@ def _grad_backward(ctx, *grad_grads: Tensor):
     _, vjp = torch.func.vjp(formula, *(saved[i] for i in wanted))
     cotangents = grad_grads if mask_grad else grad_grads[:3]
     results = vjp(tuple(cotangents))
-    grads: list[Tensor | None] = [None] * 12
+    grads: list[Tensor | None] = [None] * (_GRAD_TENSORS + 4)
     for i, g in zip(wanted, results, strict=True):
         grads[i] = g
     return tuple(grads)
@@ -407,7 +525,7 @@ def _grad_backward(ctx, *grad_grads: Tensor):
 
 _attention_grad = define_op(
     "scaled_dot_product_attention_backward",
-    "(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+    "(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor lse, "
     "Tensor? attn_mask, bool is_causal, float? scale, bool enable_gqa, bool mask_grad) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
     kernel=_grad_kernel,
