@@ -37,20 +37,20 @@ Backward (dO = dL/dout, g = dL/dlse, usually 0; d·(a) means dL/da)
     and dK, dV over the G query heads that share a key/value head.
 
     D needs only O and dO, never a full row of P; so P can be recomputed a block of query rows
-    at a time from q, k and the saved lse (one more matmul, Q Kᵀ), and no [L, S] matrix is
-    held for all rows at once: the memory of flash-attention's backward, O(L), in torch ops.
-    Within a block the whole rows of P are at hand anyway, so the code takes D = Σ_j p_ij dP_ij
-    (the same number) inside ATen's fused softmax backward: one pass per row in cache, and no
-    need to save O (see _backward_formula).
+    at a time from q and k (one more matmul, Q Kᵀ; flash-attention uses e^(s - lse), this op
+    the block's softmax, whose rows are whole here: the forward's p exactly, with the saved lse
+    marking fully masked rows), and no [L, S] matrix is held for all rows at once: the memory
+    of flash-attention's backward, O(L), in torch ops.
+    (For half inputs, whose saved O is rounded, D is taken as Σ_j p_ij dP_ij, the same number,
+    from the block's float32 P: see _softmax_jacobian.)
 
 Blocks: forward and backward loop over blocks of query rows, each holding the scores of at
 most BLOCK_SCORES elements (across every batch and head), so memory is O(L + S) whatever L
 and S are. Small calls are one block. The matmuls are ATen's (MKL/oneDNN on CPU, cuBLAS on
 CUDA); there is no Triton kernel.
 
-Saved for backward: q, k, v (the inputs: no copy), lse (O(L)) and the mask if any; not the
-output, which the implementation of D below does not need. Native's CPU flash kernel saves the
-output too; its math path saves the [L, S] probabilities.
+Saved for backward: q, k, v (the inputs: no copy), the output and lse (O(L)), and the mask if
+any: what native's CPU flash kernel saves; its math path saves the [L, S] probabilities.
 
 Double backward: the first-order backward is the op ``customgrad::scaled_dot_product_attention_
 backward`` (so compile and export see it), whose own backward differentiates the same torch-op
@@ -229,12 +229,15 @@ def _scores(q_rows: Tensor, k: Tensor, mask_rows: Tensor | None, is_causal: bool
 
 
 def _probabilities(s: Tensor, lse: Tensor) -> Tensor:
-    """p = e^(s - lse), 0 on fully masked rows (lse = -inf) instead of e^(-inf + inf) = nan,
-    and nan on rows with a score of +inf (lse = +inf), as native's softmax makes them."""
-    lse = torch.where(lse == -math.inf, 0.0, torch.where(lse == math.inf, math.nan, lse))
+    """The block's p again: its softmax (ATen's, one pass per row in cache: the row is whole
+    here, so p is exactly the forward's, normalised, where e^(s - lse) would carry lse's
+    rounding into every p), 0 on the rows the forward found fully masked (lse = -inf; their
+    softmax is nan)."""
+    p = torch.softmax(s, -1)
+    nothing = (lse == -math.inf).unsqueeze(-1)
     if _in_place():
-        return s.sub_(lse.unsqueeze(-1)).exp_()
-    return torch.exp(s - lse.unsqueeze(-1))
+        return p.masked_fill_(nothing, 0.0) if bool(nothing.any()) else p
+    return torch.where(nothing, 0.0, p)
 
 
 def _expand_heads(t: Tensor, groups: int) -> Tensor:
@@ -253,6 +256,26 @@ def _accumulate(total: Tensor | None, block: Tensor) -> Tensor:
     if total is None:
         return block
     return total.add_(block) if _in_place() else total + block
+
+
+def _softmax_jacobian(d_p: Tensor, p: Tensor, d_out: Tensor, out: Tensor, grad_lse: Tensor | None,
+                      input_dtype: torch.dtype) -> Tensor:  # fmt: skip
+    """dS = P ⊙ (dP - D) for one block (d_p may be overwritten in the kernels), where
+    D = rowsum(dO ⊙ O) - g as derived above. For half inputs the saved O is rounded to 8 or 11
+    bits, which would put that rounding into every gradient (measured: 7x native's bfloat16
+    error); there D is taken as Σ_j p_ij dP_ij, the same value from the block's float32 P and
+    dP, inside ATen's fused softmax backward (``_softmax_backward_data``)."""
+    if input_dtype in (torch.float16, torch.bfloat16):
+        d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype)
+        if grad_lse is not None:  # + P ⊙ g: the lse output's own gradient
+            d_scores = d_scores + p * grad_lse.to(p.dtype).unsqueeze(-1)
+        return d_scores
+    d = (d_out * out.to(p.dtype)).sum(-1)
+    if grad_lse is not None:
+        d = d - grad_lse.to(p.dtype)
+    if _in_place():
+        return d_p.sub_(d.unsqueeze(-1)).mul_(p)
+    return p * (d_p - d.unsqueeze(-1))
 
 
 def _rows_per_head_block(lead: list[int], rows: int, keys: int) -> int | None:
@@ -299,7 +322,7 @@ def _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, step, dtype):
     return out, lse
 
 
-def _backward_by_heads(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, scale, lead,
+def _backward_by_heads(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale, lead,
                        step, dtype):  # fmt: skip
     """_backward_formula one (batch, head) at a time, accumulating dK and dV inside the matmuls
     (addmm_) and writing dQ's rows in place; returns the gradients of the broadcast (and
@@ -307,6 +330,7 @@ def _backward_by_heads(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, s
     rows, keys = q.shape[-2], k.shape[-2]
     q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))
     grad_out = grad_out.expand(*lead, rows, v.shape[-1])
+    out = out.expand(*lead, rows, v.shape[-1])
     mask = None if attn_mask is None else attn_mask.expand(*lead, rows, keys)
     dq = q.new_empty([*lead, rows, q.shape[-1]], dtype=dtype)
     dk = q.new_zeros([*lead, keys, k.shape[-1]], dtype=dtype)
@@ -314,6 +338,7 @@ def _backward_by_heads(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, s
     for index in _heads(lead):
         q_h, k_h, v_h = q[index].to(dtype) * scale, k[index], v[index]  # q_h: scale·Q
         d_out_h, lse_h = grad_out[index].to(dtype), lse[index].to(dtype)
+        out_h = out[index]
         dq_h, dk_h, dv_h = dq[index], dk[index], dv[index]
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
@@ -321,9 +346,8 @@ def _backward_by_heads(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, s
                         is_causal, r0, 1.0)  # fmt: skip
             p = _probabilities(s, lse_h[r0:r1])
             d_out = d_out_h[r0:r1]
-            d_scores = torch.ops.aten._softmax_backward_data(d_out @ v_h.t(), p, -1, dtype)
-            if grad_lse is not None:
-                d_scores.addcmul_(p, grad_lse[index][r0:r1].to(dtype).unsqueeze(-1))
+            g = None if grad_lse is None else grad_lse[index][r0:r1]
+            d_scores = _softmax_jacobian(d_out @ v_h.t(), p, d_out, out_h[r0:r1], g, q.dtype)
             dv_h.addmm_(p.t(), d_out)  # dV += Pᵀ dO
             del p
             dk_h.addmm_(d_scores.t(), q_h[r0:r1])  # dK += dSᵀ (scale·Q)
@@ -363,24 +387,21 @@ def _forward_formula(q, k, v, attn_mask, is_causal, scale, enable_gqa) -> tuple[
     return out.to(q.dtype), lse
 
 
-def _backward_formula(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, scale,
+def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale,
                       enable_gqa, mask_grad):  # fmt: skip
     """(dq, dk, dv, dmask) as derived above, a block of query rows at a time, in torch ops
     (differentiable: the double backward takes its vjp). dmask is an empty tensor unless
     ``mask_grad``.
 
-    dS = P ⊙ (dP - D) is ATen's softmax backward, ``_softmax_backward_data(dP, P)``, which
-    takes D as Σ_j P_ij dP_ij: the same value as rowsum(dO ⊙ O) (derived above), computed in
-    the same pass over each row of the block, from the block's own P in the compute dtype
-    (a half-precision O would put its rounding into every gradient). So backward needs neither
-    the output nor its [L, S] probabilities: q, k, v and lse."""
+    dS = P ⊙ (dP - D) is computed by ``_softmax_jacobian``; backward needs q, k, v, lse and the
+    output (for D), never the [L, S] probabilities."""
     lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     k_all, v_all = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
     rows = q.shape[-2]
     per_head = _rows_per_head_block(lead, rows, k.shape[-2])
     if per_head is not None and _in_place() and not mask_grad:  # the kernel, large calls
-        dq, dk, dv = _backward_by_heads(grad_out, grad_lse, q, k_all, v_all, lse, attn_mask,
+        dq, dk, dv = _backward_by_heads(grad_out, grad_lse, q, k_all, v_all, out, lse, attn_mask,
                                         is_causal, scale, lead, per_head, dtype)  # fmt: skip
         return (
             dq.sum_to_size(q.shape).to(q.dtype).contiguous(),
@@ -400,10 +421,9 @@ def _backward_formula(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, sc
                            lse[..., r0:r1].to(dtype))  # fmt: skip
         d_out = grad_out[..., r0:r1, :].to(dtype)
         d_p = d_out @ v_all.transpose(-2, -1)  # dP = dO Vᵀ
-        d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, dtype)  # P ⊙ (dP - D)
+        g = None if grad_lse is None else grad_lse[..., r0:r1]
+        d_scores = _softmax_jacobian(d_p, p, d_out, out[..., r0:r1, :], g, q.dtype)
         del d_p
-        if grad_lse is not None:  # + P ⊙ g: the lse output's own gradient
-            d_scores = d_scores + p * grad_lse[..., r0:r1].to(dtype).unsqueeze(-1)
         dv = _accumulate(dv, p.transpose(-2, -1) @ d_out)  # dV = Pᵀ dO
         del p
         dk = _accumulate(dk, (d_scores.transpose(-2, -1) @ q_rows) * scale)  # dK = scale·dSᵀQ
@@ -450,19 +470,19 @@ def _attention_fake(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
 
 def _attention_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
     q, k, v, attn_mask, _, is_causal, scale, enable_gqa = inputs
-    _, lse = output
+    out, lse = output
     ctx.is_causal, ctx.scale, ctx.enable_gqa = is_causal, scale, enable_gqa
     ctx.mask_grad = attn_mask is not None and ctx.needs_input_grad[3]
     ctx.set_materialize_grads(False)  # an unused lse output's gradient stays None, not zeros
-    ctx.save_for_backward(q, k, v, lse, attn_mask)
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask)
 
 
 def _attention_backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
-    q, k, v, lse, attn_mask = ctx.saved_tensors
+    q, k, v, out, lse, attn_mask = ctx.saved_tensors
     if grad_out is None:  # only lse was used
         grad_out = q.new_zeros(*lse.shape, v.shape[-1])
     dq, dk, dv, dmask = _attention_grad(
-        grad_out, grad_lse, q, k, v, lse, attn_mask, ctx.is_causal, ctx.scale,
+        grad_out, grad_lse, q, k, v, out, lse, attn_mask, ctx.is_causal, ctx.scale,
         ctx.enable_gqa, ctx.mask_grad,
     )  # fmt: skip
     needs = ctx.needs_input_grad
@@ -478,21 +498,21 @@ def _attention_backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
     )
 
 
-def _grad_kernel(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, scale, enable_gqa,
+def _grad_kernel(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale, enable_gqa,
                  mask_grad):  # fmt: skip
     with torch.no_grad():
-        return _backward_formula(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal,
+        return _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal,
                                  scale, enable_gqa, mask_grad)  # fmt: skip
 
 
-def _grad_fake(grad_out, grad_lse, q, k, v, lse, attn_mask, is_causal, scale, enable_gqa,
+def _grad_fake(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale, enable_gqa,
                mask_grad):  # fmt: skip
     _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
-_GRAD_TENSORS = 7  # grad_out, grad_lse, q, k, v, lse, attn_mask; then the options
+_GRAD_TENSORS = 8  # grad_out, grad_lse, q, k, v, out, lse, attn_mask; then the options
 
 
 def _grad_setup_context(ctx, inputs: tuple, output: tuple) -> None:
@@ -525,7 +545,7 @@ def _grad_backward(ctx, *grad_grads: Tensor):
 
 _attention_grad = define_op(
     "scaled_dot_product_attention_backward",
-    "(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor lse, "
+    "(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
     "Tensor? attn_mask, bool is_causal, float? scale, bool enable_gqa, bool mask_grad) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
     kernel=_grad_kernel,
