@@ -1564,16 +1564,19 @@ def _attention_property_inputs(draw: Callable, st: ModuleType, tensors: Callable
     heads_kv = draw(st.integers(1, 2))
     gqa = draw(st.booleans())
     heads_q = heads_kv * (draw(st.integers(1, 2)) if gqa else 1)
-    q = draw(tensors(shape=[heads_q, rows, e]))
-    k = draw(tensors(shape=[heads_kv, keys, e]))
-    v = draw(tensors(shape=[heads_kv, keys, ev]))
+    # finite extremes only: on inf and nan, native's own float32 and float64 kernels disagree
+    # (nan against inf where a p that underflows meets an infinite value), so there is no one
+    # native answer to match; the samples cover fully masked rows
+    q = draw(tensors(shape=[heads_q, rows, e], finite=True))
+    k = draw(tensors(shape=[heads_kv, keys, e], finite=True))
+    v = draw(tensors(shape=[heads_kv, keys, ev], finite=True))
     form = draw(st.sampled_from(["none", "causal", "bool", "float"]))
     mask = None
     if form == "bool":
         mask = torch.tensor(draw(st.lists(st.booleans(), min_size=rows * keys,
                                           max_size=rows * keys))).reshape(rows, keys)  # fmt: skip
     elif form == "float":
-        mask = draw(tensors(shape=[rows, keys]))
+        mask = draw(tensors(shape=[rows, keys], finite=True))
     scale = draw(st.sampled_from([None, 0.5]))
     return (q, k, v, mask, 0.0, form == "causal", scale, gqa)
 
@@ -1795,9 +1798,11 @@ def _conv_property_inputs(dims: int):
             for i in range(dims)
         ]
         batch = [draw(st.integers(0, 2))] if draw(st.booleans()) else []
-        x = draw(tensors(shape=[*batch, channels, *spatial]))
-        weight = draw(tensors(shape=[out, channels // groups, *kernel]))
-        bias = draw(tensors(shape=[out])) if draw(st.booleans()) else None
+        # finite extremes only: native's float32 convolution skips the zero padding where its
+        # float64 one multiplies it, so 0·inf is finite in one and nan in the other
+        x = draw(tensors(shape=[*batch, channels, *spatial], finite=True))
+        weight = draw(tensors(shape=[out, channels // groups, *kernel], finite=True))
+        bias = draw(tensors(shape=[out], finite=True)) if draw(st.booleans()) else None
         return (x, weight, bias, stride, padding, dilation, groups)
 
     return draw_inputs

@@ -41,8 +41,7 @@ Backward (dO = dL/dout, g = dL/dlse, usually 0; d·(a) means dL/da)
     the block's softmax, whose rows are whole here: the forward's p exactly, with the saved lse
     marking fully masked rows), and no [L, S] matrix is held for all rows at once: the memory
     of flash-attention's backward, O(L), in torch ops.
-    (For half inputs, whose saved O is rounded, D is taken as Σ_j p_ij dP_ij, the same number,
-    from the block's float32 P: see _softmax_jacobian.)
+    In floating point the code combines both forms of D (see _softmax_jacobian).
 
 Blocks: forward and backward loop over blocks of query rows, each holding the scores of at
 most BLOCK_SCORES elements (across every batch and head), so memory is O(L + S) whatever L
@@ -225,7 +224,13 @@ def _scores(q_rows: Tensor, k: Tensor, mask_rows: Tensor | None, is_causal: bool
         return s.add_(mask_rows) if _in_place() else s + mask_rows
     else:
         return s
-    return s.masked_fill_(hidden, -math.inf) if _in_place() else s.masked_fill(hidden, -math.inf)
+    if _in_place():
+        # the kernels: -inf added, as native adds it (not masked_fill), so that a hidden score
+        # of +inf or nan makes nan, which native's softmax then spreads over the row
+        return torch.where(hidden, s - math.inf, s, out=s)
+    # under autograd (the double backward): masked_fill, whose gradient at hidden scores is 0
+    # (through s - inf it would not be, and 0·inf terms appear)
+    return s.masked_fill(hidden, -math.inf)
 
 
 def _probabilities(s: Tensor, lse: Tensor) -> Tensor:
@@ -258,24 +263,25 @@ def _accumulate(total: Tensor | None, block: Tensor) -> Tensor:
     return total.add_(block) if _in_place() else total + block
 
 
-def _softmax_jacobian(d_p: Tensor, p: Tensor, d_out: Tensor, out: Tensor, grad_lse: Tensor | None,
-                      input_dtype: torch.dtype) -> Tensor:  # fmt: skip
-    """dS = P ⊙ (dP - D) for one block (d_p may be overwritten in the kernels), where
-    D = rowsum(dO ⊙ O) - g as derived above. For half inputs the saved O is rounded to 8 or 11
-    bits, which would put that rounding into every gradient (measured: 7x native's bfloat16
-    error); there D is taken as Σ_j p_ij dP_ij, the same value from the block's float32 P and
-    dP, inside ATen's fused softmax backward (``_softmax_backward_data``)."""
-    if input_dtype in (torch.float16, torch.bfloat16):
-        d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype)
-        if grad_lse is not None:  # + P ⊙ g: the lse output's own gradient
-            d_scores = d_scores + p * grad_lse.to(p.dtype).unsqueeze(-1)
-        return d_scores
-    d = (d_out * out.to(p.dtype)).sum(-1)
-    if grad_lse is not None:
-        d = d - grad_lse.to(p.dtype)
-    if _in_place():
-        return d_p.sub_(d.unsqueeze(-1)).mul_(p)
-    return p * (d_p - d.unsqueeze(-1))
+def _softmax_jacobian(d_p: Tensor, p: Tensor, grad_lse: Tensor | None, d_out: Tensor,
+                      out: Tensor) -> Tensor:  # fmt: skip
+    """dS = P ⊙ (dP - D) + P ⊙ g for one block (d_p may be overwritten in the kernels).
+
+    Since Σ_j p_ij = 1, dS is unchanged by subtracting any number c_i from row i of dP; ATen's
+    fused softmax backward (``_softmax_backward_data``, one pass per row in cache) then takes
+    D as Σ_j p_ij (dP_ij - c_i). In floating point Σ_j p_ij is 1 only to rounding, which
+    multiplies |dP - c|: so c_i = rowsum(dO ⊙ O)_i, the derived D, makes that error as small
+    as the gradient itself. Each alone was measured worse than native: Σ P·dP with c = 0 where
+    dP is large and nearly constant along a row (a float16 dK of 5e-3 where native's is 0),
+    dP - rowsum(dO ⊙ O) with no re-summing where a row is nearly one-hot (float32 dQ several
+    times native's error) and with a rounded half-precision O (7x native's bfloat16 error)."""
+    shift = (d_out * out.to(p.dtype)).sum(-1, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, 0.0)  # an inf or nan O: no shift (c = 0)
+    d_p = d_p.sub_(shift) if _in_place() else d_p - shift
+    d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype)
+    if grad_lse is not None:  # + P ⊙ g: the lse output's own gradient
+        d_scores = d_scores + p * grad_lse.to(p.dtype).unsqueeze(-1)
+    return d_scores
 
 
 def _rows_per_head_block(lead: list[int], rows: int, keys: int) -> int | None:
@@ -290,6 +296,13 @@ def _rows_per_head_block(lead: list[int], rows: int, keys: int) -> int | None:
 def _heads(lead: list[int]):
     """Every index of the leading (batch and head) dims."""
     return itertools.product(*(range(n) for n in lead))
+
+
+def _can_skip_hidden_keys(is_causal: bool, q: Tensor, k: Tensor) -> bool:
+    """Whether a causal block of rows may leave out the keys past its last row: their p is 0
+    exactly when every score is finite (a non-finite one, + -inf, would be nan, as native
+    gives it: then they are computed). Skipping halves causal attention's matmuls."""
+    return is_causal and bool(torch.isfinite(q).all()) and bool(torch.isfinite(k).all())
 
 
 def _attending_to_nothing(v: Tensor) -> Tensor:
@@ -309,15 +322,17 @@ def _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, step, dtype):
     for index in _heads(lead):
         q_h, k_h, v_h = q[index].to(dtype) * scale, k[index], v[index]
         nothing = _attending_to_nothing(v_h)
+        skip = _can_skip_hidden_keys(is_causal, q_h, k_h)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            s = _scores(q_h[r0:r1], k_h, None if mask is None else mask[index][r0:r1],
+            seen = min(keys, r1) if skip else keys
+            s = _scores(q_h[r0:r1], k_h[:seen], None if mask is None else mask[index][r0:r1],
                         is_causal, r0, 1.0)  # fmt: skip
             largest = s.amax(-1)
             p = torch.softmax(s, -1)
             del s
             masked = largest == -math.inf
-            out[index][r0:r1] = torch.where(masked.unsqueeze(-1), nothing, p @ v_h)
+            out[index][r0:r1] = torch.where(masked.unsqueeze(-1), nothing, p @ v_h[:seen])
             lse[index][r0:r1] = torch.where(masked, -math.inf, largest - torch.log(p.amax(-1)))
     return out, lse
 
@@ -340,18 +355,20 @@ def _backward_by_heads(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_caus
         d_out_h, lse_h = grad_out[index].to(dtype), lse[index].to(dtype)
         out_h = out[index]
         dq_h, dk_h, dv_h = dq[index], dk[index], dv[index]
+        skip = _can_skip_hidden_keys(is_causal, q_h, k_h)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            s = _scores(q_h[r0:r1], k_h, None if mask is None else mask[index][r0:r1],
+            seen = min(keys, r1) if skip else keys
+            s = _scores(q_h[r0:r1], k_h[:seen], None if mask is None else mask[index][r0:r1],
                         is_causal, r0, 1.0)  # fmt: skip
             p = _probabilities(s, lse_h[r0:r1])
             d_out = d_out_h[r0:r1]
             g = None if grad_lse is None else grad_lse[index][r0:r1]
-            d_scores = _softmax_jacobian(d_out @ v_h.t(), p, d_out, out_h[r0:r1], g, q.dtype)
-            dv_h.addmm_(p.t(), d_out)  # dV += Pᵀ dO
+            d_scores = _softmax_jacobian(d_out @ v_h[:seen].t(), p, g, d_out, out_h[r0:r1])
+            dv_h[:seen].addmm_(p.t(), d_out)  # dV += Pᵀ dO
             del p
-            dk_h.addmm_(d_scores.t(), q_h[r0:r1])  # dK += dSᵀ (scale·Q)
-            torch.mm(d_scores, k_h, out=dq_h[r0:r1]).mul_(scale)  # dQ = scale · dS K
+            dk_h[:seen].addmm_(d_scores.t(), q_h[r0:r1])  # dK += dSᵀ (scale·Q)
+            torch.mm(d_scores, k_h[:seen], out=dq_h[r0:r1]).mul_(scale)  # dQ = scale · dS K
     return dq, dk, dv
 
 
@@ -393,8 +410,8 @@ def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causa
     (differentiable: the double backward takes its vjp). dmask is an empty tensor unless
     ``mask_grad``.
 
-    dS = P ⊙ (dP - D) is computed by ``_softmax_jacobian``; backward needs q, k, v, lse and the
-    output (for D), never the [L, S] probabilities."""
+    dS = P ⊙ (dP - D) is computed by ``_softmax_jacobian``; backward needs q, k, v, the output
+    and lse, never the [L, S] probabilities."""
     lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     k_all, v_all = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
@@ -422,7 +439,7 @@ def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causa
         d_out = grad_out[..., r0:r1, :].to(dtype)
         d_p = d_out @ v_all.transpose(-2, -1)  # dP = dO Vᵀ
         g = None if grad_lse is None else grad_lse[..., r0:r1]
-        d_scores = _softmax_jacobian(d_p, p, d_out, out[..., r0:r1, :], g, q.dtype)
+        d_scores = _softmax_jacobian(d_p, p, g, d_out, out[..., r0:r1, :])
         del d_p
         dv = _accumulate(dv, p.transpose(-2, -1) @ d_out)  # dV = Pᵀ dO
         del p
