@@ -1444,6 +1444,36 @@ def _learned_silu_fast_path(x: Tensor, slope: Tensor) -> bool:
     return learned_silu_cpu_kernel_takes(x, slope)  # other slope forms: the Python kernel
 
 
+def _conv_info(dims: int) -> OpInfo:
+    """conv1d's and conv2d's entries: one op each, the same machinery with d spatial dims."""
+    shape, side = ("[N, C, L]", ",56") if dims == 1 else ("[N, C, H, W]", ",56,56")
+    tiny = "[1,1,4]" if dims == 1 else "[1,1,4,4]"
+    return OpInfo(
+        name=f"conv{dims}d",
+        func=conv1d if dims == 1 else conv2d,
+        reference=native_conv(dims),
+        reference_text=f"F.conv{dims}d(x, W, b, stride, padding, dilation, groups)",
+        formula=(
+            "y = b + Σ W ⋆ x (cross-correlation) ; dL/dx = conv_transpose(g, W), "
+            "dL/dW = correlation of x with g, dL/db = Σ g"
+        ),
+        sample_inputs=_conv_samples(dims),
+        batch_inputs=_conv_batch(dims),
+        onnx_translation=conv1d_onnx if dims == 1 else conv2d_onnx,
+        bench_sizes=(1, 8, 32),
+        bench_inputs=_conv_bench(dims),
+        roofline="matmul",
+        bench_forward_flops=_conv_bench_flops(dims),
+        bench_size_unit=f"batch of {shape} (64 channels, 56 wide, 3-wide kernel)",
+        bench_size_label=lambda n: tiny if n == 1 else f"[{n},64{side}]",
+        extreme_inputs=None,  # sums of ±inf through a convolution are order-dependent
+        property_inputs=_conv_property_inputs(dims),
+        error_inputs=_conv_error_inputs(dims),
+        float32_tol=(3e-5, 1e-5),
+        onnxruntime_missing={torch.float64: "no float64 Conv kernel"},
+    )
+
+
 # ---- scaled_dot_product_attention ----
 
 
@@ -2172,54 +2202,8 @@ OP_TABLE: list[OpInfo] = [
         exact_reference=_ignored_tokens_dropped,
         error_inputs=_linear_cross_entropy_error_inputs,
     ),
-    OpInfo(
-        name="conv1d",
-        func=conv1d,
-        reference=native_conv(1),
-        reference_text="F.conv1d(x, W, b, stride, padding, dilation, groups)",
-        formula=(
-            "y = b + Σ W ⋆ x (cross-correlation) ; dL/dx = conv_transpose(g, W), "
-            "dL/dW = correlation of x with g, dL/db = Σ g"
-        ),
-        sample_inputs=_conv_samples(1),
-        batch_inputs=_conv_batch(1),
-        onnx_translation=conv1d_onnx,
-        bench_sizes=(1, 8, 32),
-        bench_inputs=_conv_bench(1),
-        roofline="matmul",
-        bench_forward_flops=_conv_bench_flops(1),
-        bench_size_unit="batch of [N, C, L] (64 channels, 56 wide, 3-wide kernel)",
-        bench_size_label=lambda n: "[1,1,4]" if n == 1 else f"[{n},64,56]",
-        extreme_inputs=None,  # sums of ±inf through a convolution are order-dependent
-        property_inputs=_conv_property_inputs(1),
-        error_inputs=_conv_error_inputs(1),
-        float32_tol=(3e-5, 1e-5),
-        onnxruntime_missing={torch.float64: "no float64 Conv kernel"},
-    ),
-    OpInfo(
-        name="conv2d",
-        func=conv2d,
-        reference=native_conv(2),
-        reference_text="F.conv2d(x, W, b, stride, padding, dilation, groups)",
-        formula=(
-            "y = b + Σ W ⋆ x (cross-correlation) ; dL/dx = conv_transpose(g, W), "
-            "dL/dW = correlation of x with g, dL/db = Σ g"
-        ),
-        sample_inputs=_conv_samples(2),
-        batch_inputs=_conv_batch(2),
-        onnx_translation=conv2d_onnx,
-        bench_sizes=(1, 8, 32),
-        bench_inputs=_conv_bench(2),
-        roofline="matmul",
-        bench_forward_flops=_conv_bench_flops(2),
-        bench_size_unit="batch of [N, C, H, W] (64 channels, 56 wide, 3-wide kernel)",
-        bench_size_label=lambda n: "[1,1,4,4]" if n == 1 else f"[{n},64,56,56]",
-        extreme_inputs=None,  # sums of ±inf through a convolution are order-dependent
-        property_inputs=_conv_property_inputs(2),
-        error_inputs=_conv_error_inputs(2),
-        float32_tol=(3e-5, 1e-5),
-        onnxruntime_missing={torch.float64: "no float64 Conv kernel"},
-    ),
+    _conv_info(1),
+    _conv_info(2),
     OpInfo(
         name="scaled_dot_product_attention",
         func=scaled_dot_product_attention,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 # The export scripts' parity models (export/parity.py) and the benchmark script are shared with
 # the tests.
@@ -98,3 +99,19 @@ def assert_error_in_chain(raised: BaseException, error: type[Exception]) -> None
         chain.append(err)
         err = err.__cause__ or err.__context__
     assert any(isinstance(e, error) for e in chain), [type(e) for e in chain]
+
+
+class LargestTensor(TorchFunctionMode):
+    """The largest tensor any torch function or op call returns. (A function mode, not a
+    dispatch mode: under a dispatch mode the op takes its tracing path, as it must.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out

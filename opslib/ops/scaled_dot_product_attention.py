@@ -311,12 +311,27 @@ def _attending_to_nothing(v: Tensor) -> Tensor:
     return (v * 0).sum(-2, keepdim=True)
 
 
+def _broadcast_views(lead: list[int], q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None):
+    """q, k, v and the mask expanded to the leading dims ``lead`` (views: no copies), for the
+    one-head-at-a-time loops to index."""
+    rows, keys = q.shape[-2], k.shape[-2]
+    q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))
+    mask = None if attn_mask is None else attn_mask.expand(*lead, rows, keys)
+    return q, k, v, mask
+
+
+def _head_scores(q_h: Tensor, k_h: Tensor, mask: Tensor | None, index: tuple, r0: int, r1: int,
+                 seen: int, is_causal: bool) -> Tensor:  # fmt: skip
+    """One head's scores for query rows r0:r1 against its first ``seen`` keys (q_h is scaled)."""
+    rows_mask = None if mask is None else mask[index][r0:r1]
+    return _scores(q_h[r0:r1], k_h[:seen], rows_mask, is_causal, r0, 1.0)
+
+
 def _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, step, dtype):
     """_forward_formula one (batch, head) at a time: the same math, [rows, S] blocks, 2-D
     matmuls (k and v here are already in the compute dtype, heads expanded)."""
     rows, keys = q.shape[-2], k.shape[-2]
-    q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))  # views: no copies
-    mask = None if attn_mask is None else attn_mask.expand(*lead, rows, keys)
+    q, k, v, mask = _broadcast_views(lead, q, k, v, attn_mask)
     out = q.new_empty([*lead, rows, v.shape[-1]], dtype=dtype)
     lse = q.new_empty([*lead, rows], dtype=dtype)
     for index in _heads(lead):
@@ -326,8 +341,7 @@ def _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, step, dtype):
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
             seen = min(keys, r1) if skip else keys
-            s = _scores(q_h[r0:r1], k_h[:seen], None if mask is None else mask[index][r0:r1],
-                        is_causal, r0, 1.0)  # fmt: skip
+            s = _head_scores(q_h, k_h, mask, index, r0, r1, seen, is_causal)
             largest = s.amax(-1)
             p = torch.softmax(s, -1)
             del s
@@ -343,10 +357,9 @@ def _backward_by_heads(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_caus
     (addmm_) and writing dQ's rows in place; returns the gradients of the broadcast (and
     head-expanded) q, k, v."""
     rows, keys = q.shape[-2], k.shape[-2]
-    q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))
+    q, k, v, mask = _broadcast_views(lead, q, k, v, attn_mask)
     grad_out = grad_out.expand(*lead, rows, v.shape[-1])
     out = out.expand(*lead, rows, v.shape[-1])
-    mask = None if attn_mask is None else attn_mask.expand(*lead, rows, keys)
     dq = q.new_empty([*lead, rows, q.shape[-1]], dtype=dtype)
     dk = q.new_zeros([*lead, keys, k.shape[-1]], dtype=dtype)
     dv = q.new_zeros([*lead, keys, v.shape[-1]], dtype=dtype)
@@ -359,8 +372,7 @@ def _backward_by_heads(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_caus
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
             seen = min(keys, r1) if skip else keys
-            s = _scores(q_h[r0:r1], k_h[:seen], None if mask is None else mask[index][r0:r1],
-                        is_causal, r0, 1.0)  # fmt: skip
+            s = _head_scores(q_h, k_h, mask, index, r0, r1, seen, is_causal)
             p = _probabilities(s, lse_h[r0:r1])
             d_out = d_out_h[r0:r1]
             g = None if grad_lse is None else grad_lse[index][r0:r1]
@@ -372,14 +384,15 @@ def _backward_by_heads(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_caus
     return dq, dk, dv
 
 
-def _forward_formula(q, k, v, attn_mask, is_causal, scale, enable_gqa) -> tuple[Tensor, Tensor]:
+def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
+                     enable_gqa) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(out, lse) as derived above, a block of query rows at a time (the kernel: never
     differentiated by autograd, so each block's scores are overwritten in place).
 
     p is ATen's softmax of the block (one pass over each row, in cache), and lse comes from it:
     at the row's largest score m, p = e^(m - lse), so lse = m - log(max_j p_ij) (max p >= 1/S:
     its log loses nothing), without a second exponential pass."""
-    lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
+    lead, groups = _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     k, v = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
     rows = q.shape[-2]
@@ -470,9 +483,8 @@ def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causa
 
 def _attention_kernel(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                       enable_gqa=False):  # fmt: skip
-    _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
     with torch.no_grad():
-        return _forward_formula(q, k, v, attn_mask, is_causal, scale, enable_gqa)
+        return _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
 
 def _attention_fake(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
