@@ -36,7 +36,9 @@ CSRC = Path(__file__).resolve().parents[1] / "csrc"
 ENV_SWITCH = "OPSLIB_CPU_KERNELS"
 STALE_LOCK_SECONDS = 600  # a build takes 15-60 s; a lock this old was left by a killed build
 # ATen's vector classes pick their instructions from these macros (its own kernels are built
-# the same way, once per capability); the library is built for the capability the CPU has.
+# the same way, once per capability, with these flags); the library is built for the
+# capability the CPU has. AVX2 needs -mf16c too: ATen's Half conversions use F16C intrinsics
+# (GCC's -mavx512f implies it; -mavx2 does not, and the build failed on an AVX2-only CPU).
 CAPABILITY_FLAGS = {
     "AVX512": [
         "-mavx512f",
@@ -46,7 +48,7 @@ CAPABILITY_FLAGS = {
         "-mfma",
         "-DCPU_CAPABILITY_AVX512",
     ],
-    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"],
 }
 
 _loaded = False
