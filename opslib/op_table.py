@@ -1067,6 +1067,7 @@ def _batch_norm_samples(device, dtype, requires_grad: bool) -> list[Sample]:
         call("affine-no-grad", make((6, 4)), rg=False),
         call("wide", make((8, 300))),
         call("empty-batch-eval", make((0, 4)), training=False),
+        call("empty-batch-train", make((0, 4))),  # native returns the empty y, updates nothing
     ]
 
 

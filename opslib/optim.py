@@ -106,19 +106,37 @@ class _FusedAdamStep:
                 if not params:
                     continue
                 beta1, beta2 = group["betas"]
-                adam_step_(
-                    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                    lr=group["lr"], beta1=beta1, beta2=beta2,
-                    weight_decay=group["weight_decay"], eps=group["eps"],
-                    amsgrad=group["amsgrad"], maximize=group["maximize"],
-                    decoupled_weight_decay=group["decoupled_weight_decay"],
-                )  # fmt: skip
+                lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+                for part in _by_device_mesh(lists):
+                    adam_step_(
+                        *part, lr=group["lr"], beta1=beta1, beta2=beta2,
+                        weight_decay=group["weight_decay"], eps=group["eps"],
+                        amsgrad=group["amsgrad"], maximize=group["maximize"],
+                        decoupled_weight_decay=group["decoupled_weight_decay"],
+                    )  # fmt: skip
         return loss
 
     # An LR scheduler wraps ``optimizer.step`` in a function (to warn when scheduler.step()
     # comes first) that dynamo cannot trace, unless the step says it is wrapped already. This
     # step records what the wrapper records (``_opt_called``, in ``_init_group``), so it says so.
     step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+
+def _by_device_mesh(lists: tuple[list[Tensor], ...]) -> list[tuple[list[Tensor], ...]]:
+    """The parameters' lists split into one call per kind of parameter: plain tensors, and
+    DTensors of each device mesh. A tensor-parallel model mixes them (a norm left replicated
+    as a plain tensor next to sharded linears), and DTensor refuses an op given both."""
+    params = lists[0]
+    keys = [id(getattr(p, "device_mesh", None)) for p in params]
+    if len(set(keys)) <= 1:
+        return [lists]
+    parts = []
+    for key in dict.fromkeys(keys):
+        chosen = [i for i, k in enumerate(keys) if k == key]
+        parts.append(tuple(
+            [lst[i] for i in chosen] if len(lst) == len(params) else lst for lst in lists
+        ))  # fmt: skip
+    return parts
 
 
 class Adam(_FusedAdamStep, torch.optim.Adam):

@@ -132,3 +132,21 @@ def test_conv_modules_are_torch_nn_subclasses_computed_by_the_op(dims, kwargs):
         strict=True,
     ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [opslib.conv1d, opslib.conv2d], ids=["conv1d", "conv2d"])
+def test_no_input_channels_gives_the_bias_with_the_weights_output_channels(conv):
+    """y = b + (an empty sum): weight's out channels, each equal to its bias; db = Σ g. ATen
+    returns 0 channels here (so native is not the reference); a rank holds such an x when
+    DTensor splits 2 input channels over 3 ranks (opslib/ops/conv.py's row-wise rule)."""
+    dims = 1 if conv is opslib.conv1d else 2
+    x = torch.randn(2, 0, *([9] * dims), dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 0, *([3] * dims), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    y = conv(x, w, b)
+    assert y.shape == (2, 6, *([7] * dims))
+    torch.testing.assert_close(y, b.view(6, *([1] * dims)).expand_as(y))
+    g = torch.randn_like(y)
+    grad_x, grad_w, grad_b = torch.autograd.grad(y, (x, w, b), g)
+    assert grad_x.shape == x.shape and grad_w.shape == w.shape
+    torch.testing.assert_close(grad_b, g.sum([0, *range(2, g.dim())]))

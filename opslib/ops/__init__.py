@@ -1,6 +1,7 @@
 """The ops. Importing this package registers every ``customgrad::*`` op with torch.library."""
 
 from opslib.core import cpu_kernels as _cpu_kernels
+from opslib.core import sharding as _sharding
 from opslib.ops.adam import adam_step_
 from opslib.ops.batch_norm import batch_norm
 from opslib.ops.conv import conv1d, conv2d
@@ -22,6 +23,9 @@ from opslib.ops.tanh import tanh
 
 # After every op is defined: the C++ kernels register for ops that must already exist.
 _cpu_kernels.load()
+# DTensor sharding rules (declared by each op file): installed now if torch.distributed.tensor
+# is imported, else when it is.
+_sharding.install_when_dtensor_is_imported()
 cpu_kernels_enabled = _cpu_kernels.is_loaded
 cpu_fast_path_enabled = _cpu_kernels.is_loaded  # the name of earlier versions
 

@@ -72,6 +72,7 @@ from opslib.core import cpu_kernels
 from opslib.core import triton_launchers as triton
 from opslib.core.checks import label
 from opslib.core.registration import define_mutating_op
+from opslib.core.sharding import register_per_parameter_sharding
 
 OP = "adam_step_"
 PARAMETER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -263,6 +264,12 @@ def _as_tensor(value: float | Tensor) -> Tensor:
     """A hyperparameter as the op takes it: a tensor as is, a number as a 0-d float64 tensor
     (exact for any Python float; torch computes the coefficients in double)."""
     return value if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float64)
+
+
+# DTensor (core/sharding.py): each parameter's update reads and writes only its own tensors,
+# elementwise, so every parameter may be sharded (FSDP2's Shard(0), tensor parallelism's
+# column or row splits) or replicated, with its gradient and moments alike.
+register_per_parameter_sharding(_adam_step)
 
 
 def adam_step_(

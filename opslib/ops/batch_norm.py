@@ -69,6 +69,7 @@ from opslib.core.checks import (
     label,
 )
 from opslib.core.registration import define_mutating_op, define_op, register_vmap
+from opslib.core.sharding import other_dims, register_sharding_rule, replicate
 
 OP = "batch_norm"
 HALF = (torch.float16, torch.bfloat16)
@@ -139,6 +140,12 @@ def _forward(x, running_mean, running_var, weight, bias, training, momentum, eps
     statistics and y in its fused kernel (the mean and the variance in two sweeps, accumulated
     in double on CPU) and returns the mean and 1/sqrt(var + eps) it used; given no running
     statistics it updates nothing. In eval: the running statistics, and empty outputs."""
+    if training and x.numel() == 0:
+        # No values, no statistics: native F.batch_norm returns the empty y (ATen's batch_norm
+        # skips the kernel, which refuses an empty input) and updates nothing. Such an x is
+        # also what a rank holds when DTensor splits fewer channels than there are ranks.
+        stats = x.new_zeros(x.shape[1] if x.dim() > 1 else 0, dtype=_stats_dtype(x))
+        return torch.empty_like(x), stats, stats.clone()
     if training:
         w, b = _params(x, weight, bias)
         y, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, None, None, True, 0.0, eps)
@@ -334,6 +341,40 @@ def _vmap(info, in_dims, x, running_mean, running_var, weight=None, bias=None, t
 
 
 register_vmap(_batch_norm, _vmap)
+
+
+def _sharding(x, running_mean, running_var, weight=None, bias=None, training=False,
+              momentum=0.1, eps=1e-5):  # fmt: skip
+    """DTensor (core/sharding.py). Sharded channels (x Shard(1), every [C] tensor Shard(0)):
+    each channel's statistics are whole on one rank, in training and eval. Sharded batch or
+    spatial dims: only in eval, where the statistics are the running ones; in training each
+    rank would normalise with its own slice's mean (SyncBatchNorm's job), so DTensor gathers x
+    first. (Under DDP the model sees plain local tensors: each rank's batch statistics, as
+    torch.nn.BatchNorm under DDP.)"""
+    from torch.distributed.tensor import Replicate, Shard
+
+    per_channel = (running_mean, running_var, weight, bias)
+    stats = [Replicate(), Replicate()]  # the batch's mean and invstd, or empty in eval
+    rules = [([Replicate(), *stats], [Replicate(), *replicate(*per_channel)])]
+    if x.ndim >= 2:
+        channel = [None if t is None else Shard(0) for t in per_channel]
+        rules.append(([Shard(1), *([Shard(0)] * 2 if training else stats)], [Shard(1), *channel]))
+    if not training:
+        for d in other_dims(x.ndim, 1):
+            rules.append(([Shard(d), *stats], [Shard(d), *replicate(*per_channel)]))
+    return rules
+
+
+def _update_sharding(running_mean, running_var, mean, invstd, eps, count, momentum):
+    """Per channel: the four [C] tensors sharded alike, or replicated. ``count`` is the number of
+    values per channel in the whole batch, the same on every rank (channels are not split)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    return [([], [Replicate()] * 4), ([], [Shard(0)] * 4)]
+
+
+register_sharding_rule(_batch_norm, _sharding)
+register_sharding_rule(_batch_norm_update, _update_sharding)
 
 
 def batch_norm(

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ from opslib.core.registration import (
     register_autocast_to_autocast_dtype,
     register_vmap,
 )
+from opslib.core.sharding import register_sharding_rule, replicate
 
 
 def _check_conv(op: str, dims: int, x: Tensor, weight: Tensor, bias: Tensor | None,
@@ -138,6 +140,12 @@ def _conv_formula(x: Tensor, weight: Tensor, bias: Tensor | None, stride, paddin
     symmetric, extra = _split_padding(padding)
     if any(extra):
         x = F.pad(x, extra)
+    if weight.shape[1] == 0:
+        # No input channels: y = b (an empty sum), with weight's out channels. ATen returns a
+        # y with 0 channels instead; a rank holds such an x when DTensor splits the input
+        # channels (the Partial rule below) over more ranks than there are channels.
+        x = x.new_zeros(x.shape[0], groups, *x.shape[2:])
+        weight = weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])
     y = torch.ops.aten.convolution(
         x, weight, bias, list(stride), symmetric, list(dilation), False, [0] * len(stride), groups
     )
@@ -156,6 +164,8 @@ def _conv_backward_formula(grad_y: Tensor, x: Tensor, weight: Tensor, bias_shape
         grad_y, x_padded, weight, bias_shape, list(stride), symmetric, list(dilation), False,
         [0] * len(stride), groups, list(needs),
     )  # fmt: skip
+    if needs[2] and weight.shape[1] == 0:  # ATen skips an empty x's backward, db included
+        grad_b = grad_y.sum([0, *range(2, grad_y.dim())])
     if grad_x is not None and any(extra):  # drop the padding F.pad added
         for i in range(len(stride)):
             begin, end = extra[-2 * i - 2], extra[-2 * i - 1]
@@ -192,6 +202,29 @@ def _padding_pairs(op: str, dims: int, padding, weight: Tensor, stride, dilation
 
 def _per_dim(value, dims: int) -> list[int]:
     return [value] * dims if isinstance(value, int) else list(value)
+
+
+def _conv_sharding(dims, x, weight, bias=None, stride=None, padding=None, dilation=None,
+                   groups=1):  # fmt: skip
+    """DTensor (core/sharding.py), for x [N, C_in, *spatial] (or unbatched [C_in, *spatial]):
+    - batch: x Shard(0), weight and bias replicated -> y Shard(0);
+    - output channels (groups == 1): weight and bias Shard(0) -> y sharded on its channel dim;
+    - input channels (groups == 1): x on its channel dim and weight Shard(1) -> y Partial (each
+      rank sums its channels' share of Σ_c; the bias asked as Partial too, so that it is added
+      once in the sum, as linear's row-wise split).
+    Sharded spatial dims would need each shard's halo of neighbouring rows: not offered."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    channel = x.ndim - dims - 1
+    rules = [([Replicate()], replicate(x, weight, bias))]
+    if channel == 1:
+        rules.append(([Shard(0)], [Shard(0), *replicate(weight, bias)]))
+    if groups == 1:
+        out_bias = None if bias is None else Shard(0)
+        rules.append(([Shard(channel)], [Replicate(), Shard(0), out_bias]))
+        in_bias = None if bias is None else Partial()
+        rules.append(([Partial()], [Shard(channel), Shard(1), in_bias]))
+    return rules
 
 
 def _make_conv(dims: int):
@@ -260,6 +293,8 @@ def _make_conv(dims: int):
         return (y.squeeze(1) if sample_unbatched else y), 0
 
     register_vmap(op, vmap_rule)
+
+    register_sharding_rule(op, partial(_conv_sharding, dims))
     # Like native convolutions: under autocast, compute in the autocast dtype.
     register_autocast_to_autocast_dtype(op, "cpu")
     register_autocast_to_autocast_dtype(op, "cuda")

@@ -68,6 +68,7 @@ from opslib.core.registration import (
     register_autocast,
     register_vmap,
 )
+from opslib.core.sharding import register_sharding_rule, replicate
 
 OP = "cross_entropy"
 REDUCTIONS = ("none", "mean", "sum")
@@ -438,6 +439,50 @@ def _cross_entropy_vmap(info, in_dims, input, target, weight=None, ignore_index=
 
 
 register_vmap(_cross_entropy, _cross_entropy_vmap)
+
+
+def _sample_dim_pairs(input) -> list[tuple[int, int]]:
+    """(input dim, target dim) pairs of the dims that index samples: N and d1, d2, ... of
+    [N, C, d1, ...] (target [N, d1, ...]); none for a single sample [C]."""
+    if input.ndim < 2:
+        return []
+    return [(0, 0)] + [(d, d - 1) for d in range(2, input.ndim)]
+
+
+def _sharding(input, target, weight=None, ignore_index=-100, reduction="mean",
+              label_smoothing=0.0):  # fmt: skip
+    """DTensor (core/sharding.py). Sharded samples (input and target split along N or a
+    spatial dim; class weights replicated): "none" gives each rank its samples' losses, "sum"
+    a partial sum (Partial). "mean" divides by the weight of every target in the batch, which no
+    rank knows alone: only replicated (DTensor gathers). Sharded classes would need the
+    logsumexp reduced across ranks: not offered."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    rules = [([Replicate()], replicate(input, target, weight))]
+    if reduction == "mean":
+        return rules
+    for d, t in _sample_dim_pairs(input):
+        out = Shard(t) if reduction == "none" else Partial()
+        rules.append(([out], [Shard(d), Shard(t), replicate(weight)[0]]))
+    return rules
+
+
+def _grad_sharding(grad, input, target, weight, ignore_index, reduction, label_smoothing):
+    """The backward, sharded as the forward: grad is each sample's ("none", Shard) or the one
+    scalar ("sum", Replicate); each rank's rows of dL/dinput need only its own samples."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    rules = [([Replicate()], replicate(grad, input, target, weight))]
+    if reduction == "mean":
+        return rules
+    for d, t in _sample_dim_pairs(input):
+        grad_placement = Shard(t) if reduction == "none" else Replicate()
+        rules.append(([Shard(d)], [grad_placement, Shard(d), Shard(t), replicate(weight)[0]]))
+    return rules
+
+
+register_sharding_rule(_cross_entropy, _sharding)
+register_sharding_rule(_cross_entropy_grad, _grad_sharding)
 # Native cross_entropy is on the float32 list of CUDA and CPU autocast.
 register_autocast(_cross_entropy, "cuda", torch.float32)
 register_autocast(_cross_entropy, "cpu", torch.float32)

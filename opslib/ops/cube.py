@@ -25,6 +25,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
+from opslib.core.sharding import register_pointwise_sharding
 from opslib.core.triton_launchers import CUBE, cuda_unary_backward, cuda_unary_forward
 
 
@@ -70,6 +71,7 @@ _cube = define_op(
     backward=_cube_backward,
 )
 register_pointwise_vmap(_cube)
+register_pointwise_sharding(_cube)  # DTensor: any Shard or Replicate (core/sharding.py)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
 register_inductor_decomposition(_cube, _cube_formula)
 # Native pow(x, 3) runs in float32 under CUDA autocast; CPU autocast casts nothing.

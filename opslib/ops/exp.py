@@ -25,6 +25,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
+from opslib.core.sharding import register_pointwise_sharding
 from opslib.core.triton_launchers import EXP, cuda_unary_backward, cuda_unary_forward
 
 
@@ -61,6 +62,7 @@ _exp = define_op(
     backward=_exp_backward,
 )
 register_pointwise_vmap(_exp)
+register_pointwise_sharding(_exp)  # DTensor: any Shard or Replicate (core/sharding.py)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
 register_inductor_decomposition(_exp, torch.exp)
 # Native exp is on CUDA autocast's float32 list; CPU autocast casts nothing.

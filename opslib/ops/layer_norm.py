@@ -58,6 +58,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_vmap,
 )
+from opslib.core.sharding import register_sharding_rule, replicate
 
 OP = "layer_norm"
 
@@ -235,6 +236,24 @@ def _layer_norm_vmap(info, in_dims, x, normalized_shape, weight=None, bias=None,
 
 
 register_vmap(_layer_norm, _layer_norm_vmap)
+
+
+def _layer_norm_sharding(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """DTensor (core/sharding.py): x sharded along a leading (row) dim, each rank normalising
+    its own rows, weight and bias replicated. A sharded normalised dim would need
+    its statistics reduced across ranks: not offered, so DTensor gathers that dim first (a
+    tensor-parallel block keeps the norm's input sharded on the sequence dim instead:
+    SequenceParallel)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    params = replicate(weight, bias)
+    rules = [([Replicate()], [Replicate(), None, *params])]
+    for d in range(x.ndim - len(normalized_shape)):
+        rules.append(([Shard(d)], [Shard(d), None, *params]))
+    return rules
+
+
+register_sharding_rule(_layer_norm, _layer_norm_sharding)
 # Under torch.compile, inductor computes the forward from native's decomposition (fused loops).
 register_inductor_decomposition(_layer_norm, F.layer_norm)
 # Native layer_norm is on CUDA autocast's float32 list; CPU autocast leaves it in its input dtype.

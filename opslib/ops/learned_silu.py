@@ -70,6 +70,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_vmap,
 )
+from opslib.core.sharding import broadcast_placement, register_sharding_rule
 from opslib.core.triton_launchers import cuda_learned_silu_backward, cuda_learned_silu_forward
 
 
@@ -247,6 +248,34 @@ register_vmap(_learned_silu, _learned_silu_vmap)
 # Under torch.compile, inductor computes the forward from the formula above, in one loop fused
 # with its neighbours (and the backward from _backward_formula).
 register_inductor_decomposition(_learned_silu, _forward_formula)
+
+
+# DTensor (core/sharding.py): x sharded along any dim d, the slope sharded alike where it has
+# that dim at full size, else replicated (each slice of x reads it whole). In the backward,
+# grad_slope sums g·x·s over the dims the slope was broadcast along: when d is one of them, each
+# rank's sum covers its slice only, so grad_slope is Partial (summed over ranks).
+def _learned_silu_sharding(x, slope):
+    from torch.distributed.tensor import Replicate, Shard
+
+    rules = [([Replicate()], [Replicate(), Replicate()])]
+    for d in range(x.ndim):
+        rules.append(([Shard(d)], [Shard(d), broadcast_placement(slope, x.ndim, d)]))
+    return rules
+
+
+def _learned_silu_backward_sharding(grad_y, x, slope):
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    rules = [([Replicate(), Replicate()], [Replicate()] * 3)]
+    for d in range(x.ndim):
+        slope_placement = broadcast_placement(slope, x.ndim, d)
+        grad_slope = slope_placement if isinstance(slope_placement, Shard) else Partial()
+        rules.append(([Shard(d), grad_slope], [Shard(d), Shard(d), slope_placement]))
+    return rules
+
+
+register_sharding_rule(_learned_silu, _learned_silu_sharding)
+register_sharding_rule(_learned_silu_backward, _learned_silu_backward_sharding)
 
 # No autocast rule: the native expression (mul, sigmoid) is on neither autocast list.
 

@@ -23,6 +23,15 @@ Backward (g = dL/dy, shape [*, out])
 Saved for backward: x only if W needs a gradient, W only if x needs one; never y. Native
 ``F.linear`` saves the same two tensors.
 
+Sharding (DTensor, one mesh dim; ``_linear_sharding``), the splits tensor parallelism uses:
+    batch       x Shard(d) for a leading dim d, W Replicate    -> y Shard(d)
+    column-wise x Replicate, W Shard(0) (rows = outputs), b Shard -> y Shard(-1)
+    row-wise    x Shard(-1), W Shard(1) (the contraction)      -> y Partial: each rank's
+                x_r W_rᵀ is a partial sum of y. The bias must be added once in that sum, not
+                once per rank: the rule asks for b as Partial too, which DTensor makes from a
+                replicated bias as b / ranks on each rank (Σ_r (x_r W_rᵀ + b/R) = x Wᵀ + b).
+The backward's matmuls and sums are ATen ops, which DTensor shards by its own rules.
+
 Double backward: all three gradients are matmuls, reshapes and sums of g, x and W, which
 autograd differentiates again (for example d(dL/dx)/dW contracts the incoming gradient with g).
 """
@@ -45,6 +54,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_vmap,
 )
+from opslib.core.sharding import broadcast_placement, register_sharding_rule, replicate
 
 
 def _check_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> list[int]:
@@ -165,6 +175,23 @@ register_inductor_decomposition(_linear, _linear_formula)
 # Like F.linear: under autocast, compute in the autocast dtype (bfloat16/float16).
 register_autocast_to_autocast_dtype(_linear, "cpu")
 register_autocast_to_autocast_dtype(_linear, "cuda")
+
+
+def _linear_sharding(x, weight, bias=None):
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    last = x.ndim - 1
+    rules = [([Replicate()], replicate(x, weight, bias))]
+    for d in range(last):  # batch dims
+        rules.append(([Shard(d)], [Shard(d), Replicate(), broadcast_placement(bias, x.ndim, d)]))
+    column_bias = broadcast_placement(bias, x.ndim, last)
+    rules.append(([Shard(last)], [Replicate(), Shard(0), column_bias]))
+    row_bias = None if bias is None else Partial()
+    rules.append(([Partial()], [Shard(last), Shard(1), row_bias]))
+    return rules
+
+
+register_sharding_rule(_linear, _linear_sharding)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -63,6 +63,7 @@ from opslib.core.checks import (
     label,
 )
 from opslib.core.registration import define_op, only_plain_tensors, register_vmap
+from opslib.core.sharding import register_sharding_rule, replicate
 from opslib.ops.cross_entropy import _backward_formula as _ce_backward_formula
 from opslib.ops.cross_entropy import (
     check_cross_entropy,
@@ -357,6 +358,33 @@ def _vmap(info, in_dims, x, weight, target, bias=None, ignore_index=-100, reduct
 
 
 register_vmap(_linear_cross_entropy, _vmap)
+
+
+def _sharding(x, weight, target, bias=None, ignore_index=-100, reduction="mean",
+              label_smoothing=0.0, grads_in_forward=None):  # fmt: skip
+    """DTensor (core/sharding.py). Sharded tokens (x and target split along a leading dim, the
+    weight and bias replicated): for "none" each rank's losses are its tokens', for "sum" a
+    partial sum, and the forward's gradients are each rank's tokens' (dL/dx sharded like x,
+    dL/dW and dL/db partial sums). "mean": only replicated, as cross_entropy. A sharded
+    vocabulary (weight Shard(0)) would need the logsumexp reduced across ranks: not offered."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    want_x, want_w, want_b = _wanted(grads_in_forward, bias, reduction)
+    rules = [([Replicate()] * 4, replicate(x, weight, target, bias))]
+    if reduction == "mean":
+        return rules
+    for d in range(x.ndim - 1):
+        outputs = [
+            Shard(d) if reduction == "none" else Partial(),
+            Shard(d) if want_x else Replicate(),
+            Partial() if want_w else Replicate(),
+            Partial() if want_b else Replicate(),
+        ]
+        rules.append((outputs, [Shard(d), Replicate(), Shard(d), replicate(bias)[0]]))
+    return rules
+
+
+register_sharding_rule(_linear_cross_entropy, _sharding)
 
 
 def linear_cross_entropy(

@@ -34,6 +34,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_vmap_along_dim,
 )
+from opslib.core.sharding import elementwise_rules, other_dims, register_sharding_rule
 from opslib.core.triton_launchers import cuda_softmax_backward, cuda_softmax_forward
 from opslib.ops.softmax import check_dim
 
@@ -78,6 +79,11 @@ _log_softmax = define_op(
     backward=_log_softmax_backward,
 )
 register_vmap_along_dim(_log_softmax)
+# DTensor (core/sharding.py): sharded along any dim but the one normalised over (each row's
+# sum must be whole); a sharded `dim` is gathered by DTensor first.
+register_sharding_rule(
+    _log_softmax, lambda x, dim: elementwise_rules(x, free_dims=other_dims(x.ndim, dim))
+)
 register_inductor_decomposition(_log_softmax, torch.log_softmax)
 # Native log_softmax is on CUDA autocast's float32 list; on CPU autocast leaves it alone.
 register_autocast(_log_softmax, "cuda", torch.float32)

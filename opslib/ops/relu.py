@@ -33,6 +33,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
+from opslib.core.sharding import register_pointwise_sharding
 from opslib.core.triton_launchers import RELU, cuda_unary_backward, cuda_unary_forward
 
 
@@ -69,6 +70,7 @@ _relu = define_op(
     backward=_relu_backward,
 )
 register_pointwise_vmap(_relu)
+register_pointwise_sharding(_relu)  # DTensor: any Shard or Replicate (core/sharding.py)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
 register_inductor_decomposition(_relu, torch.relu)
 # relu is on neither autocast list, so no autocast rule: it runs in its input's dtype, as native.

@@ -80,6 +80,7 @@ from opslib.core.registration import (
     register_autocast_to_autocast_dtype,
     register_vmap,
 )
+from opslib.core.sharding import broadcast_placement, register_sharding_rule, replicate
 
 OP = "scaled_dot_product_attention"
 # Score elements one block of query rows may hold (4 MiB in float32): the forward and backward
@@ -617,6 +618,77 @@ def _attention_vmap(info, in_dims, q, k, v, attn_mask=None, dropout_p=0.0, is_ca
 
 
 register_vmap(_attention, _attention_vmap)
+
+
+def _attention_split_dims(q, k, v, is_causal: bool, enable_gqa: bool) -> list[int]:
+    """Dims of the output [*lead, L, Ev] that attention can compute in independent slices:
+    each leading (batch, head) dim that some input has at full size, and the query rows L
+    unless causal (the causal mask is aligned to global row numbers, which a rank's slice of
+    rows does not know). With GQA the head dim is not split: a rank's query heads use the key
+    heads h // (H / H_kv), which match its key-head slice only when both counts divide evenly
+    by the number of ranks, which a rule cannot see."""
+    from torch.distributed.tensor import Shard
+
+    out_ndim = max(q.ndim, k.ndim, v.ndim)
+    dims = []
+    for d in range(out_ndim - 2):
+        if enable_gqa and d == out_ndim - 3:
+            continue
+        if any(isinstance(broadcast_placement(t, out_ndim, d), Shard) for t in (q, k, v)):
+            dims.append(d)
+    if not is_causal and q.shape[-2] > 1:
+        dims.append(out_ndim - 2)
+    return dims
+
+
+def _attention_inputs_split_on(d: int, q, k, v, attn_mask) -> list:
+    """Placements of q, k, v and the mask for output dim d split: each sharded where it has d at
+    full size; for the query rows (d = L) k and v are whole on every rank (every row attends
+    to every key)."""
+    from torch.distributed.tensor import Replicate
+
+    out_ndim = max(q.ndim, k.ndim, v.ndim)
+    placements = [broadcast_placement(t, out_ndim, d) for t in (q, k, v, attn_mask)]
+    if d == out_ndim - 2:
+        placements[1:3] = [Replicate(), Replicate()]
+    return placements
+
+
+def _attention_sharding(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                        enable_gqa=False):  # fmt: skip
+    """DTensor (core/sharding.py): a split dim d of the output (``_attention_split_dims``)
+    shards q, k, v and the mask where they have d at full size (replicated where they
+    broadcast along it; for the query rows, k and v are whole on every rank); out and the
+    logsumexp are sharded on d."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    rules = [([Replicate(), Replicate()], replicate(q, k, v, attn_mask))]
+    for d in _attention_split_dims(q, k, v, is_causal, enable_gqa):
+        rules.append(([Shard(d), Shard(d)], _attention_inputs_split_on(d, q, k, v, attn_mask)))
+    return rules
+
+
+def _attention_grad_sharding(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale,
+                             enable_gqa, mask_grad):  # fmt: skip
+    """As the forward, with out, lse and their gradients sharded on d. An input replicated
+    along d (broadcast, or k and v for the query rows) gets a gradient summed over d, of which
+    each rank holds its slice's share: Partial."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    rules = [([Replicate()] * 4, replicate(grad_out, grad_lse, q, k, v, out, lse, attn_mask))]
+    for d in _attention_split_dims(q, k, v, is_causal, enable_gqa):
+        q_, k_, v_, m_ = _attention_inputs_split_on(d, q, k, v, attn_mask)
+        grads = [p if isinstance(p, Shard) else Partial() for p in (q_, k_, v_, m_)]
+        if not mask_grad:
+            grads[3] = Replicate()  # an empty placeholder
+        lse_grad = None if grad_lse is None else Shard(d)
+        inputs = [Shard(d), lse_grad, q_, k_, v_, Shard(d), Shard(d), m_]
+        rules.append((grads, inputs))
+    return rules
+
+
+register_sharding_rule(_attention, _attention_sharding)
+register_sharding_rule(_attention_grad, _attention_grad_sharding)
 # Like native sdpa, a matmul op: under autocast it computes in the autocast dtype.
 register_autocast_to_autocast_dtype(_attention, "cpu")
 register_autocast_to_autocast_dtype(_attention, "cuda")

@@ -31,6 +31,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
+from opslib.core.sharding import register_pointwise_sharding
 from opslib.core.triton_launchers import SIGMOID, cuda_unary_backward, cuda_unary_forward
 
 
@@ -67,6 +68,7 @@ _sigmoid = define_op(
     backward=_sigmoid_backward,
 )
 register_pointwise_vmap(_sigmoid)
+register_pointwise_sharding(_sigmoid)  # DTensor: any Shard or Replicate (core/sharding.py)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
 register_inductor_decomposition(_sigmoid, torch.sigmoid)
 # sigmoid is on neither autocast list, so no autocast rule: it runs in its input's dtype.

@@ -24,6 +24,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
+from opslib.core.sharding import register_pointwise_sharding
 from opslib.core.triton_launchers import SQUARE, cuda_unary_backward, cuda_unary_forward
 
 
@@ -61,6 +62,7 @@ _square = define_op(
     backward=_square_backward,
 )
 register_pointwise_vmap(_square)
+register_pointwise_sharding(_square)  # DTensor: any Shard or Replicate (core/sharding.py)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
 register_inductor_decomposition(_square, torch.square)  # = x * x, one multiply
 # Native torch.square is pow(x, 2), which CUDA autocast runs in float32; CPU autocast casts nothing.

@@ -28,6 +28,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_pointwise_vmap,
 )
+from opslib.core.sharding import register_pointwise_sharding
 from opslib.core.triton_launchers import TANH, cuda_unary_backward, cuda_unary_forward
 
 
@@ -64,6 +65,7 @@ _tanh = define_op(
     backward=_tanh_backward,
 )
 register_pointwise_vmap(_tanh)
+register_pointwise_sharding(_tanh)  # DTensor: any Shard or Replicate (core/sharding.py)
 # Under torch.compile, inductor computes the forward from this formula, fused with its neighbours.
 register_inductor_decomposition(_tanh, torch.tanh)
 # tanh is on neither autocast list, so no autocast rule: it runs in its input's dtype.
