@@ -101,7 +101,30 @@ def dtensor_ops() -> dict:
             pairs += 1
         assert worst < ATOL, f"{info.name}: DTensor differs from one process by {worst:.3g}"
         report[info.name] = {"pairs": pairs, "max_diff": worst}
+    report["cache"] = decisions_depend_on_non_tensor_arguments(mesh)
     return report
+
+
+def decisions_depend_on_non_tensor_arguments(mesh) -> dict:
+    """DTensor caches its placement decision per call signature. Two layer_norm calls on the
+    same row-sharded x, normalising the last dim and then both: the second must not reuse the
+    first's "rows stay sharded" (core/sharding.py keys the cache on normalized_shape)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    dx = distribute_tensor(x, mesh, [Shard(0)])
+    for shape in ([6], [4, 6]):
+        got = opslib.layer_norm(dx, shape).full_tensor()
+        diff = max_diff(got, torch.nn.functional.layer_norm(x, shape))
+        assert diff < ATOL, f"layer_norm normalized_shape={shape} on rows sharded: off by {diff}"
+    # attention: query rows may be split unless causal (the mask is aligned to global rows)
+    q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
+    dq, dk, dv = (distribute_tensor(t, mesh, [Shard(2)]) for t in (q, k, v))
+    for causal in (False, True):
+        got = opslib.scaled_dot_product_attention(dq, dk, dv, is_causal=causal).full_tensor()
+        native = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        diff = max(diff, max_diff(got, native))
+        assert diff < ATOL, f"attention is_causal={causal} on query rows sharded: off by {diff}"
+    return {"max_diff": diff}
 
 
 # ---- training: DDP, FSDP2, tensor parallelism ---------------------------------------------------

@@ -210,3 +210,24 @@ def test_the_check_catches_a_wrong_rule():
 
     with pytest.raises(AssertionError):
         check_rule(torch.ops.customgrad.softmax.default, (x, 1), wrong, 2)
+
+
+def test_importing_opslib_does_not_import_dtensor_and_rules_install_when_it_is_imported():
+    """DTensor costs ~1.5 s to import: opslib leaves it out, and installs its rules the moment
+    a program imports it, after opslib or before."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys, opslib; assert 'torch.distributed.tensor' not in sys.modules; "
+        "from torch.distributed.tensor import DTensor; "
+        "strategies = DTensor._op_dispatcher.sharding_propagator.op_strategy_funcs; "
+        "import torch; assert torch.ops.customgrad.linear.default in strategies; "
+        "assert torch.ops.customgrad.adam_step_.default in strategies"
+    )
+    before = "import torch.distributed.tensor; " + check.replace(
+        "assert 'torch.distributed.tensor' not in sys.modules; ", ""
+    )
+    for code in (check, before):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]

@@ -57,36 +57,12 @@ def sharding_rules() -> dict[str, Callable]:
 
 
 def _install(overload: torch._ops.OpOverload, rule: Callable) -> None:
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._op_schema import RuntimeSchemaInfo
     from torch.distributed.tensor.experimental import register_sharding
 
+    # DTensor caches its decision per call, keyed on the input specs and the other arguments
+    # (measured: a layer_norm's normalized_shape, attention's is_causal change the decision;
+    # tests/distributed_worker.py checks both).
     register_sharding(overload)(rule)
-    # register_sharding caches DTensor's decision per input specs plus the arguments from the
-    # first `int` one on. Our rules also read bools, floats, strings and int lists
-    # (layer_norm's normalized_shape, attention's is_causal) that may come before it: without
-    # this, a second call differing only in those would reuse the first call's placements.
-    first_non_tensor = next(
-        (
-            i
-            for i, argument in enumerate(overload._schema.arguments)
-            if not _is_tensor_type(argument.type)
-        ),
-        len(overload._schema.arguments),
-    )
-    kwarg_names = [a.name for a in overload._schema.arguments if a.kwarg_only]
-    propagator = DTensor._op_dispatcher.sharding_propagator
-    propagator.op_to_schema_info[overload] = RuntimeSchemaInfo(
-        first_non_tensor, kwarg_names or None, needs_pytree=True
-    )
-
-
-def _is_tensor_type(schema_type) -> bool:
-    if isinstance(schema_type, torch.OptionalType):
-        schema_type = schema_type.getElementType()
-    if isinstance(schema_type, torch.ListType):
-        schema_type = schema_type.getElementType()
-    return isinstance(schema_type, torch.TensorType)
 
 
 def install_sharding_rules() -> None:
