@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 import opslib.nn
+from opslib.checkpointing import save_linear_outputs
 
 
 class NativeLearnedSiLU(torch.nn.Module):
@@ -58,6 +60,20 @@ class MLPClassifier(torch.nn.Module):
         return opslib.ops.linear_cross_entropy(features, head.weight, target, head.bias)
 
 
+class TrainingLoss(torch.nn.Module):
+    """``model`` with its training loss as the forward: ``forward(x, target)`` is
+    ``model.loss(x, target)``, ``forward(x)`` the logits. DDP and FSDP2 act in a module's
+    forward (FSDP2 gathers a unit's parameters in its forward hooks; ``model.loss`` reads the
+    head's weight directly, which those hooks would not see otherwise)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor:
+        return self.model(x) if target is None else self.model.loss(x, target)
+
+
 class DigitsCNN(torch.nn.Module):
     """A small CNN for 1x8x8 images, every layer a customgrad op: Conv2d(1->16, 3x3, same) ->
     BatchNorm2d -> ReLU -> Conv2d(16->32, 3x3, stride 2) -> ReLU -> flatten -> Linear(512 -> 10)."""
@@ -80,3 +96,34 @@ class DigitsCNN(torch.nn.Module):
 
     def loss(self, x: Tensor, target: Tensor) -> Tensor:
         return self.criterion(self(x), target)
+
+
+class DeepMLP(torch.nn.Module):
+    """``depth`` residual blocks x + LearnedSiLU(LayerNorm(Linear(x))), width ``width``, for
+    activation checkpointing: ``checkpointing`` is "none", "full" (each block's
+    activations recomputed in backward from its input) or "selective" (the Linear outputs
+    kept, the norm and activation recomputed: opslib.checkpointing)."""
+
+    def __init__(self, width: int = 256, depth: int = 8, checkpointing: str = "none") -> None:
+        super().__init__()
+        if checkpointing not in ("none", "full", "selective"):
+            raise ValueError(f"checkpointing must be none, full or selective, got {checkpointing}")
+        self.checkpointing = checkpointing
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(
+                opslib.nn.Linear(width, width),
+                opslib.nn.LayerNorm(width),
+                opslib.nn.LearnedSiLU(num_parameters=width),
+            )
+            for _ in range(depth)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            if self.checkpointing == "none":
+                x = x + block(x)
+            elif self.checkpointing == "full":
+                x = x + checkpoint(block, x, use_reentrant=False)
+            else:
+                x = x + checkpoint(block, x, use_reentrant=False, context_fn=save_linear_outputs)
+        return x

@@ -27,7 +27,7 @@ import opslib
 import opslib.nn
 import opslib.optim
 from opslib.core.sharding import sharding_rules
-from opslib.models import MLPClassifier
+from opslib.models import MLPClassifier, TrainingLoss
 from opslib.op_table import OP_TABLE, leaves
 
 ATOL = 1e-5  # float32 training, distributed vs one process (the issue's bound)
@@ -130,25 +130,14 @@ def decisions_depend_on_non_tensor_arguments(mesh) -> dict:
 # ---- training: DDP, FSDP2, tensor parallelism ---------------------------------------------------
 
 
-class WithLoss(torch.nn.Module):
-    """The model's training loss as its forward (FSDP2 gathers parameters in forward hooks)."""
-
-    def __init__(self, model: MLPClassifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(x, target)
-
-
 def digits_like_data(n: int = 32, features: int = 16, classes: int = 5):
     g = torch.Generator().manual_seed(1)
     return torch.randn(n, features, generator=g), torch.randint(classes, (n,), generator=g)
 
 
-def make_model() -> WithLoss:
+def make_model() -> TrainingLoss:
     torch.manual_seed(0)
-    return WithLoss(MLPClassifier(in_features=16, hidden=32, num_classes=5))
+    return TrainingLoss(MLPClassifier(in_features=16, hidden=32, num_classes=5))
 
 
 def train_one_process(model: torch.nn.Module, x, t) -> tuple[list[float], torch.nn.Module]:
