@@ -253,3 +253,41 @@ def test_the_prebuild_command_reports_the_library_loaded():
         timeout=600,
     )
     assert run.returncode == 0 and "C++ CPU kernels: loaded" in run.stdout, run.stdout + run.stderr
+
+
+def test_module_parameters_count_as_plain_tensors_and_fake_tensors_do_not():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from opslib.core.registration import only_plain_tensors
+
+    assert only_plain_tensors((torch.ones(2), torch.nn.Parameter(torch.ones(2))))
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(torch.ones(2))
+    assert not only_plain_tensors((fake,))
+
+
+@pytest.mark.parametrize(
+    "module, op_file",
+    [
+        (lambda: opslib.nn.LayerNorm(8), "layer_norm"),
+        (lambda: opslib.nn.RMSNorm(8), "rms_norm"),
+    ],
+    ids=["LayerNorm", "RMSNorm"],
+)
+def test_a_norm_module_backward_takes_the_cpp_kernel(module, op_file, monkeypatch):
+    """Inside a model the weight is an nn.Parameter (a Tensor subclass): the first-order
+    backward must still run the C++ kernel, not the torch-op formula (2x a DeepMLP step)."""
+    if not opslib.cpu_kernels_enabled():
+        pytest.skip("the C++ kernels are not loaded")
+    import importlib
+
+    op_module = importlib.import_module(f"opslib.ops.{op_file}")
+
+    def formula_must_not_run(*args, **kwargs):
+        raise AssertionError("the torch-op backward formula ran")
+
+    monkeypatch.setattr(op_module, "_backward_formula", formula_must_not_run)
+    norm = module()
+    x = torch.randn(4, 8, requires_grad=True)
+    norm(x).sum().backward()
+    assert norm.weight.grad is not None and x.grad is not None
