@@ -9,7 +9,7 @@ Each op's forward, fake implementation, backward derivation and ONNX translation
 ``opslib/ops/<name>.py``; ``opslib.op_table`` lists every op with its reference and samples.
 """
 
-from opslib import nn, optim
+from opslib import checkpointing, nn, optim
 from opslib.functions import Cube, Exp, LearnedSiLU, Linear, ReLU, Sigmoid, Square, Tanh
 from opslib.ops import (
     adam_step_,
@@ -39,6 +39,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "adam_step_",
+    "checkpointing",
     "optim",
     "Cube",
     "Exp",

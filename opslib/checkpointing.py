@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+import opslib.ops  # noqa: F401  (defines customgrad::linear)
+
 # The ops whose outputs selective checkpointing keeps. Under torch.compile the forward of
 # linear is decomposed into aten matmuls for inductor; those are kept too.
 SAVED_OPS = (

@@ -50,6 +50,7 @@ def training_growth(steps: int = 10_000, warmup: int = 1000) -> tuple[float, int
     return _rss_mb() - rss_before, _live_tensors() - tensors_before
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: python3 -m pytest -m slow
 def test_ten_thousand_training_steps_do_not_grow_memory():
     """Measured in a fresh process: in this one, objects that earlier tests left for the
     garbage collector may be freed during the run and move the count either way."""
@@ -82,6 +83,7 @@ def test_nothing_is_saved_for_backward_without_grad(info):
     assert saved == []
 
 
+@pytest.mark.slow  # ~25 s on 2 cores
 def test_many_threads_give_the_same_results_as_one():
     torch.manual_seed(0)
     jobs = []
