@@ -203,7 +203,7 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
     for info in OP_TABLE:
         if args.ops and info.name not in args.ops:
             continue
-        sizes = info.bench_sizes[:2] if args.quick else info.bench_sizes
+        sizes = info.bench_sizes[:1] if args.quick else info.bench_sizes
         if args.sizes:
             sizes = args.sizes
         for mode in modes:
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     # First thing: importing torch._dynamo fixes inductor's cache folder for the process.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="opslib-bench-"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two small sizes, few samples")
+    parser.add_argument("--quick", action="store_true", help="the smallest size, few samples (a smoke test)")
     parser.add_argument("--ops", nargs="*", help="only these ops")
     parser.add_argument(
         "--sizes", nargs="*", type=int, help="these sizes instead (elements; rows for linear)"
