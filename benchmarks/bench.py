@@ -361,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     # First thing: importing torch._dynamo fixes inductor's cache folder for the process.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="opslib-bench-"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the smallest size, few samples (a smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the smallest size, few samples (a smoke test)"
+    )
     parser.add_argument("--ops", nargs="*", help="only these ops")
     parser.add_argument(
         "--sizes", nargs="*", type=int, help="these sizes instead (elements; rows for linear)"
