@@ -30,6 +30,8 @@ from opslib.core.sharding import sharding_rules
 from opslib.models import MLPClassifier, TrainingLoss
 from opslib.op_table import OP_TABLE, leaves
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
 ATOL = 1e-5  # float32 training, distributed vs one process (the issue's bound)
 STEPS = 5
 PARTIAL_SHARES = (0.75, 0.25)  # a Partial input's pieces on ranks 0 and 1
@@ -140,33 +142,23 @@ def make_model() -> TrainingLoss:
     return TrainingLoss(MLPClassifier(in_features=16, hidden=32, num_classes=5))
 
 
-def train_one_process(model: torch.nn.Module, x, t) -> tuple[list[float], torch.nn.Module]:
-    model = copy.deepcopy(model)
+def train(model: torch.nn.Module, step_model, x, t, across_ranks: bool) -> list[float]:
+    """STEPS Adam steps of ``model`` through ``step_model`` (the model, or its DDP/compiled
+    wrapper). ``across_ranks``: each rank trains on its slice of the batch, and the loss
+    reported is the batch's (the mean of the ranks' means: the slices are equal)."""
     optimizer = opslib.optim.Adam(model.parameters(), lr=1e-2)
+    if across_ranks:
+        rows = x.shape[0] // world()
+        x, t = x[rank() * rows : (rank() + 1) * rows], t[rank() * rows : (rank() + 1) * rows]
     losses = []
     for _ in range(STEPS):
         optimizer.zero_grad()
-        loss = model(x, t)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses, model
-
-
-def train_data_parallel(model: torch.nn.Module, step_model, x, t) -> list[float]:
-    """Each rank trains on its half of the batch; the loss reported is the batch's (the mean of
-    the ranks' means: the halves are equal)."""
-    optimizer = opslib.optim.Adam(model.parameters(), lr=1e-2)
-    rows = x.shape[0] // world()
-    xs, ts = x[rank() * rows : (rank() + 1) * rows], t[rank() * rows : (rank() + 1) * rows]
-    losses = []
-    for _ in range(STEPS):
-        optimizer.zero_grad()
-        loss = step_model(xs, ts)
+        loss = step_model(x, t)
         loss.backward()
         optimizer.step()
         batch_loss = loss.detach().clone()
-        dist.all_reduce(batch_loss, op=dist.ReduceOp.AVG)
+        if across_ranks:
+            dist.all_reduce(batch_loss, op=dist.ReduceOp.AVG)
         losses.append(batch_loss.item())
     return losses
 
@@ -185,48 +177,22 @@ def compare_training(name, losses, reference_losses, params, reference_model) ->
     return {"loss_max_diff": loss_diff, "param_max_diff": param_diff, "losses": losses}
 
 
-def ddp() -> dict:
-    from torch.nn.parallel import DistributedDataParallel as DDP
+def data_parallel(mode: str) -> dict:
+    """DDP or FSDP2 as examples/train_digits_distributed.py wraps the model (its ``wrap``:
+    DDP, compiled as torch.compile(ddp_model); FSDP2 per layer and root, each layer compiled
+    with fullgraph before it is sharded), eager and compiled, against one process."""
+    from train_digits_distributed import wrap
 
     x, t = digits_like_data()
-    reference_losses, reference = train_one_process(make_model(), x, t)
+    reference = make_model()
+    reference_losses = train(reference, reference, x, t, across_ranks=False)
     report = {}
     for pattern in ("eager", "compiled"):
         model = make_model()
-        wrapped = DDP(model)
-        # compiled: torch.compile of the DDP module (dynamo's DDPOptimizer splits the graph at
-        # gradient-bucket boundaries so that all-reduces overlap the backward)
-        step = torch.compile(wrapped) if pattern == "compiled" else wrapped
-        losses = train_data_parallel(wrapped, step, x, t)
+        step_model = wrap(model, mode, compile_model=pattern == "compiled")
+        losses = train(model, step_model, x, t, across_ranks=True)
         report[pattern] = compare_training(
-            f"DDP {pattern}", losses, reference_losses, list(model.named_parameters()), reference
-        )
-    return report
-
-
-def fsdp2() -> dict:
-    from torch.distributed.fsdp import fully_shard
-
-    x, t = digits_like_data()
-    reference_losses, reference = train_one_process(make_model(), x, t)
-    mesh = init_device_mesh("cpu", (world(),))
-    report = {}
-    for pattern in ("eager", "compiled"):
-        model = make_model()
-        # Each layer with parameters its own FSDP2 unit, but the head: the loss reads its
-        # weight directly (linear_cross_entropy), never calling its forward, whose hooks are
-        # what gather a unit's parameters; the root unit (model) holds it instead.
-        for layer in model.model.net[:-1]:
-            if any(True for _ in layer.parameters()):
-                if pattern == "compiled":
-                    # compile each block (fullgraph), then shard it: FSDP2's hooks run around
-                    # the compiled forward, outside the graph
-                    layer.compile(fullgraph=True, dynamic=False)
-                fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        losses = train_data_parallel(model, model, x, t)
-        report[pattern] = compare_training(
-            f"FSDP2 {pattern}", losses, reference_losses, list(model.named_parameters()),
+            f"{mode} {pattern}", losses, reference_losses, list(model.named_parameters()),
             reference,
         )  # fmt: skip
     return report
@@ -259,7 +225,7 @@ def tensor_parallel() -> dict:
     g = torch.Generator().manual_seed(2)
     x, target = torch.randn(4, 6, 16, generator=g), torch.randn(4, 6, 16, generator=g)
 
-    def train(model, forward):
+    def train_block(model, forward):
         optimizer = opslib.optim.Adam(model.parameters(), lr=1e-2)
         losses = []
         for _ in range(STEPS):
@@ -275,7 +241,7 @@ def tensor_parallel() -> dict:
     torch.manual_seed(0)
     base = TransformerMLP()
     reference = copy.deepcopy(base)
-    reference_losses = train(reference, reference)
+    reference_losses = train_block(reference, reference)
     plans = {
         # the norm replicated, then column-wise up and row-wise down (one all-reduce)
         "colwise-rowwise": {"up": ColwiseParallel(), "down": RowwiseParallel()},
@@ -302,7 +268,7 @@ def tensor_parallel() -> dict:
                 return DTensor.from_local(model(local), mesh, [Shard(1)])
 
             step = torch.compile(forward, fullgraph=True) if pattern == "compiled" else forward
-            losses = train(model, step)
+            losses = train_block(model, step)
             report[f"{name} {pattern}"] = compare_training(
                 f"TP {name} {pattern}", losses, reference_losses,
                 list(model.named_parameters()), reference,
@@ -312,8 +278,8 @@ def tensor_parallel() -> dict:
 
 SCENARIOS = {
     "dtensor_ops": dtensor_ops,
-    "ddp": ddp,
-    "fsdp2": fsdp2,
+    "ddp": lambda: data_parallel("ddp"),
+    "fsdp2": lambda: data_parallel("fsdp2"),
     "tensor_parallel": tensor_parallel,
 }
 

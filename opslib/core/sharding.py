@@ -11,8 +11,9 @@ argument that is not a tensor). DTensor picks the cheapest pair for the inputs i
 redistributes them to it, runs the op on each rank's local tensors, and wraps the outputs.
 
 A rule is a promise that the op on the local pieces gives the local pieces of the true result:
-a wrong one is silently wrong, so tests/test_distributed.py checks every pair every rule offers
-against one process. Placements used here:
+a wrong one is silently wrong, so tests/test_sharding_rules.py checks every pair every rule offers
+against the whole computation, and tests/test_distributed.py runs each op through DTensor.
+Placements used here:
 
 - ``Shard(d)``: each rank holds a slice of dim d;
 - ``Replicate()``: every rank holds all of it;
@@ -38,22 +39,26 @@ import torch
 
 DTENSOR_MODULE = "torch.distributed.tensor"
 
-# (op overload, rule), in registration order; installed into DTensor once it is imported.
-_RULES: list[tuple[torch._ops.OpOverload, Callable]] = []
+# (op overload, rule, installer), in registration order; installed once DTensor is imported.
+_RULES: list[tuple[torch._ops.OpOverload, Callable, Callable]] = []
 _installed = False
 
 
 def register_sharding_rule(op, rule: Callable) -> None:
     """Declare ``rule`` as the sharding rule of ``op`` (an op packet: its default overload)."""
+    _declare(op, rule, _install)
+
+
+def _declare(op, rule: Callable, installer: Callable) -> None:
     overload = getattr(op, "default", op)
-    _RULES.append((overload, rule))
+    _RULES.append((overload, rule, installer))
     if _installed:
-        _install(overload, rule)
+        installer(overload, rule)
 
 
 def sharding_rules() -> dict[str, Callable]:
     """Every declared rule by qualified op name ("customgrad::linear")."""
-    return {overload._schema.name: rule for overload, rule in _RULES}
+    return {overload._schema.name: rule for overload, rule, _ in _RULES}
 
 
 def _install(overload: torch._ops.OpOverload, rule: Callable) -> None:
@@ -71,11 +76,8 @@ def install_sharding_rules() -> None:
     if _installed:
         return
     _installed = True
-    for overload, rule in _RULES:
-        if overload in _PER_PARAMETER:
-            _install_per_parameter(overload)
-        else:
-            _install(overload, rule)
+    for overload, rule, installer in _RULES:
+        installer(overload, rule)
 
 
 class _InstallAfterDTensorImport(importlib.abc.MetaPathFinder):
@@ -158,10 +160,6 @@ def broadcast_placement(operand, out_ndim: int, out_dim: int):
     return Replicate()
 
 
-def normalize_dim(dim: int, ndim: int) -> int:
-    return dim % ndim if ndim else 0
-
-
 def register_pointwise_sharding(op) -> None:
     """An elementwise op of one tensor: sharded along any dim or replicated, never Partial
     (f(a + b) != f(a) + f(b) for these ops)."""
@@ -170,7 +168,23 @@ def register_pointwise_sharding(op) -> None:
 
 def other_dims(ndim: int, dim: int) -> list[int]:
     """Every dim of an ndim-tensor but ``dim`` (negative counts from the end)."""
-    return [d for d in range(ndim) if d != normalize_dim(dim, ndim)]
+    own = dim % ndim if ndim else 0
+    return [d for d in range(ndim) if d != own]
+
+
+def row_normalization_rules(x, normalized_shape, *params) -> list:
+    """A norm over the last ``len(normalized_shape)`` dims (layer_norm, rms_norm): x sharded
+    along a leading (row) dim, each rank normalising its own rows, the affine parameters
+    replicated. A sharded normalised dim would need the statistics reduced across ranks: not
+    offered, so DTensor gathers that dim first (tensor-parallel blocks keep a norm's input
+    sharded on the sequence dim instead: SequenceParallel)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    placements = replicate(*params)
+    rules = [([Replicate()], [Replicate(), None, *placements])]
+    for d in range(x.ndim - len(normalized_shape)):
+        rules.append(([Shard(d)], [Shard(d), None, *placements]))
+    return rules
 
 
 # ---- list ops: one update per parameter (the optimizer step) -----------------------------------
@@ -209,17 +223,10 @@ def per_parameter_rules(*args) -> list:
 
 def register_per_parameter_sharding(op) -> None:
     """Declare ``op`` an elementwise update of lists (see ``per_parameter_rules``)."""
-    overload = getattr(op, "default", op)
-    _RULES.append((overload, per_parameter_rules))
-    _PER_PARAMETER.add(overload)
-    if _installed:
-        _install_per_parameter(overload)
+    _declare(op, per_parameter_rules, _install_per_parameter)
 
 
-_PER_PARAMETER: set = set()
-
-
-def _install_per_parameter(overload) -> None:
+def _install_per_parameter(overload, rule: Callable) -> None:
     """Element i's strategy: all of its list tensors in params[i]'s placement (grads, which may
     arrive otherwise, are redistributed to it); the others replicated."""
     from torch.distributed.tensor import DTensor, Replicate

@@ -53,7 +53,7 @@ from opslib.core.registration import (
     register_inductor_decomposition,
     register_vmap,
 )
-from opslib.core.sharding import register_sharding_rule, replicate
+from opslib.core.sharding import register_sharding_rule, row_normalization_rules
 
 OP = "rms_norm"
 
@@ -190,18 +190,8 @@ register_vmap(_rms_norm, _rms_norm_vmap)
 
 
 def _rms_norm_sharding(x, normalized_shape, weight=None, eps=None):
-    """DTensor (core/sharding.py): x sharded along a leading (row) dim, each rank normalising
-    its own rows, weight replicated. A sharded normalised dim would need
-    its statistics reduced across ranks: not offered, so DTensor gathers that dim first (a
-    tensor-parallel block keeps the norm's input sharded on the sequence dim instead:
-    SequenceParallel)."""
-    from torch.distributed.tensor import Replicate, Shard
-
-    params = replicate(weight)
-    rules = [([Replicate()], [Replicate(), None, *params])]
-    for d in range(x.ndim - len(normalized_shape)):
-        rules.append(([Shard(d)], [Shard(d), None, *params]))
-    return rules
+    """DTensor: rows sharded, never the normalised dims (core/sharding.py)."""
+    return row_normalization_rules(x, normalized_shape, weight)
 
 
 register_sharding_rule(_rms_norm, _rms_norm_sharding)
