@@ -1,19 +1,24 @@
 """What scaled_dot_product_attention promises beyond matching native (the op table's tests): the
-blocks change nothing, backward never holds the scores of every row at once, the saved
-logsumexp is right and differentiable, fully masked rows are exact zeros, and the attention
-module is torch.nn.MultiheadAttention with its weights."""
+blocks of the torch-op formula and the tiles of the C++ kernels change nothing, neither holds
+the scores of every row at once, the saved logsumexp is right and differentiable, fully masked
+rows are exact zeros, and the attention module is torch.nn.MultiheadAttention with its
+weights."""
 
 from __future__ import annotations
 
 import importlib
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import LargestTensor
+from torch import Tensor
 
 import opslib
+from opslib.core import cpu_kernels
 
 # the module (opslib.ops re-exports the function under the same name)
 attention_module = importlib.import_module("opslib.ops.scaled_dot_product_attention")
@@ -59,9 +64,17 @@ def _run(kwargs):
     return [out, *grads]
 
 
+@pytest.fixture
+def torch_op_path(monkeypatch):
+    """Every call takes the torch-op formula (CPU calls without a mask otherwise take the C++
+    kernels)."""
+    monkeypatch.setattr(attention_module, "_cpu_kernel_takes", lambda *args: False)
+
+
 @pytest.mark.parametrize("kwargs", CALLS.values(), ids=CALLS.keys())
-def test_blocks_of_rows_give_the_result_of_one_block(monkeypatch, kwargs):
-    """Blocks of 2 rows (an uneven last one: 9 rows) against one block of every row."""
+def test_blocks_of_rows_give_the_result_of_one_block(monkeypatch, torch_op_path, kwargs):
+    """The torch-op formula's blocks of 2 rows (an uneven last one: 9 rows) against one block
+    of every row."""
     whole = _run(kwargs)
     monkeypatch.setattr(attention_module, "BLOCK_SCORES", 2 * 2 * 3 * 11)
     blocked = _run(kwargs)
@@ -81,12 +94,12 @@ def _largest_tensor_in_kernels(q, k, v) -> int:
     return seen.numel
 
 
-def test_backward_never_holds_the_scores_of_every_row(monkeypatch):
-    """With blocks of at most 4096 scores, no tensor of the forward or backward kernels is
-    larger than one block (or q, of 4096 elements too), where one block of every row makes
-    [1, 2, 256, 256] (131072, the same measurement shows) as native's math attention does;
-    and what is saved for backward is q, k, v, the output and the per-row lse, nothing
-    [L, S]."""
+def test_backward_never_holds_the_scores_of_every_row(monkeypatch, torch_op_path):
+    """In the torch-op formula, with blocks of at most 4096 scores, no tensor of the forward or
+    backward kernels is larger than one block (or q, of 4096 elements too), where one block of
+    every row makes [1, 2, 256, 256] (131072, the same measurement shows) as native's math
+    attention does; and what is saved for backward is q, k, v, the output and the per-row
+    lse, nothing [L, S]."""
     q, k, v = (torch.randn(1, 2, 256, 8, requires_grad=True) for _ in range(3))
     assert _largest_tensor_in_kernels(q, k, v) == 2 * 256 * 256
     monkeypatch.setattr(attention_module, "BLOCK_SCORES", 4096)
@@ -97,6 +110,127 @@ def test_backward_never_holds_the_scores_of_every_row(monkeypatch):
     ):
         opslib.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert sum(saved) == 4 * q.numel() + 2 * 256, saved
+
+
+needs_cpp_kernels = pytest.mark.skipif(
+    not cpu_kernels.is_loaded(), reason="opslib's C++ CPU kernels are not built here"
+)
+
+# (lead dims of q, of k and v, rows L, keys S, is_causal, enable_gqa)
+CPP_CALLS = {
+    "plain": ((2, 3), (2, 3), 9, 11, False, False),
+    "causal-L<S": ((2, 3), (2, 3), 9, 11, True, False),
+    "causal-L>S": ((3,), (3,), 13, 5, True, False),
+    "gqa-causal": ((2, 6), (2, 2), 10, 10, True, True),
+    "no-head-dim": ((), (), 7, 4, False, False),
+    "one-key": ((2,), (2,), 5, 1, True, False),
+}
+
+
+@needs_cpp_kernels
+@pytest.mark.parametrize("tiles", [(2, 3), (7, 64), (128, 512)], ids=str)
+@pytest.mark.parametrize("call", CPP_CALLS.values(), ids=CPP_CALLS.keys())
+def test_cpp_kernel_tiles_give_the_torch_op_formula(monkeypatch, call, tiles):
+    """The C++ kernels (tiles of q_block x kv_block scores, uneven last ones, causal tiles cut
+    at the diagonal, grouped-query heads) against the torch-op formula in float64, values and
+    every gradient, the lse's included; and they are the path these calls take."""
+    q_lead, kv_lead, rows, keys, is_causal, enable_gqa = call
+    torch.manual_seed(0)
+    q = torch.randn(*q_lead, rows, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(*kv_lead, keys, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(*kv_lead, keys, 3, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        out, lse = OP(q, k, v, None, 0.0, is_causal, 0.6, enable_gqa)
+        grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
+        grads = torch.autograd.grad((out, lse), (q, k, v), (grad_out, grad_lse))
+        return [out, lse, *grads]
+
+    taken = []
+    real_takes = attention_module._cpu_kernel_takes
+    monkeypatch.setattr(
+        attention_module, "_cpu_kernel_takes", lambda *a: taken.append(real_takes(*a)) or taken[-1]
+    )
+    monkeypatch.setattr(attention_module, "CPP_Q_BLOCK", tiles[0])
+    monkeypatch.setattr(attention_module, "CPP_KV_BLOCK", tiles[1])
+    torch.manual_seed(1)
+    by_cpp = run()
+    assert taken == [True, True]  # forward and backward
+    monkeypatch.setattr(attention_module, "_cpu_kernel_takes", lambda *args: False)
+    torch.manual_seed(1)
+    by_torch_ops = run()
+    for a, b in zip(by_cpp, by_torch_ops, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=1e-12)
+
+
+def _max_error(a: Tensor, exact: Tensor) -> float:
+    return (a.double() - exact).abs().max().item()
+
+
+@needs_cpp_kernels
+@pytest.mark.parametrize("sharpness", [1.0, 10.0, 30.0])
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_cpp_kernels_float32_error_at_most_twice_native(monkeypatch, is_causal, sharpness):
+    """float32 through the C++ kernels, over several tiles of rows and keys (tiles of 32 x 64
+    for 200 queries and 300 keys; sharpness 10 makes rows nearly one-hot, where D = rowsum(dO ⊙
+    O) loses most to rounding): the error of the output and of every gradient against float64
+    is at most twice native's (F.scaled_dot_product_attention: its CPU flash kernel) plus
+    float32's epsilon times the largest value."""
+    monkeypatch.setattr(attention_module, "CPP_Q_BLOCK", 32)
+    monkeypatch.setattr(attention_module, "CPP_KV_BLOCK", 64)
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 200, 32) * sharpness
+    k, v = torch.randn(2, 2, 300, 32), torch.randn(2, 2, 300, 16)
+    grad_out = torch.randn(2, 4, 200, 16)
+
+    def outputs(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves, is_causal=is_causal, enable_gqa=True)
+        return [out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
+
+    exact = outputs(F.scaled_dot_product_attention, torch.float64)
+    native = outputs(F.scaled_dot_product_attention, torch.float32)
+    ours = outputs(opslib.scaled_dot_product_attention, torch.float32)
+    eps = torch.finfo(torch.float32).eps
+    for name, a, n, e in zip(["out", "dq", "dk", "dv"], ours, native, exact, strict=True):
+        err, native_err = _max_error(a, e), _max_error(n, e)
+        assert err <= 2 * native_err + eps * e.abs().max().item(), (name, err, native_err)
+
+
+@needs_cpp_kernels
+def test_cpp_kernels_take_calls_without_a_mask_and_leave_the_rest():
+    """Which calls the C++ kernels compute: float32/float64 CPU calls without a mask and with
+    finite inputs; a mask, half precision, broadcast heads or an inf go to the torch-op
+    formula (an inf score must make nan as native's softmax does: checked against native)."""
+    q, k, v = _inputs(dtype=torch.float32)
+    with torch.no_grad():
+        assert attention_module._cpu_kernel_takes(q, k, v, None, 1)
+        assert not attention_module._cpu_kernel_takes(q, k, v, torch.ones(9, 11) > 0, 1)
+        assert not attention_module._cpu_kernel_takes(q.half(), k.half(), v.half(), None, 1)
+        assert not attention_module._cpu_kernel_takes(q, k[:, :1], v[:, :1], None, 1)
+        k_inf = k.detach().clone()
+        k_inf[0, 0, 2, 1] = math.inf
+        assert not attention_module._cpu_kernel_takes(q, k_inf, v, None, 1)
+        torch.testing.assert_close(
+            opslib.scaled_dot_product_attention(q, k_inf, v),
+            F.scaled_dot_product_attention(q, k_inf, v),
+            equal_nan=True,
+        )
+    assert not attention_module._cpu_kernel_takes(q, k, v, None, 1)  # grad mode: autograd's
+
+
+@needs_cpp_kernels
+def test_cpp_kernels_peak_memory_is_the_outputs_and_gradients_not_the_scores():
+    """One forward + backward through the C++ kernels at L = S = 2048, 8 heads, dim 64,
+    measured as benchmarks/peak_memory.py does (a fresh process, the peak resident memory above
+    the inputs): the gradients of q, k, v, the output and its gradient, and a few MiB of tiles,
+    where one head's [L, S] scores alone are 16 MiB (native's math attention: ~400 MiB)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import peak_memory
+
+    peak = peak_memory.measure("scaled_dot_product_attention", "opslib", 2048, "cpu")
+    tensor = 8 * 2048 * 64 * 4  # q, k, v, out, each gradient: 4 MiB
+    assert peak["peak_bytes"] <= 5 * tensor + (6 << 20), peak
 
 
 def test_saved_logsumexp_is_the_rows_and_its_gradient_is_right():

@@ -43,10 +43,20 @@ Backward (dO = dL/dout, g = dL/dlse, usually 0; d·(a) means dL/da)
     of flash-attention's backward, O(L), in torch ops.
     In floating point the code combines both forms of D (see _softmax_jacobian).
 
-Blocks: forward and backward loop over blocks of query rows, each holding the scores of at
-most BLOCK_SCORES elements (across every batch and head), so memory is O(L + S) whatever L
-and S are. Small calls are one block. The matmuls are ATen's (MKL/oneDNN on CPU, cuBLAS on
-CUDA); there is no Triton kernel.
+Kernels, two of them for the same math:
+- C++ (opslib/csrc/attention.cpp), for float32/float64 CPU calls without a mask and with
+  finite inputs (_cpu_kernel_takes): flash-attention's tiling. The forward runs the online
+  softmax over tiles of CPP_Q_BLOCK x CPP_KV_BLOCK scores, rescaling the running output when
+  a row's maximum grows (m' = max(m, max s), l ← l·e^(m - m') + Σ e^(s - m')); the backward
+  takes p = e^(s - lse) tile by tile and D = rowsum(dO ⊙ O) - g as derived above. A tile
+  stays in the L2 cache from the matmul that writes it to the one that reads it, which is
+  what makes it as fast as native's fused kernel (benchmarks/README.md has the figures).
+- torch ops (everything else: masks, half precision, broadcast heads, non-finite inputs,
+  CUDA, and the double backward): forward and backward loop over blocks of query rows, each
+  holding the scores of at most BLOCK_SCORES elements (across every batch and head). Small
+  calls are one block. Each row is whole in its block, so p is ATen's softmax of the row.
+Either way memory is O(L + S) whatever L and S are. The matmuls are ATen's (MKL/oneDNN on CPU,
+cuBLAS on CUDA); there is no Triton kernel.
 
 Saved for backward: q, k, v (the inputs: no copy), the output and lse (O(L)), and the mask if
 any: what native's CPU flash kernel saves; its math path saves the [L, S] probabilities.
@@ -68,6 +78,7 @@ import math
 import torch
 from torch import Tensor
 
+from opslib.core import cpu_kernels
 from opslib.core.checks import (
     check_floating_input,
     check_same_device,
@@ -90,6 +101,10 @@ BLOCK_SCORES = 1 << 20
 # all of them); below that, the kernels take one head at a time in blocks of BLOCK_SCORES / S
 # rows, where the matmuls have enough rows to run at full speed.
 MIN_BLOCK_ROWS = 128
+# The C++ kernels' tiles (opslib/csrc/attention.cpp): query rows x keys of one tile of scores,
+# 128 x 512 floats (256 KiB), which stays in the L2 cache with the k and v rows it reads.
+CPP_Q_BLOCK = 128
+CPP_KV_BLOCK = 512
 
 
 def _check_attention(
@@ -385,6 +400,37 @@ def _backward_by_heads(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_caus
     return dq, dk, dv
 
 
+def _cpu_kernel_takes(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None,
+                      groups: int) -> bool:  # fmt: skip
+    """Calls the C++ kernels compute (outside autograd: the kernels' own calls): float32 or
+    float64 CPU tensors, no mask, q's leading dims those of the output (k and v's too, but for
+    the G-fold fewer heads of grouped-query attention: no broadcasting), at least one query and
+    one key, and finite q, k, v (the online softmax of a non-finite score would not spread nan
+    over its row as native's softmax does; those calls take the torch-op formula, which does)."""
+    shapes_fit = (
+        q.dim() == k.dim() == v.dim()
+        and q.shape[:-3] == k.shape[:-3] == v.shape[:-3]
+        and k.shape[:-2] == v.shape[:-2]
+        and (q.dim() == 2 or q.shape[-3] == groups * k.shape[-3])
+    )
+    return (
+        attn_mask is None
+        and not torch.is_grad_enabled()
+        and q.dtype in (torch.float32, torch.float64)
+        and q.device.type == "cpu"
+        and shapes_fit
+        and q.shape[-2] > 0
+        and k.shape[-2] > 0
+        and cpu_kernels.is_loaded()
+        and all(bool(torch.isfinite(t).all()) for t in (q, k, v))
+    )
+
+
+def _as_heads(t: Tensor) -> Tensor:
+    """[..., rows, features] as the C++ kernels' contiguous [heads, rows, features]."""
+    return t.contiguous().view(-1, *t.shape[-2:])
+
+
 def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
                      enable_gqa) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(out, lse) as derived above, a block of query rows at a time (the kernel: never
@@ -395,6 +441,12 @@ def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
     its log loses nothing), without a second exponential pass."""
     lead, groups = _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
+    if _cpu_kernel_takes(q, k, v, attn_mask, groups):
+        out, lse = torch.ops.opslib_cpu.attention_forward(
+            _as_heads(q), _as_heads(k), _as_heads(v), groups, is_causal, scale, CPP_Q_BLOCK,
+            CPP_KV_BLOCK,
+        )  # fmt: skip
+        return out.view(*lead, q.shape[-2], v.shape[-1]), lse.view(*lead, q.shape[-2])
     k, v = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
     rows = q.shape[-2]
     per_head = _rows_per_head_block(lead, rows, k.shape[-2])
@@ -428,6 +480,14 @@ def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causa
     and lse, never the [L, S] probabilities."""
     lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
+    if not mask_grad and _cpu_kernel_takes(q, k, v, attn_mask, groups):
+        g = None if grad_lse is None else _as_heads(grad_lse.unsqueeze(-1)).squeeze(-1)
+        dq, dk, dv = torch.ops.opslib_cpu.attention_backward(
+            _as_heads(grad_out), g, _as_heads(q), _as_heads(k), _as_heads(v), _as_heads(out),
+            _as_heads(lse.unsqueeze(-1)).squeeze(-1), groups, is_causal, scale, CPP_Q_BLOCK,
+            CPP_KV_BLOCK,
+        )  # fmt: skip
+        return dq.view(q.shape), dk.view(k.shape), dv.view(v.shape), q.new_empty(0)
     k_all, v_all = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
     rows = q.shape[-2]
     per_head = _rows_per_head_block(lead, rows, k.shape[-2])
