@@ -2212,7 +2212,8 @@ OP_TABLE: list[OpInfo] = [
         reference_text="F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, "
         "scale, enable_gqa=...)",
         formula=(
-            "o = P V, P = softmax(scale·q kᵀ + m) by blocks of rows, lse saved ; dV = Pᵀ dO, "
+            "o = P V, P = softmax(scale·q kᵀ + m) by tiles (C++) or blocks of rows, lse saved ; "
+            "dV = Pᵀ dO, "
             "dS = P ⊙ (dO Vᵀ - rowsum(dO ⊙ O)), dQ = scale·dS K, dK = scale·dSᵀ Q (P recomputed)"
         ),
         sample_inputs=_attention_samples,
