@@ -128,7 +128,7 @@ CPP_CALLS = {
 
 
 @needs_cpp_kernels
-@pytest.mark.parametrize("tiles", [(2, 3), (7, 64), (128, 512)], ids=str)
+@pytest.mark.parametrize("tiles", [(2, 3), (3, 64), (4, 8)], ids=str)
 @pytest.mark.parametrize("call", CPP_CALLS.values(), ids=CPP_CALLS.keys())
 def test_cpp_kernel_tiles_give_the_torch_op_formula(monkeypatch, call, tiles):
     """The C++ kernels (tiles of q_block x kv_block scores, uneven last ones, causal tiles cut
@@ -198,11 +198,15 @@ def test_cpp_kernels_float32_error_at_most_twice_native(monkeypatch, is_causal, 
 
 
 @needs_cpp_kernels
-def test_cpp_kernels_take_calls_without_a_mask_and_leave_the_rest():
-    """Which calls the C++ kernels compute: float32/float64 CPU calls without a mask and with
-    finite inputs; a mask, half precision, broadcast heads or an inf go to the torch-op
-    formula (an inf score must make nan as native's softmax does: checked against native)."""
-    q, k, v = _inputs(dtype=torch.float32)
+def test_cpp_kernels_take_calls_without_a_mask_and_leave_the_rest(monkeypatch):
+    """Which calls the C++ kernels compute: float32/float64 CPU calls without a mask, with
+    finite inputs and more than one tile per head; a head of one tile, a mask, half
+    precision, broadcast heads or an inf go to the torch-op formula (an inf score must make
+    nan as native's softmax does: checked against native)."""
+    q, k, v = _inputs(dtype=torch.float32)  # 9 rows, 11 keys: one tile of 128 x 512
+    with torch.no_grad():
+        assert not attention_module._cpu_kernel_takes(q, k, v, None, 1)
+    monkeypatch.setattr(attention_module, "CPP_Q_BLOCK", 4)
     with torch.no_grad():
         assert attention_module._cpu_kernel_takes(q, k, v, None, 1)
         assert not attention_module._cpu_kernel_takes(q, k, v, torch.ones(9, 11) > 0, 1)

@@ -21,11 +21,14 @@
 //     D_i  = rowsum(dO ⊙ O)_i - g_i                     (g = dL/dlse, 0 when lse is unused)
 //     p    = e^(s - lse),  dP = dO vᵀ,  dS = p ⊙ (dP - D)
 //     Where a tile holds every key its rows see (S <= kv_block, or rows near a causal
-//     diagonal), D_i is taken as c_i + Σ_j p_ij (dP_ij - c_i) with c_i = rowsum(dO ⊙ O)_i, the
-//     torch-op formula's choice (its _softmax_jacobian says why): a one-hot row's dS is then
-//     exactly 0 where rowsum(dO ⊙ O) and the matmul's dP_ii, rounded in different orders,
-//     would differ by a rounding (a float32 dQ of 1e-6 where the answer is 0). Rows over
-//     several tiles use rowsum(dO ⊙ O) alone, as native's flash kernel does.
+//     diagonal), the torch-op formula's choices are made, for its accuracy: p is the row's
+//     softmax normalised in the tile (e^(s - lse) carries lse's rounding, ulp(lse)/2, into
+//     every p: with scores of 1e4 a p off by 5e-4 and Σ_j dS_ij far from 0), and D_i is
+//     c_i + Σ_j p_ij (dP_ij - c_i) with c_i = rowsum(dO ⊙ O)_i (its _softmax_jacobian says
+//     why: a one-hot row's dS is then exactly 0, where rowsum(dO ⊙ O) and the matmul's dP_ii,
+//     rounded in different orders, differ: a float32 dQ of 1e-6 where the answer is 0). Rows
+//     over several tiles take e^(s - lse) and rowsum(dO ⊙ O) alone, as native's flash kernel
+//     does; their float32 error is within 2x native's there (tests/test_attention.py).
 //     dV  += pᵀ dO,  dQ += scale · dS k,  dK += scale · dSᵀ q
 //
 // The ATen calls run below autograd (AutoDispatchBelowADInplaceOrView, in each thread): the
@@ -99,6 +102,17 @@ T exp_shifted(T* x, int64_t n, int64_t cols, T shift) {
   return sum;
 }
 
+// x[j] *= 1 / total for j < n: a softmax's normalisation, as ATen's softmax kernel rounds it.
+template <typename T>
+void normalize_row(T* x, int64_t n, T total) {
+  using Vec = Vectorized<T>;
+  const T inverse = T(1) / total;
+  const Vec inverse_v(inverse);
+  int64_t j = 0;
+  for (; j + Vec::size() <= n; j += Vec::size()) (Vec::loadu(x + j) * inverse_v).store(x + j);
+  for (; j < n; ++j) x[j] *= inverse;
+}
+
 // ds[j] = p[j] * (ds[j] - d) for j < cols (ds holds dP on entry).
 template <typename T>
 void softmax_jacobian_row(const T* p, T* ds, int64_t cols, T d) {
@@ -111,20 +125,36 @@ void softmax_jacobian_row(const T* p, T* ds, int64_t cols, T d) {
   for (; j < cols; ++j) ds[j] = p[j] * (ds[j] - d);
 }
 
-// Σ_j p[j] * (dp[j] - c) over cols: with c = rowsum(dO ⊙ O), D = c + this is Σ_j p_ij dP_ij,
-// the form of D that cancels exactly where a row is one-hot (see backward_blocks).
+// dp[j] -= c, then returns Σ_j p[j] * dp[j] over cols: with c = rowsum(dO ⊙ O), c plus this is
+// Σ_j p_ij dP_ij, the form of D that cancels exactly where a row is one-hot, and the shifted
+// dP - c, which is then used, is exact where dP is close to c (see backward_blocks). ATen's
+// softmax backward, which the torch-op formula uses, rounds in this order too.
 template <typename T>
-T shifted_dot(const T* p, const T* dp, int64_t cols, T c) {
+T shift_and_dot(const T* p, T* dp, int64_t cols, T c) {
   using Vec = Vectorized<T>;
   const Vec c_v(c);
   Vec acc(T(0));
   int64_t j = 0;
   for (; j + Vec::size() <= cols; j += Vec::size()) {
-    acc = acc + Vec::loadu(p + j) * (Vec::loadu(dp + j) - c_v);
+    const Vec shifted = Vec::loadu(dp + j) - c_v;
+    shifted.store(dp + j);
+    acc = acc + Vec::loadu(p + j) * shifted;
   }
   T sum = at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, acc);
-  for (; j < cols; ++j) sum += p[j] * (dp[j] - c);
+  for (; j < cols; ++j) {
+    dp[j] -= c;
+    sum += p[j] * dp[j];
+  }
   return sum;
+}
+
+// scale · rows, in the buffer's first rows: the scores are (scale·q) kᵀ, as the torch-op
+// formula computes them (q rounded once scaled, then the matmul). Where the scale is applied
+// matters on ill-conditioned rows (scores of 1e4 whose differences of ~1 decide p): scaling
+// after the matmul moved a float32 output 1e-4 away from native's in tests/test_properties.py.
+at::Tensor scaled_rows(const at::Tensor& rows, double scale, at::Tensor& buffer) {
+  at::Tensor out = buffer.narrow(0, 0, rows.size(0));
+  return at::mul_out(out, rows, at::scalar_tensor(scale, rows.options()));
 }
 
 void check_inputs(const char* name, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -151,12 +181,13 @@ void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   at::parallel_for(0, heads * row_blocks, 1, [&](int64_t t0, int64_t t1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // per thread: it is thread-local
     at::Tensor scores = at::empty({q_block, kv_block}, q.options());
+    at::Tensor scaled_q = at::empty({q_block, q.size(2)}, q.options());
     at::Tensor acc = at::empty({q_block, ev}, q.options());
     std::vector<T> running_max(q_block), running_sum(q_block);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / row_blocks, r0 = (t % row_blocks) * q_block;
       const int64_t nr = std::min(q_block, rows - r0);
-      const at::Tensor q_rows = q[n].narrow(0, r0, nr);
+      const at::Tensor q_rows = scaled_rows(q[n].narrow(0, r0, nr), scale, scaled_q);
       const at::Tensor k_n = k[n / groups], v_n = v[n / groups];
       at::Tensor acc_rows = acc.narrow(0, 0, nr);
       acc_rows.zero_();
@@ -167,7 +198,7 @@ void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       for (int64_t j0 = 0; j0 < seen; j0 += kv_block) {
         const int64_t nc = std::min(kv_block, seen - j0);
         at::Tensor s = scores.narrow(0, 0, nr).narrow(1, 0, nc);
-        at::addmm_out(s, s, q_rows, k_n.narrow(0, j0, nc).t(), /*beta=*/0, /*alpha=*/scale);
+        at::mm_out(s, q_rows, k_n.narrow(0, j0, nc).t());  // (scale·q) kᵀ
         T* s_data = scores.data_ptr<T>();
         T* acc_data = acc.data_ptr<T>();
         for (int64_t r = 0; r < nr; ++r) {
@@ -214,6 +245,7 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor probs = at::empty({q_block, kv_block}, q.options());
     at::Tensor d_scores = at::empty({q_block, kv_block}, q.options());
+    at::Tensor scaled_q = at::empty({q_block, q.size(2)}, q.options());
     std::vector<T> rowsum(rows);
     for (int64_t h = h0; h < h1; ++h) {
       const at::Tensor k_h = k[h], v_h = v[h];
@@ -228,7 +260,7 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
         }
         for (int64_t r0 = 0; r0 < rows; r0 += q_block) {
           const int64_t nr = std::min(q_block, rows - r0);
-          const at::Tensor q_rows = q[n].narrow(0, r0, nr);
+          const at::Tensor q_rows = scaled_rows(q[n].narrow(0, r0, nr), scale, scaled_q);
           const at::Tensor d_out_rows = grad_out[n].narrow(0, r0, nr);
           at::Tensor dq_rows = dq[n].narrow(0, r0, nr);
           const int64_t seen = is_causal ? std::min(keys, r0 + nr) : keys;
@@ -238,7 +270,7 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
             const at::Tensor k_cols = k_h.narrow(0, j0, nc), v_cols = v_h.narrow(0, j0, nc);
             at::Tensor p = probs.narrow(0, 0, nr).narrow(1, 0, nc);
             at::Tensor ds = d_scores.narrow(0, 0, nr).narrow(1, 0, nc);
-            at::addmm_out(p, p, q_rows, k_cols.t(), /*beta=*/0, /*alpha=*/scale);
+            at::mm_out(p, q_rows, k_cols.t());  // s = (scale·q) kᵀ
             at::addmm_out(ds, ds, d_out_rows, v_cols.t(), /*beta=*/0);  // dP = dO vᵀ
             T* p_data = probs.data_ptr<T>();
             T* ds_data = d_scores.data_ptr<T>();
@@ -247,17 +279,24 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
               const int64_t visible = visible_keys(is_causal, i, j0, nc);
               T* p_row = p_data + r * kv_block;
               T* ds_row = ds_data + r * kv_block;
-              exp_shifted(p_row, visible, nc, lse_data[n * rows + i]);
-              const T c = rowsum[i];
-              const T d = whole_rows ? c + shifted_dot(p_row, ds_row, nc, c) : c;
-              softmax_jacobian_row(p_row, ds_row, nc, d - (g_data ? g_data[n * rows + i] : T(0)));
+              if (whole_rows) {  // the row's softmax, normalised here (see the top)
+                const T total = exp_shifted(p_row, visible, nc, max_of(p_row, visible));
+                normalize_row(p_row, visible, total);
+              } else {
+                exp_shifted(p_row, visible, nc, lse_data[n * rows + i]);
+              }
+              const T g = g_data ? g_data[n * rows + i] : T(0);
+              // dS = p ⊙ (dP - D): D = c + Σ_j p_ij (dP_ij - c), with dP - c held, or D = c
+              const T d = whole_rows ? shift_and_dot(p_row, ds_row, nc, rowsum[i]) : rowsum[i];
+              softmax_jacobian_row(p_row, ds_row, nc, d - g);
             }
             at::Tensor dv_cols = dv_h.narrow(0, j0, nc), dk_cols = dk_h.narrow(0, j0, nc);
-            at::addmm_out(dv_cols, dv_cols, p.t(), d_out_rows);             // dV += pᵀ dO
-            at::addmm_out(dk_cols, dk_cols, ds.t(), q_rows, 1, scale);      // dK += s·dSᵀ q
-            at::addmm_out(dq_rows, dq_rows, ds, k_cols, j0 == 0 ? 0 : 1, scale);  // dQ
+            at::addmm_out(dv_cols, dv_cols, p.t(), d_out_rows);            // dV += pᵀ dO
+            at::addmm_out(dk_cols, dk_cols, ds.t(), q_rows);               // dK += dSᵀ (scale·q)
+            at::addmm_out(dq_rows, dq_rows, ds, k_cols, j0 == 0 ? 0 : 1);  // dQ += dS k
           }
           if (seen == 0) dq_rows.zero_();
+          dq_rows.mul_(scale);  // dQ = scale · dS k
         }
       }
     }

@@ -404,9 +404,16 @@ def _cpu_kernel_takes(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None,
                       groups: int) -> bool:  # fmt: skip
     """Calls the C++ kernels compute (outside autograd: the kernels' own calls): float32 or
     float64 CPU tensors, no mask, q's leading dims those of the output (k and v's too, but for
-    the G-fold fewer heads of grouped-query attention: no broadcasting), at least one query and
-    one key, and finite q, k, v (the online softmax of a non-finite score would not spread nan
-    over its row as native's softmax does; those calls take the torch-op formula, which does)."""
+    the G-fold fewer heads of grouped-query attention: no broadcasting), more than one tile of
+    scores per head, and finite q, k, v (the online softmax of a non-finite score would not
+    spread nan over its row as native's softmax does; those calls take the torch-op formula,
+    which does).
+
+    A head of one tile (L <= CPP_Q_BLOCK and S <= CPP_KV_BLOCK) gains nothing from tiling: its
+    scores fit in cache either way, and the torch-op formula's few batched ATen calls round as
+    native's own composite does (on adversarial inputs, scores of 1e4 that cancel, the tile
+    matmuls' fused multiply-adds gave a dQ of 1.5e-5 where native's, and the exact one, is
+    ~0: tests/test_properties.py)."""
     shapes_fit = (
         q.dim() == k.dim() == v.dim()
         and q.shape[:-3] == k.shape[:-3] == v.shape[:-3]
@@ -421,6 +428,7 @@ def _cpu_kernel_takes(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None,
         and shapes_fit
         and q.shape[-2] > 0
         and k.shape[-2] > 0
+        and (q.shape[-2] > CPP_Q_BLOCK or k.shape[-2] > CPP_KV_BLOCK)
         and cpu_kernels.is_loaded()
         and all(bool(torch.isfinite(t).all()) for t in (q, k, v))
     )
