@@ -44,17 +44,19 @@ Backward (dO = dL/dout, g = dL/dlse, usually 0; d·(a) means dL/da)
     In floating point the code combines both forms of D (see _softmax_jacobian).
 
 Kernels, two of them for the same math:
-- C++ (opslib/csrc/attention.cpp), for float32/float64 CPU calls without a mask and with
-  finite inputs (_cpu_kernel_takes): flash-attention's tiling. The forward runs the online
-  softmax over tiles of CPP_Q_BLOCK x CPP_KV_BLOCK scores, rescaling the running output when
-  a row's maximum grows (m' = max(m, max s), l ← l·e^(m - m') + Σ e^(s - m')); the backward
-  takes p = e^(s - lse) tile by tile and D = rowsum(dO ⊙ O) - g as derived above. A tile
-  stays in the L2 cache from the matmul that writes it to the one that reads it, which is
-  what makes it as fast as native's fused kernel (benchmarks/README.md has the figures).
+- C++ (opslib/csrc/attention.cpp), for float32/float64 CPU calls without a mask, with finite
+  inputs and more than one tile per head (_cpu_kernel_takes): flash-attention's tiling. The
+  forward runs the online softmax over tiles of CPP_Q_BLOCK x CPP_KV_BLOCK scores, rescaling
+  the running output when a row's maximum grows (m' = max(m, max s), l ← l·e^(m - m') +
+  Σ e^(s - m')); the backward takes p = e^(s - lse) tile by tile and D = rowsum(dO ⊙ O) - g as
+  derived above (a row whose keys all fit in one tile: its own softmax and the re-summed D, as
+  below). A tile stays in the L2 cache from the matmul that writes it to the one that reads
+  it: that makes it about as fast as native's fused kernel (the README has the figures).
 - torch ops (everything else: masks, half precision, broadcast heads, non-finite inputs,
-  CUDA, and the double backward): forward and backward loop over blocks of query rows, each
-  holding the scores of at most BLOCK_SCORES elements (across every batch and head). Small
-  calls are one block. Each row is whole in its block, so p is ATen's softmax of the row.
+  heads of one tile, CUDA, and the double backward): forward and backward loop over blocks of
+  query rows, each holding the scores of at most BLOCK_SCORES elements (across every batch and
+  head). Small calls are one block. Each row is whole in its block, so p is ATen's softmax of
+  the row.
 Either way memory is O(L + S) whatever L and S are. The matmuls are ATen's (MKL/oneDNN on CPU,
 cuBLAS on CUDA); there is no Triton kernel.
 
