@@ -127,11 +127,15 @@ CPP_CALLS = {
 }
 
 
+# (forward tile, backward tile): query rows x keys
+TILES = [((2, 3), (3, 2)), ((3, 64), (2, 5)), ((4, 8), (4, 3))]
+
+
 @needs_cpp_kernels
-@pytest.mark.parametrize("tiles", [(2, 3), (3, 64), (4, 8)], ids=str)
+@pytest.mark.parametrize("tiles", TILES, ids=str)
 @pytest.mark.parametrize("call", CPP_CALLS.values(), ids=CPP_CALLS.keys())
 def test_cpp_kernel_tiles_give_the_torch_op_formula(monkeypatch, call, tiles):
-    """The C++ kernels (tiles of q_block x kv_block scores, uneven last ones, causal tiles cut
+    """The C++ kernels (tiles of query rows x keys, uneven last ones, causal tiles cut
     at the diagonal, grouped-query heads) against the torch-op formula in float64, values and
     every gradient, the lse's included; and they are the path these calls take."""
     q_lead, kv_lead, rows, keys, is_causal, enable_gqa = call
@@ -151,8 +155,8 @@ def test_cpp_kernel_tiles_give_the_torch_op_formula(monkeypatch, call, tiles):
     monkeypatch.setattr(
         attention_module, "_cpu_kernel_takes", lambda *a: taken.append(real_takes(*a)) or taken[-1]
     )
-    monkeypatch.setattr(attention_module, "CPP_Q_BLOCK", tiles[0])
-    monkeypatch.setattr(attention_module, "CPP_KV_BLOCK", tiles[1])
+    monkeypatch.setattr(attention_module, "CPP_FORWARD_TILE", tiles[0])
+    monkeypatch.setattr(attention_module, "CPP_BACKWARD_TILE", tiles[1])
     torch.manual_seed(1)
     by_cpp = run()
     assert taken == [True, True]  # forward and backward
@@ -171,13 +175,13 @@ def _max_error(a: Tensor, exact: Tensor) -> float:
 @pytest.mark.parametrize("sharpness", [1.0, 10.0, 30.0])
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
 def test_cpp_kernels_float32_error_at_most_twice_native(monkeypatch, is_causal, sharpness):
-    """float32 through the C++ kernels, over several tiles of rows and keys (tiles of 32 x 64
-    for 200 queries and 300 keys; sharpness 10 makes rows nearly one-hot, where D = rowsum(dO ⊙
-    O) loses most to rounding): the error of the output and of every gradient against float64
-    is at most twice native's (F.scaled_dot_product_attention: its CPU flash kernel) plus
-    float32's epsilon times the largest value."""
-    monkeypatch.setattr(attention_module, "CPP_Q_BLOCK", 32)
-    monkeypatch.setattr(attention_module, "CPP_KV_BLOCK", 64)
+    """float32 through the C++ kernels, over several tiles of rows and keys (32 x 64 forward,
+    48 x 32 backward, for 200 queries and 300 keys; sharpness 10 makes rows nearly one-hot,
+    where D = rowsum(dO ⊙ O) loses most to rounding): the error of the output and of every
+    gradient against float64 is at most twice native's (F.scaled_dot_product_attention: its CPU
+    flash kernel) plus float32's epsilon times the largest value."""
+    monkeypatch.setattr(attention_module, "CPP_FORWARD_TILE", (32, 64))
+    monkeypatch.setattr(attention_module, "CPP_BACKWARD_TILE", (48, 32))
     torch.manual_seed(0)
     q = torch.randn(2, 4, 200, 32) * sharpness
     k, v = torch.randn(2, 2, 300, 32), torch.randn(2, 2, 300, 16)
@@ -203,10 +207,10 @@ def test_cpp_kernels_take_calls_without_a_mask_and_leave_the_rest(monkeypatch):
     finite inputs and more than one tile per head; a head of one tile, a mask, half
     precision, broadcast heads or an inf go to the torch-op formula (an inf score must make
     nan as native's softmax does: checked against native)."""
-    q, k, v = _inputs(dtype=torch.float32)  # 9 rows, 11 keys: one tile of 128 x 512
+    q, k, v = _inputs(dtype=torch.float32)  # 9 rows, 11 keys: one backward tile
     with torch.no_grad():
         assert not attention_module._cpu_kernel_takes(q, k, v, None, 1)
-    monkeypatch.setattr(attention_module, "CPP_Q_BLOCK", 4)
+    monkeypatch.setattr(attention_module, "CPP_BACKWARD_TILE", (4, 512))
     with torch.no_grad():
         assert attention_module._cpu_kernel_takes(q, k, v, None, 1)
         assert not attention_module._cpu_kernel_takes(q, k, v, torch.ones(9, 11) > 0, 1)

@@ -20,8 +20,8 @@
 //   backward (per key/value head; its G query heads, then blocks of rows and of keys)
 //     D_i  = rowsum(dO ⊙ O)_i - g_i                     (g = dL/dlse, 0 when lse is unused)
 //     p    = e^(s - lse),  dP = dO vᵀ,  dS = p ⊙ (dP - D)
-//     Where a tile holds every key its rows see (S <= kv_block, or rows near a causal
-//     diagonal), the torch-op formula's choices are made, for its accuracy: p is the row's
+//     Where a tile holds every key a row sees (S <= kv_block, or the first kv_block rows under
+//     is_causal), the torch-op formula's choices are made, for its accuracy: p is the row's
 //     softmax normalised in the tile (e^(s - lse) carries lse's rounding, ulp(lse)/2, into
 //     every p: with scores of 1e4 a p off by 5e-4 and Σ_j dS_ij far from 0), and D_i is
 //     c_i + Σ_j p_ij (dP_ij - c_i) with c_i = rowsum(dO ⊙ O)_i (its _softmax_jacobian says
@@ -82,14 +82,18 @@ T max_of(const T* x, int64_t n) {
 }
 
 // x[j] = e^(x[j] - shift) for j < n, 0 for n <= j < cols; returns the sum of the exponentials.
-template <typename T>
+// kFast: at::vec's exp_u20 (float32: a polynomial, within 20 ulp; double: exp itself), which
+// native's flash forward uses for the online softmax; its backward, and this one's, take the
+// 1-ulp exp for the p that the gradients are made of.
+template <bool kFast, typename T>
 T exp_shifted(T* x, int64_t n, int64_t cols, T shift) {
   using Vec = Vectorized<T>;
   const Vec shift_v(shift);
   Vec sum_v(T(0));
   int64_t j = 0;
   for (; j + Vec::size() <= n; j += Vec::size()) {
-    const Vec e = (Vec::loadu(x + j) - shift_v).exp();
+    const Vec shifted = Vec::loadu(x + j) - shift_v;
+    const Vec e = kFast ? shifted.exp_u20() : shifted.exp();
     e.store(x + j);
     sum_v = sum_v + e;
   }
@@ -208,7 +212,7 @@ void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
           const T m_new = std::max(m_old, max_of(p, visible));
           // visible == 0 leaves m at -inf: that row's p is all 0 here, as e^(-inf) would be
           const T shift = visible == 0 ? T(0) : m_new;
-          const T block_sum = exp_shifted(p, visible, nc, shift);
+          const T block_sum = exp_shifted</*kFast=*/true>(p, visible, nc, shift);
           if (visible == 0) continue;
           const T correction = std::exp(m_old - m_new);  // e^(-inf) = 0 for the first block
           running_sum[r] = running_sum[r] * correction + block_sum;
@@ -266,7 +270,6 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
           const int64_t seen = is_causal ? std::min(keys, r0 + nr) : keys;
           for (int64_t j0 = 0; j0 < seen; j0 += kv_block) {
             const int64_t nc = std::min(kv_block, seen - j0);
-            const bool whole_rows = nc == seen;  // every key these rows see is in this tile
             const at::Tensor k_cols = k_h.narrow(0, j0, nc), v_cols = v_h.narrow(0, j0, nc);
             at::Tensor p = probs.narrow(0, 0, nr).narrow(1, 0, nc);
             at::Tensor ds = d_scores.narrow(0, 0, nr).narrow(1, 0, nc);
@@ -279,15 +282,17 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
               const int64_t visible = visible_keys(is_causal, i, j0, nc);
               T* p_row = p_data + r * kv_block;
               T* ds_row = ds_data + r * kv_block;
-              if (whole_rows) {  // the row's softmax, normalised here (see the top)
-                const T total = exp_shifted(p_row, visible, nc, max_of(p_row, visible));
+              // every key row i sees is in this tile (the first): its softmax is normalised here
+              const bool whole_row = j0 == 0 && (is_causal ? std::min(i + 1, keys) : keys) <= nc;
+              if (whole_row) {
+                const T total = exp_shifted<false>(p_row, visible, nc, max_of(p_row, visible));
                 normalize_row(p_row, visible, total);
               } else {
-                exp_shifted(p_row, visible, nc, lse_data[n * rows + i]);
+                exp_shifted<false>(p_row, visible, nc, lse_data[n * rows + i]);
               }
               const T g = g_data ? g_data[n * rows + i] : T(0);
               // dS = p ⊙ (dP - D): D = c + Σ_j p_ij (dP_ij - c), with dP - c held, or D = c
-              const T d = whole_rows ? shift_and_dot(p_row, ds_row, nc, rowsum[i]) : rowsum[i];
+              const T d = whole_row ? shift_and_dot(p_row, ds_row, nc, rowsum[i]) : rowsum[i];
               softmax_jacobian_row(p_row, ds_row, nc, d - g);
             }
             at::Tensor dv_cols = dv_h.narrow(0, j0, nc), dk_cols = dk_h.narrow(0, j0, nc);

@@ -46,7 +46,7 @@ Backward (dO = dL/dout, g = dL/dlse, usually 0; d·(a) means dL/da)
 Kernels, two of them for the same math:
 - C++ (opslib/csrc/attention.cpp), for float32/float64 CPU calls without a mask, with finite
   inputs and more than one tile per head (_cpu_kernel_takes): flash-attention's tiling. The
-  forward runs the online softmax over tiles of CPP_Q_BLOCK x CPP_KV_BLOCK scores, rescaling
+  forward runs the online softmax over tiles of CPP_FORWARD_TILE scores, rescaling
   the running output when a row's maximum grows (m' = max(m, max s), l ← l·e^(m - m') +
   Σ e^(s - m')); the backward takes p = e^(s - lse) tile by tile and D = rowsum(dO ⊙ O) - g as
   derived above (a row whose keys all fit in one tile: its own softmax and the re-summed D, as
@@ -103,10 +103,12 @@ BLOCK_SCORES = 1 << 20
 # all of them); below that, the kernels take one head at a time in blocks of BLOCK_SCORES / S
 # rows, where the matmuls have enough rows to run at full speed.
 MIN_BLOCK_ROWS = 128
-# The C++ kernels' tiles (opslib/csrc/attention.cpp): query rows x keys of one tile of scores,
-# 128 x 512 floats (256 KiB), which stays in the L2 cache with the k and v rows it reads.
-CPP_Q_BLOCK = 128
-CPP_KV_BLOCK = 512
+# The C++ kernels' tiles (opslib/csrc/attention.cpp), query rows x keys of scores: each stays in
+# the L2 cache with the k and v rows it reads. The forward holds one tile (256 x 1024 floats:
+# 1 MiB), the backward two (p and dS: 2 x 256 KiB); larger tiles make fewer matmul calls, and
+# these measured fastest (tiles of 64-256 rows x 512-1024 keys, L = 512-4096, this machine).
+CPP_FORWARD_TILE = (256, 1024)
+CPP_BACKWARD_TILE = (128, 512)
 
 
 def _check_attention(
@@ -411,7 +413,7 @@ def _cpu_kernel_takes(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None,
     spread nan over its row as native's softmax does; those calls take the torch-op formula,
     which does).
 
-    A head of one tile (L <= CPP_Q_BLOCK and S <= CPP_KV_BLOCK) gains nothing from tiling: its
+    A head of one backward tile (L and S within CPP_BACKWARD_TILE) gains nothing from tiling: its
     scores fit in cache either way, and the torch-op formula's few batched ATen calls round as
     native's own composite does (on adversarial inputs, scores of 1e4 that cancel, the tile
     matmuls' fused multiply-adds gave a dQ of 1.5e-5 where native's, and the exact one, is
@@ -430,10 +432,17 @@ def _cpu_kernel_takes(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None,
         and shapes_fit
         and q.shape[-2] > 0
         and k.shape[-2] > 0
-        and (q.shape[-2] > CPP_Q_BLOCK or k.shape[-2] > CPP_KV_BLOCK)
+        and (q.shape[-2] > CPP_BACKWARD_TILE[0] or k.shape[-2] > CPP_BACKWARD_TILE[1])
         and cpu_kernels.is_loaded()
-        and all(bool(torch.isfinite(t).all()) for t in (q, k, v))
+        and _all_finite(q, k, v)
     )
+
+
+def _all_finite(*tensors: Tensor) -> bool:
+    """Whether every element is finite, from one sum per tensor (one pass, where isfinite().all()
+    makes four): an inf or nan makes the sum inf or nan. A sum that overflows from finite
+    values also says no: those calls take the torch-op formula, which is right for them too."""
+    return bool(torch.isfinite(sum(t.sum(dtype=torch.float64) for t in tensors)))
 
 
 def _as_heads(t: Tensor) -> Tensor:
@@ -453,8 +462,8 @@ def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     if _cpu_kernel_takes(q, k, v, attn_mask, groups):
         out, lse = torch.ops.opslib_cpu.attention_forward(
-            _as_heads(q), _as_heads(k), _as_heads(v), groups, is_causal, scale, CPP_Q_BLOCK,
-            CPP_KV_BLOCK,
+            _as_heads(q), _as_heads(k), _as_heads(v), groups, is_causal, scale,
+            *CPP_FORWARD_TILE,
         )  # fmt: skip
         return out.view(*lead, q.shape[-2], v.shape[-1]), lse.view(*lead, q.shape[-2])
     k, v = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
@@ -494,8 +503,8 @@ def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causa
         g = None if grad_lse is None else _as_heads(grad_lse.unsqueeze(-1)).squeeze(-1)
         dq, dk, dv = torch.ops.opslib_cpu.attention_backward(
             _as_heads(grad_out), g, _as_heads(q), _as_heads(k), _as_heads(v), _as_heads(out),
-            _as_heads(lse.unsqueeze(-1)).squeeze(-1), groups, is_causal, scale, CPP_Q_BLOCK,
-            CPP_KV_BLOCK,
+            _as_heads(lse.unsqueeze(-1)).squeeze(-1), groups, is_causal, scale,
+            *CPP_BACKWARD_TILE,
         )  # fmt: skip
         return dq.view(q.shape), dk.view(k.shape), dv.view(v.shape), q.new_empty(0)
     k_all, v_all = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
