@@ -4,6 +4,10 @@ computed here independently), every padding form of F.conv*d, and the modules ar
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,3 +154,64 @@ def test_no_input_channels_gives_the_bias_with_the_weights_output_channels(conv)
     grad_x, grad_w, grad_b = torch.autograd.grad(y, (x, w, b), g)
     assert grad_x.shape == x.shape and grad_w.shape == w.shape
     torch.testing.assert_close(grad_b, g.sum([0, *range(2, g.dim())]))
+
+
+# Small half-precision convolutions where native F.conv*d (oneDNN) crashed the process on CPU
+# with torch 2.13 (found by random search on an AVX512 machine; the last one without padding,
+# with SIGFPE, on one call in three): (dtype, x shape, channels_last, weight shape, stride,
+# padding per dim, dilation, groups).
+NATIVE_CRASHES = [
+    ("float16", [1, 1, 4, 1], False, [2, 1, 1, 1], [1, 2], [1, 1], [2, 2], 1),
+    ("float16", [2, 1, 2, 1], False, [2, 1, 3, 1], [2, 3], [2, 2], [2, 3], 1),
+    ("float16", [2, 2, 1], False, [1, 2, 1], [2], [1], [3], 1),
+    ("bfloat16", [2, 2, 5, 1], True, [4, 1, 2, 1], [2, 3], [1, 2], [1, 3], 2),
+    ("bfloat16", [2, 4, 6, 1], True, [4, 2, 1, 1], [3, 2], [1, 1], [3, 3], 2),
+    ("bfloat16", [1, 2, 8, 5], True, [2, 2, 1, 1], [2, 1], [0, 0], [3, 3], 1),
+]
+
+_HALF_PRECISION_CONVS = """
+import json, sys
+import torch
+import torch.nn.functional as F
+import opslib
+
+for dtype, x_shape, channels_last, w_shape, stride, padding, dilation, groups in json.loads(
+    sys.argv[1]
+):
+    torch.manual_seed(0)
+    dtype = getattr(torch, dtype)
+    x = torch.randn(x_shape).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(w_shape).to(dtype)
+    x.requires_grad_(), w.requires_grad_()
+    conv = opslib.conv1d if len(x_shape) == 3 else opslib.conv2d
+    y = conv(x, w, None, stride, padding, dilation, groups)
+    g = torch.randn(y.shape).to(dtype)
+    grads = torch.autograd.grad(y, (x, w), g)
+    # The reference: native in float32 on the same rounded values (float32 does not crash)
+    x32, w32 = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    native = F.conv1d if len(x_shape) == 3 else F.conv2d
+    y32 = native(x32, w32, None, stride, padding, dilation, groups)
+    grads32 = torch.autograd.grad(y32, (x32, w32), g.float())
+    tol = dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(y.float(), y32, **tol)
+    for ours, reference in zip(grads, grads32, strict=True):
+        torch.testing.assert_close(ours.float(), reference, **tol)
+print("ran", len(json.loads(sys.argv[1])))
+"""
+
+
+def test_half_precision_padding_where_native_crashes_computes_the_convolution():
+    """opslib computes half-precision CPU convolutions in float32 (opslib/ops/conv.py,
+    _compute_dtype): where native's oneDNN half-precision convolution crashed, the op's forward
+    and backward run and match native's float32 result. In a subprocess, so that a crash fails
+    this test only."""
+    run = subprocess.run(
+        [sys.executable, "-c", _HALF_PRECISION_CONVS, json.dumps(NATIVE_CRASHES)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, f"exit {run.returncode}:\n{run.stdout}\n{run.stderr[-3000:]}"
+    assert f"ran {len(NATIVE_CRASHES)}" in run.stdout

@@ -38,6 +38,14 @@ differentiates the backward again; gradgradcheck runs over the op table's sample
 Asymmetric padding ("same" with an even kernel, or explicit pairs): ATen's convolution pads
 both sides alike, so the part of the padding beyond the smaller side is added first with
 ``F.pad`` (as native's "same" does); its gradient is the slice of dL/dx_p.
+
+Half precision on CPU (float16, bfloat16) computes in float32 and rounds the results: oneDNN's
+half-precision convolutions, which native F.conv*d calls, crash the process for some small
+shapes (torch 2.13 on an AVX512 machine: segfaults and SIGFPE, with and without padding,
+not always on the same call: 150 of 20,000 random small float16 convolutions and 19 of 20,000
+bfloat16 ones, `python3 tests/search_conv_crashes.py`; tests/test_conv.py keeps six). Its
+float32 kernels ran 160,000 such calls without one. The float32 result rounded once is at
+least as accurate as native's; in bfloat16 it is slower than native's fast kernel (README).
 """
 
 from __future__ import annotations
@@ -123,6 +131,14 @@ def _check_conv(op: str, dims: int, x: Tensor, weight: Tensor, bias: Tensor | No
     return [*x.shape[: x.dim() - dims - 1], out_channels, *out]
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half-precision x on CPU (oneDNN's half-precision kernels crash, see above),
+    else x's dtype."""
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return x.dtype
+
+
 def _split_padding(padding: Sequence[int]) -> tuple[list[int], list[int]]:
     """(the symmetric part per dim, F.pad's pairs for the rest, last dim first)."""
     pairs = list(zip(padding[::2], padding[1::2], strict=True))
@@ -146,9 +162,11 @@ def _conv_formula(x: Tensor, weight: Tensor, bias: Tensor | None, stride, paddin
         # channels (the Partial rule below) over more ranks than there are channels.
         x = x.new_zeros(x.shape[0], groups, *x.shape[2:])
         weight = weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])
+    dtype, compute = x.dtype, _compute_dtype(x)
     y = torch.ops.aten.convolution(
-        x, weight, bias, list(stride), symmetric, list(dilation), False, [0] * len(stride), groups
-    )
+        x.to(compute), weight.to(compute), None if bias is None else bias.to(compute),
+        list(stride), symmetric, list(dilation), False, [0] * len(stride), groups,
+    ).to(dtype)  # fmt: skip
     return y.squeeze(0) if unbatched else y
 
 
@@ -160,10 +178,12 @@ def _conv_backward_formula(grad_y: Tensor, x: Tensor, weight: Tensor, bias_shape
         x, grad_y = x.unsqueeze(0), grad_y.unsqueeze(0)
     symmetric, extra = _split_padding(padding)
     x_padded = F.pad(x, extra) if any(extra) else x
-    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_y, x_padded, weight, bias_shape, list(stride), symmetric, list(dilation), False,
-        [0] * len(stride), groups, list(needs),
+    compute = _compute_dtype(x)
+    grads = torch.ops.aten.convolution_backward(
+        grad_y.to(compute), x_padded.to(compute), weight.to(compute), bias_shape, list(stride),
+        symmetric, list(dilation), False, [0] * len(stride), groups, list(needs),
     )  # fmt: skip
+    grad_x, grad_w, grad_b = (None if t is None else t.to(x.dtype) for t in grads)
     if needs[2] and weight.shape[1] == 0:  # ATen skips an empty x's backward, db included
         grad_b = grad_y.sum([0, *range(2, grad_y.dim())])
     if grad_x is not None and any(extra):  # drop the padding F.pad added
@@ -344,10 +364,15 @@ _conv2d, conv2d, conv2d_onnx = _make_conv(2)
 
 def native_conv(dims: int):
     """The native reference with the op's arguments: F.conv{d}d, explicit asymmetric padding by
-    F.pad first (native convolutions take symmetric padding only)."""
+    F.pad first (native convolutions take symmetric padding only). Half precision on CPU runs
+    native in float32 and rounds (autograd rounds the gradients): native's own half-precision
+    CPU kernels can crash the test process (see the module docstring)."""
     function = F.conv1d if dims == 1 else F.conv2d
 
     def reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+        if _compute_dtype(x) != x.dtype:
+            as_float = [None if t is None else t.float() for t in (x, weight, bias)]
+            return reference(*as_float, stride, padding, dilation, groups).to(x.dtype)
         if (
             not isinstance(padding, str)
             and not isinstance(padding, int)
