@@ -202,7 +202,7 @@ print("ran", len(json.loads(sys.argv[1])))
 """
 
 
-def test_half_precision_padding_where_native_crashes_computes_the_convolution():
+def test_half_precision_where_native_crashes_computes_the_convolution():
     """opslib computes half-precision CPU convolutions in float32 (opslib/ops/conv.py,
     _compute_dtype): where native's oneDNN half-precision convolution crashed, the op's forward
     and backward run and match native's float32 result. In a subprocess, so that a crash fails

@@ -177,10 +177,10 @@ def _conv_backward_formula(grad_y: Tensor, x: Tensor, weight: Tensor, bias_shape
     if unbatched:
         x, grad_y = x.unsqueeze(0), grad_y.unsqueeze(0)
     symmetric, extra = _split_padding(padding)
-    x_padded = F.pad(x, extra) if any(extra) else x
     compute = _compute_dtype(x)
+    x_padded = F.pad(x.to(compute), extra) if any(extra) else x.to(compute)
     grads = torch.ops.aten.convolution_backward(
-        grad_y.to(compute), x_padded.to(compute), weight.to(compute), bias_shape, list(stride),
+        grad_y.to(compute), x_padded, weight.to(compute), bias_shape, list(stride),
         symmetric, list(dilation), False, [0] * len(stride), groups, list(needs),
     )  # fmt: skip
     grad_x, grad_w, grad_b = (None if t is None else t.to(x.dtype) for t in grads)
