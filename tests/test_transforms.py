@@ -14,6 +14,7 @@ import opslib
 from opslib.op_table import OP_TABLE, leaves, requiring_grad
 
 B = 5
+ROWS = 3  # rows of each op's batch inputs in the vmap tests
 
 
 def _loop(fn, in_dims, args):
@@ -25,20 +26,18 @@ def _loop(fn, in_dims, args):
     return torch.stack(outs)
 
 
-def _another(a: torch.Tensor) -> torch.Tensor:
-    """An independent tensor like ``a``: random values, or for integer tensors (class indices)
-    a shuffle of a's own, so that every value stays valid."""
-    if a.is_floating_point():
-        return torch.randn_like(a)
-    return a.flatten()[torch.randperm(a.numel())].reshape(a.shape)
-
-
-def _batched(args: tuple, in_dims: tuple) -> list:
-    """B independent copies of each argument with an in_dim, stacked along it: each slice is a
-    valid call of the op, whatever the other arguments are."""
+def _batched(info, args: tuple, in_dims: tuple) -> list:
+    """B independent draws of the op's batch inputs, each argument with an in_dim stacked along
+    it, the others as given: each slice is a valid call of the op, since the op table's own
+    inputs keep every argument in its domain (positive class weights, class-index targets).
+    Generic random values would not: a randn class weight makes a weighted mean divide by a
+    sum of mixed signs, so float32 rounding is amplified without bound and vmap and the loop
+    disagree by more than any fixed tolerance on one machine's draw and not on another's
+    (torch's vectorised randn differs with the CPU)."""
+    draws = [info.batch_inputs(ROWS, "cpu", torch.float32) for _ in range(B)]
     return [
-        a if d is None else torch.stack([_another(a) for _ in range(B)], dim=d)
-        for a, d in zip(args, in_dims, strict=True)
+        a if d is None else torch.stack([draw[i] for draw in draws], dim=d)
+        for i, (a, d) in enumerate(zip(args, in_dims, strict=True))
     ]
 
 
@@ -48,7 +47,7 @@ def vmap_cases(table=OP_TABLE) -> list:
     bias or slope). Non-tensor arguments are never batched."""
     cases = []
     for info in table:
-        args = info.batch_inputs(3, "cpu", torch.float32)
+        args = info.batch_inputs(ROWS, "cpu", torch.float32)
         tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
         plans = {"all-0": dict.fromkeys(tensors, 0), "first-last": {tensors[0]: args[0].dim()}}
         if len(tensors) > 1:
@@ -62,7 +61,7 @@ def vmap_cases(table=OP_TABLE) -> list:
 @pytest.mark.parametrize("info,args,in_dims", vmap_cases())
 def test_vmap_matches_a_python_loop_without_fallback(info, args, in_dims):
     torch.manual_seed(0)
-    batched = _batched(args, in_dims)
+    batched = _batched(info, args, in_dims)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the per-sample fallback warns of a performance drop
         out = torch.vmap(info.func, in_dims=in_dims)(*batched)
@@ -85,10 +84,10 @@ def test_vmap_runs_the_op_once_on_the_batch_not_per_sample(info):
     """The first tensor batched (the others shared): one call of the op on the whole batch (its
     first argument holds every sample's: B of them in dim 0, or folded into it, as a
     convolution's batch of batches is)."""
-    args = info.batch_inputs(3, "cpu", torch.float32)
+    args = info.batch_inputs(ROWS, "cpu", torch.float32)
     in_dims = (0, *([None] * (len(args) - 1)))
     with _CallSpy(info.op) as spy:
-        torch.vmap(info.func, in_dims=in_dims)(*_batched(args, in_dims))
+        torch.vmap(info.func, in_dims=in_dims)(*_batched(info, args, in_dims))
     assert len(spy.shapes) == 1 and spy.shapes[0].numel() == B * args[0].numel(), (
         f"{info.name}: {spy.shapes}"
     )
