@@ -2,6 +2,7 @@
 
     python3 benchmarks/bench.py             # full run (CPU, 2 threads: about 64 minutes)
     python3 benchmarks/bench.py --quick     # seconds: the CI smoke test
+    python3 benchmarks/bench.py --ops conv2d --dtype bfloat16 --results benchmarks/results/partial
     python3 benchmarks/report.py            # CSV -> PNG plots and the README tables
 
 For each op: forward, backward and full (forward + backward) time, eager and under
@@ -13,7 +14,9 @@ machine the same command measures the GPU (Timer synchronises).
 
 Rows are appended to benchmarks/results/{timings,memory,model}.csv, each row carrying the
 machine, device, torch version, thread count, git commit and run id. Column meanings: README.md
-beside this file.
+beside this file. ``--dtype`` times another dtype (float32 by default) for the ops whose op-table
+entry lists it, and skips the training step (a float32 model); report.py's tables read float32
+runs only, so give such a run its own ``--results`` folder.
 """
 
 from __future__ import annotations
@@ -200,9 +203,7 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
     # eager: both eager; compiled: both compiled; vs-compiled: opslib eager against the
     # compiled reference (only ops marked bench_against_compiled in the op table).
     modes = ["eager"] if args.no_compile else ["eager", "compiled", "vs-compiled"]
-    for info in OP_TABLE:
-        if args.ops and info.name not in args.ops:
-            continue
+    for info in benched_ops(args):
         sizes = info.bench_sizes[:1] if args.quick else info.bench_sizes
         if args.sizes:
             sizes = args.sizes
@@ -259,6 +260,15 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
     return rows
 
 
+def benched_ops(args) -> list[OpInfo]:
+    """The op table's ops that --ops names (all by default) and that have a --dtype kernel."""
+    return [
+        info
+        for info in OP_TABLE
+        if (not args.ops or info.name in args.ops) and args.dtype in info.dtypes
+    ]
+
+
 def _cases(info: OpInfo, sizes) -> list[tuple[str, int, Callable]]:
     """(label, size, inputs) for every size: the op's own inputs, then each variant the op
     table declares for it (labelled op[variant]), size by size."""
@@ -281,7 +291,7 @@ def saved_bytes(fn: Callable, args: tuple) -> int:
 
 def bench_memory(args, device, meta) -> list[dict]:
     rows = []
-    for info in OP_TABLE:
+    for info in benched_ops(args):
         size = info.bench_sizes[1 if args.quick else 2]
         inputs = leaves(info.bench_inputs(size, device, args.dtype), constant=info.constant_args)
         ours, native = saved_bytes(info.func, inputs), saved_bytes(info.reference, inputs)
@@ -303,6 +313,9 @@ def bench_memory(args, device, meta) -> list[dict]:
 def bench_model(args, device, meta) -> list[dict]:
     """The example classifier's training step: opslib modules vs the same torch.nn model."""
     rows = []
+    if args.dtype != torch.float32:
+        print("training step: skipped (the model is float32)")
+        return rows
     batches = (64,) if args.quick else (64, 1024)
     modes = ["eager"] if args.no_compile else ["eager", "compiled"]
     for batch in batches:
@@ -373,8 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=None, help="samples per measurement")
     parser.add_argument("--target-ms", type=float, default=None, help="time per sample")
     parser.add_argument("--results", type=Path, default=RESULTS, help="CSV folder")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64", "float16", "bfloat16"],
+        help="the inputs' dtype (machine limits are measured in float32)",
+    )
     args = parser.parse_args(argv)
-    args.dtype = torch.float32
+    args.dtype = getattr(torch, args.dtype)
     args.samples = args.samples or (5 if args.quick else 21)
     args.target_ms = args.target_ms or (1.0 if args.quick else 10.0)
     args.backend = args.backend or ("aot_eager" if args.quick else "inductor")

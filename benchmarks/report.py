@@ -26,7 +26,9 @@ def read(path: Path) -> list[dict]:
 
 
 def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
-    """The most recent run of each device: {device: its rows}."""
+    """The most recent float32 run of each device: {device: its rows}. (The tables compare
+    float32; a ``bench.py --dtype`` run of another dtype is read from its own folder.)"""
+    rows = [r for r in rows if r.get("dtype") in ("float32", "", None)]  # none: model.csv
     newest: dict[str, str] = {}
     for r in rows:
         newest[r["device"]] = max(newest.get(r["device"], ""), r["run_id"])

@@ -47,3 +47,34 @@ def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "ratios_cpu.png").stat().st_size > 10_000
     assert "| learned_silu | full |" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_dtype_run_times_that_dtype_and_the_report_keeps_to_float32(tmp_path):
+    ops = ["conv2d", "learned_silu"]
+    dtype_args = ["--dtype", "bfloat16", "--ops", *ops, "--results", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench.py", "--quick", "--no-compile", *dtype_args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in ("timings", "memory"):
+        with (tmp_path / f"{name}.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert {r["dtype"] for r in rows} == {"bfloat16"}, name
+        assert {r["op"].split("[")[0] for r in rows} == set(ops), name
+    with (tmp_path / "model.csv").open() as f:
+        assert not list(csv.DictReader(f))  # the training step is float32 only
+
+    import report
+
+    runs = [
+        {"device": "cpu", "run_id": run_id, "dtype": dtype}
+        for run_id, dtype in (("1", "float32"), ("2", "bfloat16"), ("0", "float32"))
+    ]
+    assert report.latest_runs(runs) == {"cpu": [runs[0]]}
+    undated = [{"device": "cpu", "run_id": "3"}, {"device": "cpu", "run_id": "4", "dtype": ""}]
+    assert report.latest_runs(undated[:1]) == {"cpu": undated[:1]}  # model.csv: no dtype
+    assert report.latest_runs(undated) == {"cpu": undated[1:]}  # a row older than the column
