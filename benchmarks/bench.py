@@ -210,10 +210,10 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
         for mode in modes:
             if mode == "vs-compiled" and not info.bench_against_compiled:
                 continue
-            ours_fn, native_fn = info.func, info.reference
+            ours_fn, native_fn = info.func, info.bench_native
             if mode != "eager":
                 torch._dynamo.reset()
-                native_fn = torch.compile(info.reference, backend=args.backend, dynamic=False)
+                native_fn = torch.compile(native_fn, backend=args.backend, dynamic=False)
             if mode == "compiled":
                 ours_fn = torch.compile(info.func, backend=args.backend, dynamic=False)
             for label, size, inputs_fn in _cases(info, sizes):
@@ -294,7 +294,7 @@ def bench_memory(args, device, meta) -> list[dict]:
     for info in benched_ops(args):
         size = info.bench_sizes[1 if args.quick else 2]
         inputs = leaves(info.bench_inputs(size, device, args.dtype), constant=info.constant_args)
-        ours, native = saved_bytes(info.func, inputs), saved_bytes(info.reference, inputs)
+        ours, native = saved_bytes(info.func, inputs), saved_bytes(info.bench_native, inputs)
         rows.append(
             {
                 **meta,

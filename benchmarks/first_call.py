@@ -24,7 +24,7 @@ CHILD = """
     import sys, time, torch, opslib
     from opslib.op_table import OPS_BY_NAME, leaves, requiring_grad
     info = OPS_BY_NAME[sys.argv[1]]
-    func = info.func if sys.argv[3] == "opslib" else info.reference
+    func = info.func if sys.argv[3] == "opslib" else info.bench_native
     one = torch.ones(1, requires_grad=True)
     torch.autograd.grad(one * 2, one, torch.ones(1))  # torch's own lazy imports, not the op's
     make = info.bench_variants.get("nn.Parameter slope", info.bench_inputs)

@@ -41,7 +41,7 @@ import json, sys, time, torch
 from opslib.op_table import OPS_BY_NAME, leaves, requiring_grad
 name, which, size, device, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], 0
 info = OPS_BY_NAME[name]
-fn = {"opslib": info.func, "native": info.reference, **info.bench_baselines}[which]
+fn = {"opslib": info.func, "native": info.bench_native, **info.bench_baselines}[which]
 torch.manual_seed(seed)
 small = info.bench_inputs(info.bench_sizes[1], device, torch.float32)
 warm = leaves(small, constant=info.constant_args)

@@ -85,7 +85,7 @@ def main() -> int:
         torch.manual_seed(0)
         args = info.bench_inputs(info.bench_sizes[0], "cpu", torch.float32)
         ratios = measure(
-            f"{info.name} ({path})", info.func, info.reference, args, info.constant_args
+            f"{info.name} ({path})", info.func, info.bench_native, args, info.constant_args
         )
         for key, ratio in zip(BOUNDS, ratios, strict=True):
             worst[key] = max(worst[key], ratio)

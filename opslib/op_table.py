@@ -186,6 +186,9 @@ class OpInfo:
     bench_size_label: Callable[[int], str] = elements_label
     # Bytes saved for backward may be at most this fraction of native's (a fused op's claim).
     saved_fraction_of_native: float = 1.0
+    # What the benchmarks time the op against, where that is not `reference` (conv: native's
+    # own half-precision kernels, which the tests' reference does not call).
+    bench_reference: Callable[..., Any] | None = None
     # Also time the eager op against torch.compile of its reference: for ops whose eager path is
     # itself fused, the question is whether that is as good as what the compiler makes.
     bench_against_compiled: bool = False
@@ -247,6 +250,11 @@ class OpInfo:
     def label(self) -> str:
         """How the op's error messages name it, e.g. ``customgrad.linear``."""
         return f"{self.namespace}.{self.name}"
+
+    @property
+    def bench_native(self) -> Callable[..., Any]:
+        """The native function the benchmarks time the op against."""
+        return self.bench_reference or self.reference
 
 
 def _make(shape, device, dtype, requires_grad: bool, *, scale: float = 1.0) -> Tensor:
@@ -1453,6 +1461,7 @@ def _conv_info(dims: int) -> OpInfo:
         name=f"conv{dims}d",
         func=conv1d if dims == 1 else conv2d,
         reference=native_conv(dims),
+        bench_reference=native_conv(dims, half_in_float32=False),
         reference_text=f"F.conv{dims}d(x, W, b, stride, padding, dilation, groups)",
         formula=(
             "y = b + Σ W ⋆ x (cross-correlation) ; dL/dx = conv_transpose(g, W), "

@@ -50,7 +50,7 @@ def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
 
 
 def test_a_dtype_run_times_that_dtype_and_the_report_keeps_to_float32(tmp_path):
-    ops = ["conv2d", "learned_silu"]
+    ops = ["learned_silu", "layer_norm"]  # not conv: native's half convs can crash (test_conv)
     dtype_args = ["--dtype", "bfloat16", "--ops", *ops, "--results", str(tmp_path)]
     run = subprocess.run(
         [sys.executable, "benchmarks/bench.py", "--quick", "--no-compile", *dtype_args],

@@ -215,3 +215,31 @@ def test_half_precision_where_native_crashes_computes_the_convolution():
     )
     assert run.returncode == 0, f"exit {run.returncode}:\n{run.stdout}\n{run.stderr[-3000:]}"
     assert f"ran {len(NATIVE_CRASHES)}" in run.stdout
+
+
+class _ConvolutionDtypes(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            self.dtypes.append(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_benchmarks_time_natives_own_half_precision_kernels(dims):
+    """The tests' reference computes CPU half precision in float32 (native's kernels crash);
+    bench.py times what F.conv users get: native's bfloat16 kernel. Fake tensors: no kernel runs."""
+    from opslib.op_table import OP_TABLE
+
+    info = next(i for i in OP_TABLE if i.name == f"conv{dims}d")
+    with torch._subclasses.FakeTensorMode():
+        args = info.bench_inputs(8, "cpu", torch.bfloat16)
+        seen = {}
+        for name, fn in (("reference", info.reference), ("bench", info.bench_native)):
+            with _ConvolutionDtypes() as spy:
+                assert fn(*args).dtype == torch.bfloat16
+            seen[name] = spy.dtypes
+    assert seen == {"reference": [torch.float32], "bench": [torch.bfloat16]}, seen

@@ -362,15 +362,16 @@ _conv1d, conv1d, conv1d_onnx = _make_conv(1)
 _conv2d, conv2d, conv2d_onnx = _make_conv(2)
 
 
-def native_conv(dims: int):
+def native_conv(dims: int, half_in_float32: bool = True):
     """The native reference with the op's arguments: F.conv{d}d, explicit asymmetric padding by
     F.pad first (native convolutions take symmetric padding only). Half precision on CPU runs
     native in float32 and rounds (autograd rounds the gradients): native's own half-precision
-    CPU kernels can crash the test process (see the module docstring)."""
+    CPU kernels can crash the test process (see the module docstring). ``half_in_float32=False``
+    calls those kernels: what the benchmarks time, since that is what a user of F.conv gets."""
     function = F.conv1d if dims == 1 else F.conv2d
 
     def reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
-        if _compute_dtype(x) != x.dtype:
+        if half_in_float32 and _compute_dtype(x) != x.dtype:
             as_float = [None if t is None else t.float() for t in (x, weight, bias)]
             return reference(*as_float, stride, padding, dilation, groups).to(x.dtype)
         if (
