@@ -2,7 +2,7 @@
 
     python3 benchmarks/bench.py             # full run (CPU, 2 threads: about 64 minutes)
     python3 benchmarks/bench.py --quick     # seconds: the CI smoke test
-    python3 benchmarks/bench.py --ops conv2d --dtype bfloat16 --sizes 8 32 --results benchmarks/results/partial
+    python3 benchmarks/bench.py --ops conv2d --dtype bfloat16 --sizes 8 32 --results <folder>
     python3 benchmarks/report.py            # CSV -> PNG plots and the README tables
 
 For each op: forward, backward and full (forward + backward) time, eager and under

@@ -3,6 +3,7 @@
 - ``registration``: ``define_op`` (schema, kernel, fake, ``torch.library.register_autograd``),
   vmap, autocast and inductor helpers;
 - ``checks``: the input checks whose errors name the op;
+- ``precision``: the dtype an op computes half precision in;
 - ``cpu_kernels``: builds and loads the C++ kernels of ``opslib/csrc``;
 - ``triton_launchers`` and ``triton_kernels``: the CUDA path.
 """

@@ -68,11 +68,11 @@ from opslib.core.checks import (
     input_grad_flags,
     label,
 )
+from opslib.core.precision import HALF_DTYPES, accumulation_dtype
 from opslib.core.registration import define_mutating_op, define_op, register_vmap
 from opslib.core.sharding import other_dims, register_sharding_rule, replicate
 
 OP = "batch_norm"
-HALF = (torch.float16, torch.bfloat16)
 
 
 def _check(x, running_mean, running_var, weight, bias, training, momentum, eps) -> None:
@@ -89,7 +89,7 @@ def _check(x, running_mean, running_var, weight, bias, training, momentum, eps) 
             continue
         check_floating_input(OP, name, t)
         # x's dtype, or float32 beside a float16/bfloat16 x (native's mixed precision)
-        if t.dtype == torch.float32 and x.dtype in HALF:
+        if t.dtype == torch.float32 and x.dtype in HALF_DTYPES:
             check_same_device(OP, {"x": x, name: t})
         else:
             check_same_dtype_and_device(OP, {"x": x, name: t})
@@ -123,14 +123,14 @@ def _reduced_dims(x: Tensor) -> list[int]:
 
 
 def _stats_dtype(x: Tensor) -> torch.dtype:
-    return torch.float32 if x.dtype in HALF else x.dtype
+    return accumulation_dtype(x.dtype)
 
 
 def _params(x: Tensor, *tensors: Tensor | None) -> list[Tensor | None]:
     """weight, bias and statistics in one dtype, as native_batch_norm requires them: x's, or
     float32 if x is float16/bfloat16 and any of them is float32."""
     dtype = x.dtype
-    if x.dtype in HALF and any(t is not None and t.dtype == torch.float32 for t in tensors):
+    if x.dtype in HALF_DTYPES and any(t is not None and t.dtype == torch.float32 for t in tensors):
         dtype = torch.float32
     return [t.to(dtype) if t is not None else None for t in tensors]
 

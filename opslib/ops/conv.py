@@ -65,6 +65,7 @@ from opslib.core.checks import (
     input_grad_flags,
     label,
 )
+from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import (
     define_op,
     register_autocast_to_autocast_dtype,
@@ -134,9 +135,7 @@ def _check_conv(op: str, dims: int, x: Tensor, weight: Tensor, bias: Tensor | No
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """float32 for half-precision x on CPU (oneDNN's half-precision kernels crash, see above),
     else x's dtype."""
-    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
-    return x.dtype
+    return accumulation_dtype(x.dtype) if x.device.type == "cpu" else x.dtype
 
 
 def _split_padding(padding: Sequence[int]) -> tuple[list[int], list[int]]:

@@ -62,6 +62,7 @@ from opslib.core.checks import (
     fmt_shape,
     label,
 )
+from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import (
     define_op,
     only_plain_tensors,
@@ -143,7 +144,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     export traces, float32 for half types and x's dtype otherwise, as native's own code."""
     if only_plain_tensors((x,)):
         return torch.float64
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return accumulation_dtype(x.dtype)
 
 
 def classes_last(x: Tensor) -> Tensor:

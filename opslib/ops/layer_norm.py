@@ -51,6 +51,7 @@ from opslib.core.checks import (
     check_normalization,
     input_grad_flags,
 )
+from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import (
     define_op,
     only_plain_tensors,
@@ -108,7 +109,7 @@ def _forward_formula(
     x: Tensor, normalized_shape: list[int], weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
     """The forward in torch ops, as the C++ kernel computes it: centred, moments in float64."""
-    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    wide = accumulation_dtype(x.dtype)
     mean, rstd = _moments(x, tuple(range(-len(normalized_shape), 0)), eps, wide)
     y = (x.to(wide) - mean) * rstd
     y = y * weight.to(wide) if weight is not None else y
@@ -154,7 +155,7 @@ def _backward_formula(
     in double); in float32 (for half types) or x's dtype while torch.compile traces, as
     native's compiled code does."""
     dtype = x.dtype
-    wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    wide = accumulation_dtype(dtype)
     if only_plain_tensors((grad_y, x)):
         wide = torch.float64
     g, xw = grad_y.to(wide), x.to(wide)

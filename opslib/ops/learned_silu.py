@@ -64,6 +64,7 @@ from opslib.core.checks import (
     fmt_shape,
     input_grad_flags,
 )
+from opslib.core.precision import HALF_DTYPES, accumulation_dtype
 from opslib.core.registration import (
     define_op,
     only_plain_tensors,
@@ -134,7 +135,7 @@ def _backward_formula(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor,
     """dL/dx and dL/dslope in torch ops (float16/bfloat16 computed in float32 and rounded once:
     the formula's five roundings in half precision cost several ulps)."""
     dtype = x.dtype
-    if dtype in (torch.float16, torch.bfloat16):
+    if dtype in HALF_DTYPES:
         grad_y, x, slope = grad_y.float(), x.float(), slope.float()
     s = torch.sigmoid(x)
     grad_x = grad_y * slope * s * (1 + x * (1 - s))
@@ -217,7 +218,7 @@ def _learned_silu_autograd_backward(ctx, grad_y: Tensor):
         return grad_x, grad_slope if needs_slope else None
     # Only the slope: dL/dslope = Σ g · x · s, one product and one reduction (no dL/dx).
     dtype = x.dtype
-    wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    wide = accumulation_dtype(dtype)
     grad_slope = (grad_y.to(wide) * F.silu(x.to(wide))).sum_to_size(ctx.slope_shape)
     return None, grad_slope.to(dtype)
 

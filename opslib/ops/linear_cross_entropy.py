@@ -62,6 +62,7 @@ from opslib.core.checks import (
     input_grad_flags,
     label,
 )
+from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import define_op, only_plain_tensors, register_vmap
 from opslib.core.sharding import register_sharding_rule, replicate
 from opslib.ops.cross_entropy import _backward_formula as _ce_backward_formula
@@ -108,7 +109,7 @@ def _check(x: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None, reduc
 
 
 def _loss_dtype(x: Tensor) -> torch.dtype:
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return accumulation_dtype(x.dtype)
 
 
 def _chunks(rows: int, classes: int) -> list[tuple[int, int]]:

@@ -47,6 +47,7 @@ from opslib.core.checks import (
     check_normalization,
     input_grad_flags,
 )
+from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import (
     define_op,
     only_plain_tensors,
@@ -95,7 +96,7 @@ def _forward_formula(
     native's float32 mean of squares overflows from |x| ~ 2e19 (and then gives 0 or nan)."""
     dims = tuple(range(-len(normalized_shape), 0))
     mean_square = x.to(torch.float64).square().mean(dims, keepdim=True)
-    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    wide = accumulation_dtype(x.dtype)
     rstd = torch.rsqrt(mean_square + _eps(x, eps)).to(wide)
     y = x.to(wide) * rstd
     return (y * weight.to(wide) if weight is not None else y).to(x.dtype)
@@ -127,7 +128,7 @@ def _backward_formula(
     float32 (for half types) or x's dtype while torch.compile traces, as native's compiled
     code does."""
     dtype = x.dtype
-    wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    wide = accumulation_dtype(dtype)
     if only_plain_tensors((grad_y, x)):
         wide = torch.float64
     g, xw = grad_y.to(wide), x.to(wide)

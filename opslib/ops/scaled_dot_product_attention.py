@@ -88,6 +88,7 @@ from opslib.core.checks import (
     fmt_shape,
     label,
 )
+from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import (
     define_op,
     register_autocast_to_autocast_dtype,
@@ -206,7 +207,7 @@ def _check_attention(
 
 def _compute_dtype(q: Tensor) -> torch.dtype:
     """float32 for half inputs (as native's kernels accumulate), else q's own."""
-    return torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    return accumulation_dtype(q.dtype)
 
 
 def _scale(q: Tensor, scale: float | None) -> float:
