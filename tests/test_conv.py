@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_named
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import opslib
@@ -243,3 +245,48 @@ def test_benchmarks_time_natives_own_half_precision_kernels(dims):
                 assert fn(*args).dtype == torch.bfloat16
             seen[name] = spy.dtypes
     assert seen == {"reference": [torch.float32], "bench": [torch.bfloat16]}, seen
+
+
+def _compiled_training_matches_eager(x, weight, padding, dynamic_all: bool) -> None:
+    torch._dynamo.reset()
+    x.requires_grad_()
+    weight.requires_grad_()
+    fn = partial(opslib.conv2d, padding=padding)
+    if dynamic_all:
+        compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    else:
+        torch._dynamo.mark_dynamic(x, 0)
+        compiled = torch.compile(fn, fullgraph=True)
+    y, y_ref = compiled(x, weight), fn(x, weight)
+    grads = torch.autograd.grad(y.float().square().sum(), (x, weight))
+    grads_ref = torch.autograd.grad(y_ref.float().square().sum(), (x, weight))
+    tol = {} if x.dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    for name, a, b in zip(("y", "dx", "dW"), (y, *grads), (y_ref, *grads_ref), strict=True):
+        assert_close_named(a, b, f"compiled {name}", **tol)
+
+
+HARD_FOR_DYNAMIC = [  # contiguous x, with asymmetric padding or computed in float32
+    pytest.param(torch.float32, (0, 1, 1, 0), id="float32-asymmetric"),
+    pytest.param(torch.float32, "same", id="float32-same-even-kernel"),
+    pytest.param(torch.bfloat16, 1, id="bfloat16"),
+]
+
+
+@pytest.mark.parametrize("dtype,padding", HARD_FOR_DYNAMIC)
+def test_compiled_with_a_dynamic_batch_matches_eager(dtype, padding):
+    """The contract's dynamic batch (mark_dynamic on dim 0; what automatic dynamic shapes do)."""
+    x, weight = torch.randn(2, 3, 9, 8, dtype=dtype), torch.randn(4, 3, 2, 2, dtype=dtype)
+    _compiled_training_matches_eager(x, weight, padding, dynamic_all=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=torch._inductor.exc.InductorError,
+    reason="inductor: with every dim symbolic (dynamic=True, the kernel's size too), lowering "
+    "the backward's convolution_backward of a padded or cast contiguous x fails "
+    "(LoweringException: 'Invalid ranges' / 'Exponent must be non-negative'; cf. pytorch#188323)",
+)
+@pytest.mark.parametrize("dtype,padding", HARD_FOR_DYNAMIC)
+def test_compiled_with_every_dim_dynamic_matches_eager(dtype, padding):
+    x, weight = torch.randn(2, 3, 9, 8, dtype=dtype), torch.randn(4, 3, 2, 2, dtype=dtype)
+    _compiled_training_matches_eager(x, weight, padding, dynamic_all=True)
