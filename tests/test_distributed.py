@@ -41,7 +41,7 @@ def run_ranks(command: list[str], env: dict[str, str], limit: float = TIME_LIMIT
             rank_env = {**os.environ, **env, "RANK": str(r), "LOCAL_RANK": str(r),
                         "WORLD_SIZE": str(RANKS), "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": port, "GLOO_SOCKET_IFNAME": "lo",
-                        "OMP_NUM_THREADS": "1"}  # fmt: skip
+                        "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # fmt: skip
             processes.append(
                 subprocess.Popen(
                     command,
