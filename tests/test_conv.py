@@ -234,9 +234,9 @@ class _ConvolutionDtypes(TorchDispatchMode):
 def test_benchmarks_time_natives_own_half_precision_kernels(dims):
     """The tests' reference computes CPU half precision in float32 (native's kernels crash);
     bench.py times what F.conv users get: native's bfloat16 kernel. Fake tensors: no kernel runs."""
-    from opslib.op_table import OP_TABLE
+    from opslib.op_table import OPS_BY_NAME
 
-    info = next(i for i in OP_TABLE if i.name == f"conv{dims}d")
+    info = OPS_BY_NAME[f"conv{dims}d"]
     with torch._subclasses.FakeTensorMode():
         args = info.bench_inputs(8, "cpu", torch.bfloat16)
         seen = {}

@@ -106,8 +106,8 @@ def test_the_torchrun_example_trains_the_digits_model(mode):
     ]  # fmt: skip
     launcher = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        # PYTHONFAULTHANDLER: a rank killed by a signal prints its Python stack (one SIGABRT of
-        # rank 0 was seen in one of ~40 runs, 2026-12-04, and not reproduced since)
+        # PYTHONFAULTHANDLER: a rank killed by a signal prints its stacks (how the gloo teardown
+        # abort that the example now exits around was traced)
         env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
              "PYTHONFAULTHANDLER": "1"},
         start_new_session=True,
