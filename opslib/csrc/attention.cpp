@@ -181,7 +181,7 @@ void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
                     double scale, int64_t q_block, int64_t kv_block) {
   const int64_t heads = q.size(0), rows = q.size(1), keys = k.size(1), ev = v.size(2);
   const int64_t row_blocks = (rows + q_block - 1) / q_block;
-  T* lse_data = lse.data_ptr<T>();
+  double* lse_data = lse.data_ptr<double>();
   at::parallel_for(0, heads * row_blocks, 1, [&](int64_t t0, int64_t t1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // per thread: it is thread-local
     at::Tensor scores = at::empty({q_block, kv_block}, q.options());
@@ -229,7 +229,8 @@ void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       for (int64_t r = 0; r < nr; ++r) {
         const T l = running_sum[r];
         for (int64_t c = 0; c < ev; ++c) out_rows[r * ev + c] = acc_data[r * ev + c] / l;
-        lse_data[n * rows + r0 + r] = running_max[r] + std::log(l);
+        // in double: lse of scores of 1e4 in float32 would be off by up to ulp(1e4)/2 = 5e-4
+        lse_data[n * rows + r0 + r] = static_cast<double>(running_max[r]) + std::log(double(l));
       }
     }
   });
@@ -243,7 +244,7 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
                      double scale, int64_t q_block, int64_t kv_block) {
   using Vec = Vectorized<T>;
   const int64_t kv_heads = k.size(0), rows = q.size(1), keys = k.size(1), ev = v.size(2);
-  const T* lse_data = lse.const_data_ptr<T>();
+  const double* lse_data = lse.const_data_ptr<double>();
   const T* g_data = grad_lse ? grad_lse->const_data_ptr<T>() : nullptr;
   at::parallel_for(0, kv_heads, 1, [&](int64_t h0, int64_t h1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -288,7 +289,16 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
                 const T total = exp_shifted<false>(p_row, visible, nc, max_of(p_row, visible));
                 normalize_row(p_row, visible, total);
               } else {
-                exp_shifted<false>(p_row, visible, nc, lse_data[n * rows + i]);
+                // e^(s - lse) = e^(s - lse_T) · e^(lse_T - lse), lse_T = lse rounded to T: the
+                // first exponent is exact where p matters (s close to lse), the second carries
+                // the rounding that e^(s - lse_T) alone would leave in every p of the row
+                const double lse_i = lse_data[n * rows + i];
+                const T shift = static_cast<T>(lse_i);
+                exp_shifted<false>(p_row, visible, nc, shift);
+                if (std::isfinite(lse_i)) {
+                  const T excess = static_cast<T>(std::exp(lse_i - double(shift)));
+                  normalize_row(p_row, visible, excess);  // p · e^(lse_T - lse)
+                }
               }
               const T g = g_data ? g_data[n * rows + i] : T(0);
               // dS = p ⊙ (dP - D): D = c + Σ_j p_ij (dP_ij - c), with dP - c held, or D = c
@@ -310,7 +320,7 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
 
 }  // namespace
 
-// (out, lse): out [N, L, Ev] in q's dtype, lse [N, L].
+// (out, lse): out [N, L, Ev] in q's dtype, lse [N, L] in float64.
 std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
                                                          const at::Tensor& v, int64_t groups,
                                                          bool is_causal, double scale,
@@ -318,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
   check_inputs("attention_forward", q, k, v, groups, q_block, kv_block);
   TORCH_CHECK(k.size(1) > 0, "opslib_cpu.attention_forward: needs at least one key");
   at::Tensor out = at::empty({q.size(0), q.size(1), v.size(2)}, q.options());
-  at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_fwd", [&] {
     forward_blocks<scalar_t>(q, k, v, out, lse, groups, is_causal, scale, q_block, kv_block);
   });
@@ -338,9 +348,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
                   like_out(out) && like_out(grad_out),
               "opslib_cpu.attention_backward: out and grad_out must be contiguous [N, L, Ev]");
   for (const at::Tensor* t : {&lse, grad_lse ? &*grad_lse : &lse}) {
+    const auto dtype = t == &lse ? at::kDouble : q.scalar_type();
     TORCH_CHECK(t->dim() == 2 && t->size(0) == q.size(0) && t->size(1) == q.size(1) &&
-                    t->is_contiguous() && t->scalar_type() == q.scalar_type(),
-                "opslib_cpu.attention_backward: lse and grad_lse must be contiguous [N, L]");
+                    t->is_contiguous() && t->scalar_type() == dtype,
+                "opslib_cpu.attention_backward: lse (float64) and grad_lse (q's dtype) must be "
+                "contiguous [N, L]");
   }
   at::Tensor dq = at::empty_like(q);
   at::Tensor dk = at::zeros_like(k);

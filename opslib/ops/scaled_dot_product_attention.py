@@ -10,7 +10,9 @@ Shapes (the leading dims ``...`` broadcast, as native's)
     mask  None; bool (True: attend) or q's float dtype (added to the scores), broadcasting to
           [..., Hq, L, S]
     out   [..., Hq, L, Ev]     (the public function returns this)
-    lse   [..., Hq, L]         the rows' log-sum-exp, in float32 for half inputs
+    lse   [..., Hq, L]         the rows' log-sum-exp, in float64 (float32 for half inputs): at
+                               scores of 1e4 a float32 lse is off by up to ulp(1e4)/2 = 5e-4,
+                               and e^(s - lse) would carry that into every p of the row
     Without enable_gqa the head dims broadcast like the others; with it, Hq = G·Hk and query
     head h reads key/value head h // G (grouped-query attention: k and v repeat_interleave'd).
 
@@ -88,7 +90,7 @@ from opslib.core.checks import (
     fmt_shape,
     label,
 )
-from opslib.core.precision import accumulation_dtype
+from opslib.core.precision import HALF_DTYPES, accumulation_dtype
 from opslib.core.registration import (
     define_op,
     register_autocast_to_autocast_dtype,
@@ -208,6 +210,18 @@ def _check_attention(
 def _compute_dtype(q: Tensor) -> torch.dtype:
     """float32 for half inputs (as native's kernels accumulate), else q's own."""
     return accumulation_dtype(q.dtype)
+
+
+def _lse_dtype(q: Tensor) -> torch.dtype:
+    """The log-sum-exp output's dtype: float64, float32 for half inputs (see the docstring)."""
+    return torch.float32 if q.dtype in HALF_DTYPES else torch.float64
+
+
+def _row_lse(largest: Tensor, p: Tensor, dtype: torch.dtype) -> Tensor:
+    """lse = m - log(max_j p_ij) at the row's largest score m (p = e^(m - lse) there; max p >=
+    1/S: its log loses nothing), in ``dtype``; -inf for rows that attend to nothing."""
+    lse = largest.to(dtype) - torch.log(p.amax(-1)).to(dtype)
+    return torch.where(largest == -math.inf, -math.inf, lse)
 
 
 def _scale(q: Tensor, scale: float | None) -> float:
@@ -354,7 +368,7 @@ def _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, step, dtype):
     rows, keys = q.shape[-2], k.shape[-2]
     q, k, v, mask = _broadcast_views(lead, q, k, v, attn_mask)
     out = q.new_empty([*lead, rows, v.shape[-1]], dtype=dtype)
-    lse = q.new_empty([*lead, rows], dtype=dtype)
+    lse = q.new_empty([*lead, rows], dtype=_lse_dtype(q))
     for index in _heads(lead):
         q_h, k_h, v_h = q[index].to(dtype) * scale, k[index], v[index]
         nothing = _attending_to_nothing(v_h)
@@ -368,7 +382,7 @@ def _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, step, dtype):
             del s
             masked = largest == -math.inf
             out[index][r0:r1] = torch.where(masked.unsqueeze(-1), nothing, p @ v_h[:seen])
-            lse[index][r0:r1] = torch.where(masked, -math.inf, largest - torch.log(p.amax(-1)))
+            lse[index][r0:r1] = _row_lse(largest, p, lse.dtype)
     return out, lse
 
 
@@ -456,9 +470,8 @@ def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
     """(out, lse) as derived above, a block of query rows at a time (the kernel: never
     differentiated by autograd, so each block's scores are overwritten in place).
 
-    p is ATen's softmax of the block (one pass over each row, in cache), and lse comes from it:
-    at the row's largest score m, p = e^(m - lse), so lse = m - log(max_j p_ij) (max p >= 1/S:
-    its log loses nothing), without a second exponential pass."""
+    p is ATen's softmax of the block (one pass over each row, in cache), and lse comes from it
+    (``_row_lse``), without a second exponential pass."""
     lead, groups = _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     if _cpu_kernel_takes(q, k, v, attn_mask, groups):
@@ -474,7 +487,7 @@ def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
         out, lse = _forward_by_heads(q, k, v, attn_mask, is_causal, scale, lead, per_head, dtype)
         return out.to(q.dtype), lse
     out = q.new_empty([*lead, rows, v.shape[-1]], dtype=dtype)
-    lse = q.new_empty([*lead, rows], dtype=dtype)
+    lse = q.new_empty([*lead, rows], dtype=_lse_dtype(q))
     step = _block_rows(lead, rows, k.shape[-2])
     nothing = _attending_to_nothing(v)
     for r0 in range(0, rows, step):
@@ -486,7 +499,7 @@ def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
         del s
         masked = largest == -math.inf  # rows that attend to nothing (their softmax is nan)
         out[..., r0:r1, :] = torch.where(masked.unsqueeze(-1), nothing, p @ v)
-        lse[..., r0:r1] = torch.where(masked, -math.inf, largest - torch.log(p.amax(-1)))
+        lse[..., r0:r1] = _row_lse(largest, p, lse.dtype)
     return out.to(q.dtype), lse
 
 
@@ -501,7 +514,7 @@ def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causa
     lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     if not mask_grad and _cpu_kernel_takes(q, k, v, attn_mask, groups):
-        g = None if grad_lse is None else _as_heads(grad_lse.unsqueeze(-1)).squeeze(-1)
+        g = None if grad_lse is None else _as_heads(grad_lse.to(q.dtype).unsqueeze(-1)).squeeze(-1)
         dq, dk, dv = torch.ops.opslib_cpu.attention_backward(
             _as_heads(grad_out), g, _as_heads(q), _as_heads(k), _as_heads(v), _as_heads(out),
             _as_heads(lse.unsqueeze(-1)).squeeze(-1), groups, is_causal, scale,
@@ -574,7 +587,7 @@ def _attention_fake(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     rows = q.shape[-2]
     return (
         q.new_empty([*lead, rows, v.shape[-1]]),
-        q.new_empty([*lead, rows], dtype=_compute_dtype(q)),
+        q.new_empty([*lead, rows], dtype=_lse_dtype(q)),
     )
 
 
@@ -847,4 +860,6 @@ def scaled_dot_product_attention_onnx(q, k, v, attn_mask=None, dropout_p: float 
     )
     out = opset.MatMul(p, v)
     lse = opset.ReduceLogSumExp(scores, ints([-1]), keepdims=0)
+    if q.dtype == ir.DataType.FLOAT:  # the op's lse: float64 (see _lse_dtype)
+        lse = opset.Cast(lse, to=ir.DataType.DOUBLE)
     return out, lse
