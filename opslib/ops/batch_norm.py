@@ -4,13 +4,13 @@ made of two ops, because ``register_autograd`` refuses an op that mutates its in
 
 - ``customgrad::batch_norm(Tensor x, Tensor? running_mean, Tensor? running_var,
   Tensor? weight=None, Tensor? bias=None, bool training=False, float momentum=0.1,
-  float eps=1e-05) -> (Tensor y, Tensor mean, Tensor invstd)``, functional, with autograd: the
-  normalised output, and in training the batch's per-channel mean and 1/sqrt(var + eps) (what
-  ATen's ``native_batch_norm`` returns; empty in eval);
+  float eps=1e-05) -> (Tensor y, Tensor mean, Tensor invstd, Tensor var)``, functional, with
+  autograd: the normalised output, and in training the batch's per-channel mean and
+  1/sqrt(var + eps) (what ATen's ``native_batch_norm`` returns) and its unbiased variance
+  (empty in eval);
 - ``customgrad::batch_norm_update_(Tensor(a!) running_mean, Tensor(b!) running_var,
-  Tensor mean, Tensor invstd, float eps, SymInt count, float momentum) -> ()``, which updates
-  the running statistics in place from them, as native does in training (no autograd:
-  buffers).
+  Tensor mean, Tensor var, float momentum) -> ()``, which updates the running statistics in
+  place from them, as native does in training (no autograd: buffers).
 
 ``opslib.batch_norm`` calls the first and, in training with running statistics, the second, and
 returns y. Under torch.compile the update is functionalised like any mutating op and inductor
@@ -44,8 +44,10 @@ Saved for backward: x, weight, and the statistics used ([C]: the batch's mean an
 Kernels: the forward is ATen's ``native_batch_norm`` (native's own fused kernel: in training
 the mean, then the squared deviations from it, accumulated in double on CPU, and y; a
 hand-written torch-op version, ``var_mean`` over dims (0, 2, ...) and then the normalisation,
-measured 4.4x native's time at [4096, 4096]); the update derives the batch variance from the
-invstd it returns (var = invstd⁻² - eps, in double). A first-order backward is ATen's
+measured 4.4x native's time at [4096, 4096]). The unbiased variance comes from the same kernel:
+given zeroed running statistics and momentum 1 it writes the batch's mean and unbiased variance
+into them, computed in double, rounded once. (Not var = invstd⁻² - eps: that cancels when the
+variance is small next to eps, 0.7% off at var = 1e-10 in float32.) A first-order backward is ATen's
 ``native_batch_norm_backward``, the formula above in one kernel. ``create_graph=True`` takes
 ``_backward_formula``, the same math in differentiable torch ops (the statistics recomputed
 from x, so their dependence on x is differentiated again). float16/bfloat16 x: statistics in
@@ -126,37 +128,52 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
     return accumulation_dtype(x.dtype)
 
 
-def _params(x: Tensor, *tensors: Tensor | None) -> list[Tensor | None]:
-    """weight, bias and statistics in one dtype, as native_batch_norm requires them: x's, or
-    float32 if x is float16/bfloat16 and any of them is float32."""
-    dtype = x.dtype
+def _params_dtype(x: Tensor, *tensors: Tensor | None) -> torch.dtype:
+    """x's dtype, or float32 if x is float16/bfloat16 and any of ``tensors`` is float32."""
     if x.dtype in HALF_DTYPES and any(t is not None and t.dtype == torch.float32 for t in tensors):
-        dtype = torch.float32
-    return [t.to(dtype) if t is not None else None for t in tensors]
+        return torch.float32
+    return x.dtype
+
+
+def _params(x: Tensor, *tensors: Tensor | None) -> list[Tensor | None]:
+    """weight, bias and statistics as native_batch_norm requires them: in one dtype
+    (``_params_dtype``), and contiguous (see ``_forward``)."""
+    dtype = _params_dtype(x, *tensors)
+    return [t.to(dtype).contiguous() if t is not None else None for t in tensors]
 
 
 def _forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    """(y, mean, invstd): ATen's native_batch_norm, which in training computes the batch's
+    """(y, mean, invstd, var): ATen's native_batch_norm, which in training computes the batch's
     statistics and y in its fused kernel (the mean and the variance in two sweeps, accumulated
-    in double on CPU) and returns the mean and 1/sqrt(var + eps) it used; given no running
-    statistics it updates nothing. In eval: the running statistics, and empty outputs."""
+    in double on CPU), returns the mean and 1/sqrt(var + eps) it used, and writes the mean and
+    the unbiased variance into the zeroed statistics it is given (momentum 1). In eval: the
+    running statistics, and empty outputs.
+
+    Every per-channel tensor is handed over contiguous: ATen's CPU backward misreads strided
+    running statistics for inputs of spatial size 1 ([N, C], [N, C, 1]: gradients of 1e2 to
+    1e34, different on every run; native F.batch_norm returns them too)."""
     if training and x.numel() == 0:
         # No values, no statistics: native F.batch_norm returns the empty y (ATen's batch_norm
         # skips the kernel, which refuses an empty input) and updates nothing. Such an x is
         # also what a rank holds when DTensor splits fewer channels than there are ranks.
         stats = x.new_zeros(x.shape[1] if x.dim() > 1 else 0, dtype=_stats_dtype(x))
-        return torch.empty_like(x), stats, stats.clone()
+        return torch.empty_like(x), stats, stats.clone(), stats.clone()
+    w, b, m, v = _params(x, weight, bias, running_mean, running_var)
     if training:
-        w, b = _params(x, weight, bias)
-        y, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, None, None, True, 0.0, eps)
+        params_dtype = _params_dtype(x, weight, bias, running_mean, running_var)
+        batch_mean = x.new_zeros(x.shape[1], dtype=params_dtype)
+        batch_var = x.new_zeros(x.shape[1], dtype=params_dtype)
+        y, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, w, b, batch_mean, batch_var, True, 1.0, eps
+        )
+        var = batch_var.to(_stats_dtype(x))
     else:
-        w, b, m, v = _params(x, weight, bias, running_mean, running_var)
         y = torch.ops.aten.native_batch_norm(x, w, b, m, v, False, 0.0, eps)[0]
-        mean, invstd = x.new_empty(0), x.new_empty(0)
+        mean, invstd, var = x.new_empty(0), x.new_empty(0), x.new_empty(0)
     # ATen's CPU kernel and its meta function lay out the output of a non-dense x differently;
     # both become x's suggested layout (channels-last stays channels-last)
     y = y.contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
-    return y, mean, invstd
+    return y, mean, invstd, var
 
 
 def _batch_norm_kernel(x, running_mean, running_var, weight=None, bias=None, training=False,
@@ -181,9 +198,9 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
                 f"{label(OP)}: {name} requires grad, but running statistics get no gradient "
                 f"(native F.batch_norm refuses the same); pass a buffer"
             )
-    _, mean, invstd = output
+    _, mean, invstd, var = output
     ctx.training, ctx.eps, ctx.has_bias = training, eps, bias is not None
-    ctx.mark_non_differentiable(mean, invstd)
+    ctx.mark_non_differentiable(mean, invstd, var)
     ctx.set_materialize_grads(False)
     # training: the batch's mean and 1/sqrt(var + eps), as native saves; eval: the running ones
     used = (mean, invstd) if training else (running_mean, running_var)
@@ -245,7 +262,7 @@ _batch_norm = define_op(
     OP,
     "(Tensor x, Tensor? running_mean, Tensor? running_var, Tensor? weight=None, "
     "Tensor? bias=None, bool training=False, float momentum=0.1, float eps=1e-05) "
-    "-> (Tensor, Tensor, Tensor)",
+    "-> (Tensor, Tensor, Tensor, Tensor)",
     kernel=_batch_norm_kernel,
     fake=_batch_norm_fake,
     setup_context=_setup_context,
@@ -253,10 +270,10 @@ _batch_norm = define_op(
 )
 
 
-def _check_update(running_mean, running_var, mean, invstd, eps, count, momentum) -> None:
+def _check_update(running_mean, running_var, mean, var, momentum) -> None:
     op = "batch_norm_update_"
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("mean", mean), ("invstd", invstd)):  # fmt: skip
+                    ("mean", mean), ("var", var)):  # fmt: skip
         check_floating_input(op, name, t)
         if t.shape != running_mean.shape or t.dim() != 1 or t.device != running_mean.device:
             raise ValueError(
@@ -264,41 +281,35 @@ def _check_update(running_mean, running_var, mean, invstd, eps, count, momentum)
                 f"running_mean, one value per channel ({fmt_shape(running_mean.shape)} on "
                 f"{running_mean.device})"
             )
-    if count <= 1:
-        raise ValueError(f"{label(op)}: count must be > 1 (the unbiased variance divides by "
-                         f"count - 1), got {count}")  # fmt: skip
     if not math.isfinite(momentum):
         raise ValueError(f"{label(op)}: momentum must be finite, got {momentum}")
 
 
-def _update_kernel(running_mean, running_var, mean, invstd, eps, count, momentum) -> None:
-    """In float64, as native's CPU kernel updates them (its accumulation type), rounded once;
-    the batch variance from the 1/sqrt(var + eps) that normalised the batch."""
-    _check_update(running_mean, running_var, mean, invstd, eps, count, momentum)
-    var = (invstd.double().pow(-2) - eps).clamp_min(0)
-    unbiased = var * (count / (count - 1))
+def _update_kernel(running_mean, running_var, mean, var, momentum) -> None:
+    """In float64, as native's CPU kernel updates them (its accumulation type), rounded once."""
+    _check_update(running_mean, running_var, mean, var, momentum)
     running_mean.copy_(momentum * mean.double() + (1 - momentum) * running_mean.double())
-    running_var.copy_(momentum * unbiased + (1 - momentum) * running_var.double())
+    running_var.copy_(momentum * var.double() + (1 - momentum) * running_var.double())
 
 
-def _update_fake(running_mean, running_var, mean, invstd, eps, count, momentum) -> None:
-    _check_update(running_mean, running_var, mean, invstd, eps, count, momentum)
+def _update_fake(running_mean, running_var, mean, var, momentum) -> None:
+    _check_update(running_mean, running_var, mean, var, momentum)
 
 
 _batch_norm_update = define_mutating_op(
     "batch_norm_update_",
-    "(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor invstd, float eps, "
-    "SymInt count, float momentum) -> ()",
+    "(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+    "float momentum) -> ()",
     kernel=_update_kernel,
     fake=_update_fake,
 )
 
 
-def batch_norm_update_(running_mean: Tensor, running_var: Tensor, mean: Tensor, invstd: Tensor,
-                       eps: float, count: int, momentum: float) -> None:  # fmt: skip
+def batch_norm_update_(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                       momentum: float) -> None:  # fmt: skip
     """running ← (1 - momentum)·running + momentum·batch, in place, from the batch's mean and
-    invstd = 1/sqrt(var + eps), the variance made unbiased (``count`` values per channel)."""
-    _batch_norm_update(running_mean, running_var, mean, invstd, eps, count, momentum)
+    unbiased variance."""
+    _batch_norm_update(running_mean, running_var, mean, var, momentum)
 
 
 def _vmap(info, in_dims, x, running_mean, running_var, weight=None, bias=None, training=False,
@@ -320,10 +331,10 @@ def _vmap(info, in_dims, x, running_mean, running_var, weight=None, bias=None, t
     if not training and all(d is None for d in (rm_dim, rv_dim, w_dim, b_dim)):
         # eval with shared statistics is per channel and element: [B, N, C, *] is the call
         # [B, C, N, *] (the sample's N a spatial dim)
-        y, mean, var = _batch_norm(
+        y, *stats = _batch_norm(
             x.movedim(2, 1), running_mean, running_var, weight, bias, training, momentum, eps
         )
-        return (y.movedim(1, 2), mean, var), (0, None, None)
+        return (y.movedim(1, 2), *stats), (0, None, None, None)
     merged = x.movedim(0, 1).reshape(n, batch * c, *x.shape[3:])
 
     def per_channel(t, dim):
@@ -334,10 +345,10 @@ def _vmap(info, in_dims, x, running_mean, running_var, weight=None, bias=None, t
 
     args = [per_channel(t, d) for t, d in ((running_mean, rm_dim), (running_var, rv_dim),
                                            (weight, w_dim), (bias, b_dim))]  # fmt: skip
-    y, mean, var = _batch_norm(merged, *args, training, momentum, eps)
+    y, *stats = _batch_norm(merged, *args, training, momentum, eps)
     y = y.reshape(n, batch, c, *x.shape[3:]).movedim(1, 0)
-    stats = (mean.reshape(batch, c), var.reshape(batch, c)) if training else (mean, var)
-    return (y, *stats), (0, 0 if training else None, 0 if training else None)
+    stats = [t.reshape(batch, c) if training else t for t in stats]
+    return (y, *stats), (0, *[0 if training else None] * 3)
 
 
 register_vmap(_batch_norm, _vmap)
@@ -354,20 +365,19 @@ def _sharding(x, running_mean, running_var, weight=None, bias=None, training=Fal
     from torch.distributed.tensor import Replicate, Shard
 
     per_channel = (running_mean, running_var, weight, bias)
-    stats = [Replicate(), Replicate()]  # the batch's mean and invstd, or empty in eval
+    stats = [Replicate()] * 3  # the batch's mean, invstd and variance, or empty in eval
     rules = [([Replicate(), *stats], [Replicate(), *replicate(*per_channel)])]
     if x.ndim >= 2:
         channel = [None if t is None else Shard(0) for t in per_channel]
-        rules.append(([Shard(1), *([Shard(0)] * 2 if training else stats)], [Shard(1), *channel]))
+        rules.append(([Shard(1), *([Shard(0)] * 3 if training else stats)], [Shard(1), *channel]))
     if not training:
         for d in other_dims(x.ndim, 1):
             rules.append(([Shard(d), *stats], [Shard(d), *replicate(*per_channel)]))
     return rules
 
 
-def _update_sharding(running_mean, running_var, mean, invstd, eps, count, momentum):
-    """Per channel: the four [C] tensors sharded alike, or replicated. ``count`` is the number of
-    values per channel in the whole batch, the same on every rank (channels are not split)."""
+def _update_sharding(running_mean, running_var, mean, var, momentum):
+    """Per channel: the four [C] tensors sharded alike, or replicated."""
     from torch.distributed.tensor import Replicate, Shard
 
     return [([], [Replicate()] * 4), ([], [Shard(0)] * 4)]
@@ -391,14 +401,13 @@ def batch_norm(
     in training, the running statistics are updated in place, as native does; the gradient is
     written out in ``opslib/ops/batch_norm.py``."""
     eps = float(eps)
-    y, mean, invstd = _batch_norm(
+    y, mean, _, var = _batch_norm(
         x, running_mean, running_var, weight, bias, training, float(momentum), eps
     )
     if training and running_mean is not None and x.numel() > 0:
         # no torch.no_grad() needed (mean and var are non-differentiable outputs, buffers do
         # not require grad), and none wanted: export records a plain call as a buffer mutation
-        count = x.numel() // x.shape[1]
-        _batch_norm_update(running_mean, running_var, mean, invstd, eps, count, float(momentum))
+        _batch_norm_update(running_mean, running_var, mean, var, float(momentum))
     return y
 
 
@@ -437,11 +446,10 @@ def batch_norm_onnx(x, running_mean, running_var, weight=None, bias=None, traini
             bias = opset.Constant(value=ir.tensor(np.zeros(channels, dtype=dtype)))
         y = opset.BatchNormalization(x, weight, bias, running_mean, running_var, epsilon=eps)
     empty = opset.CastLike(opset.Constant(value=ir.tensor(np.zeros(0, dtype=np.float32))), x)
-    return y, empty, opset.Identity(empty)
+    return y, empty, opset.Identity(empty), opset.Identity(empty)
 
 
-def batch_norm_update_onnx(running_mean, running_var, mean, invstd, eps: float, count: int,
-                           momentum: float):  # fmt: skip
+def batch_norm_update_onnx(running_mean, running_var, mean, var, momentum: float):
     """No ONNX translation: an inference graph does not update running statistics. A model
     exported in training mode reaches this, and gets the error batch_norm_onnx gives."""
     batch_norm_onnx(None, running_mean, running_var, training=True)
