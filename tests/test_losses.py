@@ -67,14 +67,71 @@ def test_many_chunks_gradcheck_and_gradgradcheck(small_chunks):
 
 @pytest.mark.parametrize("sample", ["rows", "smoothing", "3-d-x", "no-bias", "x-only-grad"])
 def test_opcheck_with_the_gradients_computed_in_the_forward(sample):
-    """The op table's samples call the op without ``grads_in_forward`` (the backward then
+    """The op table's samples call the op without ``grad_*_in_forward`` (the backward then
     recomputes); here the fused path, every check."""
     info = OPS_BY_NAME["linear_cross_entropy"]
     samples = {s.name: s for s in info.sample_inputs("cpu", torch.float32, True)}
     args = samples[sample].args
     wants = [isinstance(a, torch.Tensor) and a.requires_grad for a in (args[0], args[1], args[3])]
-    result = torch.library.opcheck(info.op, (*args, wants), test_utils=ALL_OPCHECK_TESTS)
+    result = torch.library.opcheck(info.op, (*args, *wants), test_utils=ALL_OPCHECK_TESTS)
     assert result == dict.fromkeys(ALL_OPCHECK_TESTS, "SUCCESS")
+
+
+def _transposed_head(bias: bool):
+    """A weight that is the transpose of a [H, V] tensor (a tied or transposed LM head)."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, requires_grad=True)
+    w = torch.randn(16, 37).t().requires_grad_()
+    b = torch.randn(74)[::2].requires_grad_() if bias else None
+    return x, w, torch.randint(0, 37, (8,)), b
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "strided-bias"])
+def test_transposed_weight_fake_matches_the_kernel(bias):
+    """The forward's weight and bias gradients are contiguous in the kernel and in the fake
+    (the fake kept a transposed weight's strides: opcheck's test_faketensor and torch.compile
+    failed, "incorrect fake (aka meta) kernel"); compiled gradients equal eager ones."""
+    x, w, target, b = _transposed_head(bias)
+    wants = (True, True, bias)
+    result = torch.library.opcheck(
+        torch.ops.customgrad.linear_cross_entropy.default,
+        (x, w, target, b, -100, "mean", 0.0, *wants),
+        test_utils=ALL_OPCHECK_TESTS,
+    )
+    assert result == dict.fromkeys(ALL_OPCHECK_TESTS, "SUCCESS")
+    params = [t for t in (x, w, b) if t is not None]
+    eager = torch.autograd.grad(opslib.linear_cross_entropy(x, w, target, b), params)
+    compiled_fn = torch.compile(opslib.linear_cross_entropy, fullgraph=True, backend="aot_eager")
+    compiled = torch.autograd.grad(compiled_fn(x, w, target, b), params)
+    for name, got, want in zip(["x", "weight", "bias"], compiled, eager, strict=False):
+        assert_close_named(got, want, f"grad {name}")
+
+
+def test_jit_trace_of_a_model_with_linear_cross_entropy():
+    """torch.jit.trace records the op (its schema has no ``bool[]``, which tracing refuses) and
+    the traced model gives eager's loss and gradients, with and without grad mode (the tracer
+    re-runs the model to check it: no grad-mode choice is baked into the graph)."""
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(37, 16))
+
+        def forward(self, x, target):
+            return opslib.linear_cross_entropy(x, self.weight, target)
+
+    x, _, target, _ = _transposed_head(False)
+    model = Head()
+    traced = torch.jit.trace(model, (x, target))
+    loss = traced(x, target)
+    grads = torch.autograd.grad(loss, [x, model.weight])
+    eager = model(x, target)
+    expected = torch.autograd.grad(eager, [x, model.weight])
+    assert_close_named(loss, eager, "loss")
+    for name, got, want in zip(["x", "weight"], grads, expected, strict=True):
+        assert_close_named(got, want, f"grad {name}")
+    with torch.no_grad():
+        assert_close_named(traced(x, target), eager.detach(), "loss under no_grad")
 
 
 def _largest_tensor_in_kernels(x, w, target, b, reduction: str) -> int:
@@ -83,7 +140,7 @@ def _largest_tensor_in_kernels(x, w, target, b, reduction: str) -> int:
     the op call itself sees only the op's inputs and outputs, not what its kernel makes."""
     x, w, b = x.detach(), w.detach(), b.detach()
     with LargestTensor() as seen:
-        LCE._linear_cross_entropy_kernel(x, w, target, b, -100, reduction, 0.1, [True] * 3)
+        LCE._linear_cross_entropy_kernel(x, w, target, b, -100, reduction, 0.1, *[True] * 3)
         scale = torch.ones(x.shape[0], dtype=torch.float64)
         LCE._chunked_pass(x, w, b, target, -100, 0.1, scale, (True, True, True))
     return seen.numel
@@ -110,7 +167,7 @@ def test_forward_computes_gradients_only_when_they_are_needed():
     with torch.no_grad():
         out = LCE._linear_cross_entropy(x, w, target, b)
     assert [t.numel() for t in out[1:]] == [0, 0, 0]
-    out = LCE._linear_cross_entropy(x, w, target, b, -100, "mean", 0.0, [True, True, True])
+    out = LCE._linear_cross_entropy(x, w, target, b, -100, "mean", 0.0, True, True, True)
     assert [t.shape for t in out[1:]] == [x.shape, w.shape, b.shape]
     assert not any(t.requires_grad for t in out[1:])  # non-differentiable extra outputs
 

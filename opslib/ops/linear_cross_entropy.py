@@ -1,6 +1,7 @@
 """``customgrad::linear_cross_entropy(Tensor x, Tensor weight, Tensor target, Tensor? bias=None,
 int ignore_index=-100, str reduction="mean", float label_smoothing=0.0,
-bool[]? grads_in_forward=None) -> (Tensor, Tensor, Tensor, Tensor)``: the cross-entropy of a
+bool grad_x_in_forward=False, bool grad_weight_in_forward=False,
+bool grad_bias_in_forward=False) -> (Tensor, Tensor, Tensor, Tensor)``: the cross-entropy of a
 linear layer's logits, ``F.cross_entropy(F.linear(x, weight, bias), target, ...)``, that never
 holds the [N, V] logits or their gradient.
 
@@ -26,8 +27,9 @@ Why the gradients are computed in the forward: for "mean" and "sum" the loss is 
 dz for g = 1 is all that backward needs, scaled by g: computing dL/dx, dL/dW, dL/db while each
 chunk's logits are at hand costs the three matmuls native makes (forward, dx, dW) instead of
 four (recomputing the logits in backward would be a fourth). They are the op's extra outputs
-(``grads_in_forward`` says which; the public function asks for those of inputs that require
-grad, when grad mode is on and nothing is exporting), saved for backward, marked
+(``grad_*_in_forward`` say which: three bools, not a ``bool[]``, which ``torch.jit.trace``
+cannot record; the public function asks for those of inputs that require grad, when grad mode
+is on and nothing is exporting), saved for backward, marked
 non-differentiable. "none" (per-row g_i) and calls without them recompute the chunks in
 backward: four matmuls, the same memory.
 
@@ -186,11 +188,14 @@ def _linear_cross_entropy_kernel(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    grads_in_forward: list[bool] | None = None,
+    grad_x_in_forward: bool = False,
+    grad_weight_in_forward: bool = False,
+    grad_bias_in_forward: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check(x, weight, target, bias, reduction, label_smoothing)
     check_targets(OP, target, weight.shape[0], ignore_index)
-    wants = _wanted(grads_in_forward, bias, reduction)
+    in_forward = (grad_x_in_forward, grad_weight_in_forward, grad_bias_in_forward)
+    wants = _wanted(in_forward, bias, reduction)
     x2, t = _rows_of(x, target)
     count = (t != ignore_index).sum().double()
     scale = None
@@ -209,11 +214,12 @@ def _linear_cross_entropy_kernel(
     )
 
 
-def _wanted(grads_in_forward: list[bool] | None, bias: Tensor | None, reduction: str):
-    """Which gradients the forward computes: none for "none" (per-row g is not known yet)."""
-    if not grads_in_forward or reduction == "none":
+def _wanted(in_forward: tuple[bool, bool, bool], bias: Tensor | None, reduction: str):
+    """Which gradients the forward computes (x, weight, bias): those asked for, but none for
+    "none" (per-row g is not known yet) and none for an absent bias."""
+    if reduction == "none":
         return (False, False, False)
-    want_x, want_w, want_b = (list(grads_in_forward) + [False] * 3)[:3]
+    want_x, want_w, want_b = in_forward
     return (bool(want_x), bool(want_w), bool(want_b) and bias is not None)
 
 
@@ -225,25 +231,30 @@ def _linear_cross_entropy_fake(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    grads_in_forward: list[bool] | None = None,
+    grad_x_in_forward: bool = False,
+    grad_weight_in_forward: bool = False,
+    grad_bias_in_forward: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check(x, weight, target, bias, reduction, label_smoothing)
-    wants = _wanted(grads_in_forward, bias, reduction)
+    in_forward = (grad_x_in_forward, grad_weight_in_forward, grad_bias_in_forward)
+    wants = _wanted(in_forward, bias, reduction)
     loss = x.new_empty(target.shape if reduction == "none" else (), dtype=_loss_dtype(x))
+    # contiguous, as the kernel makes them (new_zeros), whatever the layout of weight and bias
+    # (empty_like would keep a transposed weight's strides: a tied or transposed LM head)
     return (
         loss,
         x.new_empty(x.shape) if wants[0] else _empty(x),
-        torch.empty_like(weight) if wants[1] else _empty(x),
-        torch.empty_like(bias) if wants[2] else _empty(x),
+        weight.new_empty(weight.shape) if wants[1] else _empty(x),
+        bias.new_empty(bias.shape) if wants[2] else _empty(x),
     )
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
-    x, weight, target, bias, ignore_index, reduction, label_smoothing, grads_in_forward = (
-        *inputs, None, -100, "mean", 0.0, None,
-    )[:8]  # fmt: skip
+    x, weight, target, bias, ignore_index, reduction, label_smoothing, *in_forward = (
+        *inputs, None, -100, "mean", 0.0, False, False, False,
+    )[:10]  # fmt: skip
     ctx.args = (ignore_index, reduction, label_smoothing)
-    ctx.precomputed = _wanted(grads_in_forward, bias, reduction)
+    ctx.precomputed = _wanted(tuple(in_forward), bias, reduction)
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)  # no zero [V, H] gradient for the unused extra outputs
     # Eagerly, the precomputed gradients are kept on ctx, not saved, so that the first backward
@@ -290,7 +301,7 @@ def _precomputed_gradients(ctx, grad_loss: Tensor, saved: tuple, needs) -> list:
 def _backward(ctx, grad_loss: Tensor, *_unused: Tensor):
     x, weight, target, bias, *saved_grads = ctx.saved_tensors
     if grad_loss is None:  # not materialised (set_materialize_grads(False)): a zero gradient
-        return (None,) * 8
+        return (None,) * 10
     ignore_index, reduction, label_smoothing = ctx.args
     flags = input_grad_flags(ctx, 4)
     needs = (flags[0], flags[1], flags[3] and bias is not None)
@@ -308,13 +319,14 @@ def _backward(ctx, grad_loss: Tensor, *_unused: Tensor):
         _, gx, gw, gb = _chunked_pass(x2, weight, bias, t, ignore_index, label_smoothing,
                                       scale, needs)  # fmt: skip
         gx = gx.reshape(x.shape) if gx is not None else None
-    return gx, gw, None, gb, None, None, None, None
+    return gx, gw, None, gb, *(None,) * 6
 
 
 _linear_cross_entropy = define_op(
     OP,
     "(Tensor x, Tensor weight, Tensor target, Tensor? bias=None, int ignore_index=-100, "
-    'str reduction="mean", float label_smoothing=0.0, bool[]? grads_in_forward=None) '
+    'str reduction="mean", float label_smoothing=0.0, bool grad_x_in_forward=False, '
+    "bool grad_weight_in_forward=False, bool grad_bias_in_forward=False) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
     kernel=_linear_cross_entropy_kernel,
     fake=_linear_cross_entropy_fake,
@@ -324,7 +336,7 @@ _linear_cross_entropy = define_op(
 
 
 def _vmap(info, in_dims, x, weight, target, bias=None, ignore_index=-100, reduction="mean",
-          label_smoothing=0.0, grads_in_forward=None):  # fmt: skip
+          label_smoothing=0.0, *_in_forward: bool):  # fmt: skip
     """Batch dims to the front. One weight and bias for every sample: the op runs once on the
     whole batch ([B, *, H] is a valid x) with reduction "none", and each sample's losses are
     reduced on their own. A batched weight or bias: a batched matmul, then cross_entropy."""
@@ -362,7 +374,7 @@ register_vmap(_linear_cross_entropy, _vmap)
 
 
 def _sharding(x, weight, target, bias=None, ignore_index=-100, reduction="mean",
-              label_smoothing=0.0, grads_in_forward=None):  # fmt: skip
+              label_smoothing=0.0, *in_forward: bool):  # fmt: skip
     """DTensor (core/sharding.py). Sharded tokens (x and target split along a leading dim, the
     weight and bias replicated): for "none" each rank's losses are its tokens', for "sum" a
     partial sum, and the forward's gradients are each rank's tokens' (dL/dx sharded like x,
@@ -370,7 +382,7 @@ def _sharding(x, weight, target, bias=None, ignore_index=-100, reduction="mean",
     vocabulary (weight Shard(0)) would need the logsumexp reduced across ranks: not offered."""
     from torch.distributed.tensor import Partial, Replicate, Shard
 
-    want_x, want_w, want_b = _wanted(grads_in_forward, bias, reduction)
+    want_x, want_w, want_b = _wanted((*in_forward, False, False, False)[:3], bias, reduction)
     rules = [([Replicate()] * 4, replicate(x, weight, target, bias))]
     if reduction == "mean":
         return rules
@@ -407,19 +419,20 @@ def linear_cross_entropy(
         low = torch.get_autocast_dtype(device_type)
         x, weight = x.to(low), weight.to(low)
         bias = bias.to(low) if bias is not None else None
-    grads = None
-    if torch.is_grad_enabled() and not torch.compiler.is_exporting():
-        grads = [isinstance(t, Tensor) and t.requires_grad for t in (x, weight, bias)]
-        grads = grads if any(grads) else None
+    in_forward = [False] * 3
+    # not while exporting or tracing: the graph would fix the choice for every later call
+    # (the backward then recomputes the chunks: four matmuls instead of three, same memory)
+    if torch.is_grad_enabled() and not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
+        in_forward = [isinstance(t, Tensor) and t.requires_grad for t in (x, weight, bias)]
     loss = _linear_cross_entropy(
-        x, weight, target, bias, ignore_index, reduction, float(label_smoothing), grads
+        x, weight, target, bias, ignore_index, reduction, float(label_smoothing), *in_forward
     )[0]
     return loss if autocast else loss.to(x.dtype)  # float32 for half types: their dtype
 
 
 def linear_cross_entropy_onnx(x, weight, target, bias=None, ignore_index: int = -100,
                               reduction: str = "mean", label_smoothing: float = 0.0,
-                              grads_in_forward=None):  # fmt: skip
+                              *_in_forward: bool):  # fmt: skip
     """ONNX translation: MatMul(x, Transpose(W)) (+ Add(b)), then cross_entropy's decomposition
     with the classes along the last axis (an inference graph holds the logits: ONNX has no
     chunked loop worth its cost here). The op's gradient outputs are empty in an inference
