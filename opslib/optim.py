@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from opslib.ops.adam import adam_step_
+from opslib.ops.adam import adam_step_, check_adam_step
 
 
 class _FusedAdamStep:
@@ -36,8 +36,14 @@ class _FusedAdamStep:
     state: dict
 
     def _refuse_unsupported(self) -> None:
+        """At construction and at every step: an option may be set in a group later. Not
+        ``capturable`` under torch.compile: dynamo's optimizer support sets it to True in its
+        traced view of every group (the eager check at construction and at eager steps stays)."""
+        options = ("differentiable",) if torch.compiler.is_compiling() else (
+            "differentiable", "capturable",
+        )  # fmt: skip
         for group in self.param_groups:
-            for option in ("differentiable", "capturable"):
+            for option in options:
                 if group.get(option):
                     raise ValueError(
                         f"opslib.optim.{type(self).__name__}: {option}=True is not supported "
@@ -87,34 +93,55 @@ class _FusedAdamStep:
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One Adam update of every parameter that has a gradient (``closure``, if given,
-        recomputes the loss first, with grad enabled)."""
+        recomputes the loss first, with grad enabled).
+
+        Every param group is checked before any is updated: a step refused for a bad state or
+        gradient in one group (a moment of the wrong shape, a sparse gradient) or for an option
+        set in a group after construction (``capturable``, ``differentiable``) leaves every
+        parameter and its state as they were (torch.optim.Adam updates the groups before the
+        bad one, then raises)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
-            for group in self.param_groups:
-                params: list[Tensor] = []
-                grads: list[Tensor] = []
-                exp_avgs: list[Tensor] = []
-                exp_avg_sqs: list[Tensor] = []
-                max_exp_avg_sqs: list[Tensor] = []
-                steps: list[Tensor] = []
-                self._init_group(
-                    group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
-                )
-                if not params:
-                    continue
-                beta1, beta2 = group["betas"]
-                lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
-                for part in _by_device_mesh(lists):
-                    adam_step_(
-                        *part, lr=group["lr"], beta1=beta1, beta2=beta2,
-                        weight_decay=group["weight_decay"], eps=group["eps"],
-                        amsgrad=group["amsgrad"], maximize=group["maximize"],
-                        decoupled_weight_decay=group["decoupled_weight_decay"],
-                    )  # fmt: skip
+            self._refuse_unsupported()
+            had_state = set(self.state)
+            calls = []
+            try:
+                for group in self.param_groups:
+                    calls.extend(self._group_calls(group))
+                for part, options in calls:
+                    check_adam_step(*part, **options)
+            except Exception:
+                for p in [p for p in self.state if p not in had_state]:
+                    del self.state[p]  # the state this refused step created
+                raise
+            for part, options in calls:
+                adam_step_(*part, **options)
         return loss
+
+    def _group_calls(self, group: dict) -> list[tuple[tuple[list[Tensor], ...], dict]]:
+        """The adam_step_ calls that update one param group: its lists of tensors (one call per
+        kind of parameter, see ``_by_device_mesh``) and its options."""
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        exp_avgs: list[Tensor] = []
+        exp_avg_sqs: list[Tensor] = []
+        max_exp_avg_sqs: list[Tensor] = []
+        steps: list[Tensor] = []
+        self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+        if not params:
+            return []
+        beta1, beta2 = group["betas"]
+        options = {
+            "lr": group["lr"], "beta1": beta1, "beta2": beta2,
+            "weight_decay": group["weight_decay"], "eps": group["eps"],
+            "amsgrad": group["amsgrad"], "maximize": group["maximize"],
+            "decoupled_weight_decay": group["decoupled_weight_decay"],
+        }  # fmt: skip
+        lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+        return [(part, options) for part in _by_device_mesh(lists)]
 
     # An LR scheduler wraps ``optimizer.step`` in a function (to warn when scheduler.step()
     # comes first) that dynamo cannot trace, unless the step says it is wrapped already. This

@@ -188,6 +188,64 @@ def test_sparse_gradient_is_refused_by_the_op_and_nothing_changes():
     assert all(torch.equal(s["step"], t) for s, t in zip(opt.state.values(), steps, strict=True))
 
 
+def _snapshot(model, opt) -> tuple[dict, dict]:
+    """Copies of the parameters and of every state tensor of every parameter."""
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {id(p): {k: v.clone() for k, v in st.items()} for p, st in opt.state.items()}
+    return params, state
+
+
+def _assert_unchanged(model, opt, snapshot) -> None:
+    params, state = snapshot
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, params[name]), name
+    assert {id(p) for p in opt.state} == set(state), "a refused step added or dropped state"
+    for p, st in opt.state.items():
+        for key, value in st.items():
+            assert torch.equal(value, state[id(p)][key]), key
+
+
+def _bad_second_group(kind: str, model, opt) -> None:
+    """Spoils the state or gradient of the last parameter (in the second param group)."""
+    last = model[2].bias
+    if kind == "moment-shape":
+        opt.state[last]["exp_avg"] = torch.zeros(last.numel() + 1)
+    elif kind == "moment-dtype":
+        opt.state[last]["exp_avg_sq"] = torch.zeros_like(last, dtype=torch.float64)
+    elif kind == "sparse-grad":
+        last.grad = last.grad.to_sparse()
+    elif kind in ("capturable", "differentiable"):
+        opt.param_groups[1][kind] = True
+
+
+@pytest.mark.parametrize(
+    "kind", ["moment-shape", "moment-dtype", "sparse-grad", "capturable", "differentiable"]
+)
+@pytest.mark.parametrize("cls", [Adam, AdamW], ids=lambda c: c.__name__)
+def test_a_step_refused_in_any_group_changes_no_group(cls, kind):
+    """Two param groups, the second with a bad state, a sparse gradient, or an option set
+    after construction: the step raises, naming the problem, and no parameter, moment or step
+    count of either group has changed (torch.optim.Adam updates the first group, then
+    raises). On a first step, the state the refused step would have created is not kept."""
+    for steps_before in (1, 0):
+        model = small_model()
+        opt = cls(
+            [{"params": [model[0].weight, model[0].bias]},
+             {"params": [model[2].weight, model[2].bias], "lr": 0.01}],
+            lr=0.1,
+        )  # fmt: skip
+        train(model, opt, steps_before)
+        loss = model(torch.randn(5, 20)).square().mean()
+        loss.backward()
+        if steps_before == 0 and kind in ("moment-shape", "moment-dtype"):
+            continue  # no state yet to spoil
+        _bad_second_group(kind, model, opt)
+        snapshot = _snapshot(model, opt)
+        with pytest.raises(ValueError, match=r"adam_step_|is not supported"):
+            opt.step()
+        _assert_unchanged(model, opt, snapshot)
+
+
 @pytest.mark.parametrize("cls", [Adam, AdamW], ids=lambda c: c.__name__)
 def test_compiled_step_with_a_scheduler_has_no_graph_break_and_no_recompile(cls):
     """A compiled ``optimizer.step()`` (fullgraph) with a tensor learning rate that a scheduler
