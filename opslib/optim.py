@@ -111,7 +111,9 @@ class _FusedAdamStep:
             try:
                 for group in self.param_groups:
                     calls.extend(self._group_calls(group))
-                for part, options in calls:
+                # one call checks all its tensors before it changes any: only a step of
+                # several calls (param groups, device meshes) needs them all checked first
+                for part, options in calls if len(calls) > 1 else ():
                     check_adam_step(*part, **options)
             except Exception:
                 for p in [p for p in self.state if p not in had_state]:
