@@ -546,6 +546,26 @@ def _rms_norm_error_inputs() -> list[ErrorInput]:
             ValueError,
             label + r": eps must be finite and >= 0, got -1.0",
         ),
+        *_normalized_shape_error_inputs(label, x, (None, None)),
+    ]
+
+
+def _normalized_shape_error_inputs(label: str, x: Tensor, rest: tuple) -> list[ErrorInput]:
+    """normalized_shape [] (native refuses it: "Expected normalized_shape to be at least
+    1-dimensional") and an int (native: "must be tuple of ints, not int")."""
+    return [
+        ErrorInput(
+            "empty normalized_shape",
+            lambda: (x, [], *rest),
+            ValueError,
+            label + r": normalized_shape must name at least one of x's trailing dims, got \[\]",
+        ),
+        ErrorInput(
+            "int normalized_shape",
+            lambda: (x, 5, *rest),
+            TypeError,
+            label + r": normalized_shape must be a list of ints, got 5",
+        ),
     ]
 
 
@@ -637,6 +657,7 @@ def _layer_norm_error_inputs() -> list[ErrorInput]:
             ValueError,
             label + r": eps must be finite and >= 0, got nan",
         ),
+        *_normalized_shape_error_inputs(label, x, (None, None, 1e-5)),
     ]
 
 
@@ -1405,10 +1426,11 @@ def _learned_silu_error_inputs() -> list[ErrorInput]:
             r"customgrad\.learned_silu: slope of shape \[2, 4, 5\] does not broadcast",
         ),
         ErrorInput(
-            "slope [2] for a 0-d x",
-            lambda: (_t(), _t(2)),
+            "slope [2, 1] for a 0-d x",
+            lambda: (_t(), _t(2, 1)),
             ValueError,
-            r"customgrad\.learned_silu: slope of shape \[2\] does not broadcast to x's shape \[\]",
+            r"customgrad\.learned_silu: slope of shape \[2, 1\] does not broadcast to x's "
+            r"shape \[\]",
         ),
     ]
 
@@ -1913,6 +1935,24 @@ def _conv_error_inputs(dims: int) -> Callable[[], list[ErrorInput]]:
                 lambda: call(padding=[1] * (2 * dims + 1)),
                 ValueError,
                 label + rf": stride and dilation need {dims} values and padding {2 * dims}",
+            ),
+            ErrorInput(
+                "float padding",
+                lambda: call(padding=1.5),
+                TypeError,
+                label + r": padding must be an int or a sequence of ints, got 1\.5",
+            ),
+            ErrorInput(
+                "float stride",
+                lambda: call(stride=[1.5] * dims),
+                TypeError,
+                label + r": stride must be an int or a sequence of ints, got \[1\.5",
+            ),
+            ErrorInput(
+                "no output channels",
+                lambda: call(w=_t(0, 4, *kernel)),
+                ValueError,
+                label + r": weight of shape \[0, 4, .*\] has no output channels",
             ),
         ]
 

@@ -104,12 +104,17 @@ def bind_constants(func, args: tuple):
 
 
 def assert_error_in_chain(raised: BaseException, error: type[Exception]) -> None:
-    """Dynamo wraps a fake implementation's error; the op's own error must be in the chain."""
+    """Dynamo wraps a fake implementation's error; the op's own error must be in the chain. An
+    error raised by Python code dynamo traces (a public function's argument check) reaches the
+    chain as dynamo's own stand-in for that type (``ObservedTypeError`` for a TypeError)."""
+    from torch._dynamo.exc import get_dynamo_observed_exception
+
+    stand_in = get_dynamo_observed_exception(error)
     chain, err = [], raised
     while err is not None:
         chain.append(err)
         err = err.__cause__ or err.__context__
-    assert any(isinstance(e, error) for e in chain), [type(e) for e in chain]
+    assert any(isinstance(e, (error, stand_in)) for e in chain), [type(e) for e in chain]
 
 
 class LargestTensor(TorchFunctionMode):

@@ -246,3 +246,25 @@ def test_results_do_not_depend_on_the_number_of_threads():
         torch.set_num_threads(threads)
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "x_shape,slope_shape", [((), (1,)), ((), (5,)), ((3, 1), (4,)), ((1,), (4,))], ids=str
+)
+def test_x_that_broadcasts_to_a_one_dim_slope_gives_natives_shape(x_shape, slope_shape):
+    """A 0-d x with a [1] or [C] slope, or x [..., 1] with [C]: native's ``slope * F.silu(x)``
+    broadcasts x, and so does the op (it refused these before): the same values, shape and
+    gradients (x's summed back to its own shape), in eager mode and compiled."""
+    torch.manual_seed(0)
+    x = torch.randn(x_shape, dtype=torch.float64, requires_grad=True)
+    slope = torch.randn(slope_shape, dtype=torch.float64, requires_grad=True)
+    native = slope * torch.nn.functional.silu(x)
+    expected = torch.autograd.grad(native.sum(), [x, slope])
+    compiled = torch.compile(opslib.learned_silu, fullgraph=True, backend="aot_eager")
+    for name, fn in (("eager", opslib.learned_silu), ("compiled", compiled)):
+        y = fn(x, slope)
+        assert y.shape == native.shape, (name, y.shape)
+        assert_close_named(y, native, f"{name} y")
+        for what, got, want in zip(("x", "slope"), torch.autograd.grad(y.sum(), [x, slope]),
+                                   expected, strict=True):  # fmt: skip
+            assert_close_named(got, want, f"{name} grad {what}")

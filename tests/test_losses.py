@@ -195,11 +195,27 @@ def test_all_targets_ignored_gives_natives_nan_mean_and_zero_gradients():
     assert torch.equal(grad, torch.zeros_like(x))
 
 
-def test_int32_targets_are_class_indices_too():
-    x, target = torch.randn(6, 5), torch.randint(0, 5, (6,))
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8], ids=str)
+def test_every_integer_target_dtype_is_class_indices_too(dtype):
+    """A deliberate superset of native (documented in opslib/ops/cross_entropy.py): native
+    takes int64 and uint8 targets only; the op gives native's int64 loss and gradient for
+    every integer dtype, for cross_entropy and linear_cross_entropy. bool targets are refused
+    by both."""
+    x, target = torch.randn(6, 5, requires_grad=True), torch.randint(0, 5, (6,))
+    loss = opslib.cross_entropy(x, target.to(dtype))
+    expected = F.cross_entropy(x, target)
+    assert_close_named(loss, expected, f"{dtype} targets")
+    (grad,) = torch.autograd.grad(loss, x)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    assert_close_named(grad, expected_grad, f"{dtype} targets, gradient")
+    w = torch.randn(5, 3)
     assert_close_named(
-        opslib.cross_entropy(x, target.int()), F.cross_entropy(x, target), "int32 targets"
+        opslib.linear_cross_entropy(x[:, :3], w, target.to(dtype)),
+        F.cross_entropy(x[:, :3] @ w.t(), target),
+        f"{dtype} targets, linear_cross_entropy",
     )
+    with pytest.raises(TypeError, match=r"customgrad\.cross_entropy: target must be an integer"):
+        opslib.cross_entropy(x, target.bool())
 
 
 def test_out_of_range_target_is_refused_under_inductor_too():

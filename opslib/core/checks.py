@@ -23,6 +23,23 @@ def label(op: str) -> str:
     return op if "." in op else f"customgrad.{op}"
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
+
+
+def int_list(op: str, name: str, value: object, *, scalar_count: int | None = None) -> list:
+    """``value`` as a list of ints: a sequence of ints (list, tuple, torch.Size), or one int
+    repeated ``scalar_count`` times where the argument takes one (conv's stride=2). Anything
+    else raises a TypeError that names the op and the argument, where Python would say "'float'
+    object is not iterable"."""
+    if scalar_count is not None and _is_int(value):
+        return [value] * scalar_count
+    if isinstance(value, (list, tuple, torch.Size)) and all(_is_int(v) for v in value):
+        return list(value)
+    expected = "an int or a sequence of ints" if scalar_count is not None else "a list of ints"
+    raise TypeError(f"{label(op)}: {name} must be {expected}, got {value!r}")
+
+
 def fmt_shape(shape: Sequence[int]) -> str:
     """``[2, 3]``-style shape text for error messages (``torch.Size(...)`` is noisy)."""
     return "[" + ", ".join(str(s) for s in shape) + "]"
@@ -121,6 +138,10 @@ def check_normalization(
     floating tensor of that shape with x's dtype and device; ``eps`` (if given) finite, >= 0."""
     check_floating_input(op, "x", x)
     k = len(normalized_shape)
+    if k == 0:  # native: "Expected normalized_shape to be at least 1-dimensional"
+        raise ValueError(
+            f"{label(op)}: normalized_shape must name at least one of x's trailing dims, got []"
+        )
     if k > x.dim() or list(x.shape[x.dim() - k :]) != list(normalized_shape):
         raise ValueError(
             f"{label(op)}: normalized_shape {fmt_shape(normalized_shape)} must be x's trailing "

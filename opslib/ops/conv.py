@@ -63,6 +63,7 @@ from opslib.core.checks import (
     check_same_dtype_and_device,
     fmt_shape,
     input_grad_flags,
+    int_list,
     label,
 )
 from opslib.core.precision import accumulation_dtype
@@ -107,6 +108,11 @@ def _check_conv(op: str, dims: int, x: Tensor, weight: Tensor, bias: Tensor | No
             f"{list(dilation)}, groups {groups}"
         )
     out_channels, channels = weight.shape[0], x.shape[-dims - 1]
+    if out_channels == 0:  # native refuses it too, in ATen's words ("at least 1 at dimension 0")
+        raise ValueError(
+            f"{label(op)}: weight of shape {fmt_shape(weight.shape)} has no output channels; "
+            f"a convolution needs at least one"
+        )
     if out_channels % groups or channels != weight.shape[1] * groups:
         raise ValueError(
             f"{label(op)}: x has {channels} channels and weight {fmt_shape(weight.shape)} "
@@ -213,14 +219,10 @@ def _padding_pairs(op: str, dims: int, padding, weight: Tensor, stride, dilation
             total = dilation[i] * (weight.shape[2 + i] - 1)
             pairs += [total // 2, total - total // 2]  # the odd one at the end, as native
         return pairs
-    values = [padding] * dims if isinstance(padding, int) else list(padding)
+    values = int_list(op, "padding", padding, scalar_count=dims)
     if len(values) == dims:
         return [p for v in values for p in (v, v)]
     return values  # begin/end pairs already (the op checks their number)
-
-
-def _per_dim(value, dims: int) -> list[int]:
-    return [value] * dims if isinstance(value, int) else list(value)
 
 
 def _conv_sharding(dims, x, weight, bias=None, stride=None, padding=None, dilation=None,
@@ -320,7 +322,8 @@ def _make_conv(dims: int):
 
     def public(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
                dilation=1, groups: int = 1) -> Tensor:  # fmt: skip
-        strides, dilations = _per_dim(stride, dims), _per_dim(dilation, dims)
+        strides = int_list(name, "stride", stride, scalar_count=dims)
+        dilations = int_list(name, "dilation", dilation, scalar_count=dims)
         pads = _padding_pairs(name, dims, padding, weight, strides, dilations)
         return op(x, weight, bias, strides, pads, dilations, groups)
 

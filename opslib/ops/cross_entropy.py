@@ -3,7 +3,11 @@ int ignore_index=-100, str reduction="mean", float label_smoothing=0.0) -> Tenso
 softmax cross-entropy of class-index targets, as ``F.cross_entropy``.
 
 input is ``[N, C]``, ``[C]`` (one sample) or ``[N, C, d1, ...]`` (a class score per position);
-target holds one class index per sample (per position): ``[N]``, ``[]``, ``[N, d1, ...]``.
+target holds one class index per sample (per position): ``[N]``, ``[]``, ``[N, d1, ...]``,
+in any integer dtype. (Native takes int64 and uint8 only, "expected target dtype to be Long or
+Byte": its kernels are written for those two. A class index means the same in int8, int16 or
+int32, and the loss is the same exact value, so this op takes them: a deliberate superset,
+tested against native on the int64 copy. bool, floating-point and complex targets are refused.)
 weight ``[C]`` rescales each class; a target equal to ``ignore_index`` contributes nothing.
 
 Forward, per sample i with logits x_i1..x_iC, target t (ε = label_smoothing):

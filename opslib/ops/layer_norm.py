@@ -50,6 +50,7 @@ from opslib.core import cpu_kernels
 from opslib.core.checks import (
     check_normalization,
     input_grad_flags,
+    int_list,
 )
 from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import (
@@ -260,7 +261,8 @@ def layer_norm(
 ) -> Tensor:
     """``F.layer_norm(x, normalized_shape, weight, bias, eps)``, with the gradient written out
     in ``opslib/ops/layer_norm.py``."""
-    return _layer_norm(x, list(normalized_shape), weight, bias, eps)
+    shape = int_list(OP, "normalized_shape", normalized_shape)
+    return _layer_norm(x, shape, weight, bias, eps)
 
 
 def layer_norm_onnx(x, normalized_shape: list[int], weight=None, bias=None, eps: float = 1e-5):

@@ -285,7 +285,17 @@ def learned_silu(x: Tensor, slope: Tensor) -> Tensor:
     """slope · x · sigmoid(x) with a learnable slope; gradients in ``opslib/ops/learned_silu.py``.
 
     slope broadcasts to x: ``[]`` or ``[1]`` for one slope, ``[C]`` per channel of the last dim.
+    Where a 1-D slope does not broadcast to x but x broadcasts to it (a 0-d x, or x [..., 1]
+    with a [C] slope), x is expanded first, as native's ``slope * F.silu(x)`` broadcasts: the
+    result has the broadcast shape, and x's gradient is summed back to x's shape by the expand.
+    A slope of more than one dim is refused, though native would broadcast it: it is not one
+    slope nor one per channel, which is what this op's slope is.
     """
+    if isinstance(x, Tensor) and isinstance(slope, Tensor) and slope.dim() == 1:
+        if x.dim() == 0:
+            x = x.expand(slope.shape)
+        elif x.shape[-1] == 1 and slope.shape[0] != 1:
+            x = x.expand(*x.shape[:-1], slope.shape[0])
     return _learned_silu(x, slope)
 
 

@@ -46,6 +46,7 @@ from opslib.core import cpu_kernels
 from opslib.core.checks import (
     check_normalization,
     input_grad_flags,
+    int_list,
 )
 from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import (
@@ -205,7 +206,7 @@ def rms_norm(
 ) -> Tensor:
     """``F.rms_norm(x, normalized_shape, weight, eps)``, with the gradient written out in
     ``opslib/ops/rms_norm.py``."""
-    return _rms_norm(x, list(normalized_shape), weight, eps)
+    return _rms_norm(x, int_list(OP, "normalized_shape", normalized_shape), weight, eps)
 
 
 def rms_norm_onnx(x, normalized_shape: list[int], weight=None, eps: float | None = None):
