@@ -240,7 +240,10 @@ class MultiheadSelfAttention(torch.nn.Module):
     ``torch.nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)``, and ``forward(x)``
     then equals ``mha(x, x, x, need_weights=False)[0]``. Masks follow that module's convention:
     a bool ``attn_mask`` [seq, seq] or ``key_padding_mask`` [batch, seq] is True where a key is
-    *not* attended; a float attn_mask is added to the scores. Only the output is returned: the
+    *not* attended; a float attn_mask is added to the scores; ``is_causal=True`` with an
+    attn_mask is a hint that the mask is causal, as there. (``is_causal=True`` alone, which
+    torch's module refuses, "Need attn_mask if specifying the is_causal hint", is accepted
+    here: it is the causal mask.) Only the output is returned: the
     attention weights are the [seq, seq] matrix this module exists not to keep. Attention
     dropout is not supported (the op refuses dropout_p > 0).
     """
@@ -282,6 +285,14 @@ class MultiheadSelfAttention(torch.nn.Module):
         head_dim = self.embed_dim // self.num_heads
         # [batch, seq, 3, heads, head_dim] -> 3 x [batch, heads, seq, head_dim]
         q, k, v = qkv.unflatten(-1, (3, self.num_heads, head_dim)).permute(2, 0, 3, 1, 4)
+        if is_causal and attn_mask is not None:
+            # nn.MultiheadAttention's convention: is_causal is a hint that attn_mask is the
+            # causal mask. Without a key padding mask the causal attention runs and attn_mask
+            # is not read; with one, the mask merged from both (no longer causal) is used.
+            if key_padding_mask is None:
+                attn_mask = None
+            else:
+                is_causal = False
         mask = _attention_mask(attn_mask, key_padding_mask, x.dtype)
         out = ops.scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal)
         return self.out_proj(out.transpose(1, 2).reshape(batch, seq, self.embed_dim))

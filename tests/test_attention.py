@@ -319,7 +319,10 @@ def test_fully_masked_rows_are_exactly_zero_with_zero_gradients():
 
 # ---- the module ----
 
-MODULE_CALLS = ["no-mask", "causal", "key-padding", "bool-mask-and-padding", "float-mask"]
+MODULE_CALLS = [
+    "no-mask", "causal", "key-padding", "bool-mask-and-padding", "float-mask",
+    "causal-hint-with-mask", "causal-hint-with-mask-and-padding",
+]  # fmt: skip
 
 
 def _module_call(name: str, seq: int):
@@ -334,10 +337,17 @@ def _module_call(name: str, seq: int):
         "key-padding": {"key_padding_mask": padding},
         "bool-mask-and-padding": {"attn_mask": bool_mask, "key_padding_mask": padding},
         "float-mask": {"attn_mask": causal},
+        # torch's convention (ported code): is_causal=True is a hint that attn_mask is causal
+        "causal-hint-with-mask": {"attn_mask": causal, "is_causal": True},
+        "causal-hint-with-mask-and-padding": {
+            "attn_mask": causal,
+            "key_padding_mask": padding,
+            "is_causal": True,
+        },
     }[name]
     native = {**ours}
-    if native.pop("is_causal", False):
-        native["attn_mask"] = causal
+    if "attn_mask" not in native and native.pop("is_causal", False):
+        native["attn_mask"] = causal  # is_causal alone: torch's module needs the mask given
     return ours, native
 
 
