@@ -235,6 +235,10 @@ class OpInfo:
     # Bad calls particular to this op (the tests add those every op shares: wrong dtypes,
     # layouts and devices, non-tensors).
     error_inputs: Callable[[], list[ErrorInput]] = list
+    # Calls native answers that the op refuses on purpose, by the op's error message (regexes),
+    # each for a stated reason: the fuzzer (tests/fuzz.py) counts such a refusal as deliberate,
+    # and any other refusal of a call native answers as a failure.
+    deliberate_refusals: tuple[str, ...] = ()
     # The CUDA path's Triton kernels, or None if the op has none.
     triton: TritonPath | None = None
     # Which valid calls without autograd the C++ CPU fast path (opslib/csrc) computes itself;
@@ -569,12 +573,32 @@ def _normalized_shape_error_inputs(label: str, x: Tensor, rest: tuple) -> list[E
     ]
 
 
+def _exact_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The mean over ``dims`` (kept), exactly rounded: each row summed by ``math.fsum``, not in
+    float64, where ±1e30 that cancel swallow the ordinary values beside them (ulp(1e30) is
+    1.4e14) and the mean is noise of either sign. The value is fsum's (rows with inf or nan:
+    the plain mean), the gradient the plain mean's (1/n each): the difference is added as a
+    constant."""
+    plain = x.mean(dims, keepdim=True)
+    rows = x.detach().double().flatten(x.dim() - len(dims)) if dims else x.detach().double()
+    n = rows.shape[-1] if rows.dim() else 1
+    if plain.numel() == 0 or n == 0:
+        return plain  # no rows, or empty ones (mean nan): nothing to correct
+    flat_plain = plain.detach().reshape(-1).tolist()
+    exact = [
+        math.fsum(row) / n if n and all(map(math.isfinite, row)) else mean  # inf, nan: as is
+        for row, mean in zip(rows.reshape(-1, n).tolist(), flat_plain, strict=True)
+    ]
+    exact = torch.tensor(exact, dtype=x.dtype, device=x.device).reshape(plain.shape)
+    return plain + (exact - plain).detach()
+
+
 def _layer_norm_textbook(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
     """(x - μ)/√(σ² + ε)·w + b, centred first: exact for constant rows far from zero, where
     native's x·r - μ·r cancels (a row [-1e30, -1e30] gets dL/dx = 0 from native, even in
     float64, instead of r·(g - mean(g)))."""
     dims = tuple(range(-len(normalized_shape), 0))
-    centered = x - x.mean(dims, keepdim=True)
+    centered = x - _exact_mean(x, dims)
     y = centered / torch.sqrt(centered.square().mean(dims, keepdim=True) + eps)
     y = y * weight if weight is not None else y
     return y + bias if bias is not None else y
@@ -1053,6 +1077,17 @@ def _native_batch_norm(x, running_mean, running_var, weight=None, bias=None, tra
     return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
+def _batch_norm_contiguous(x, running_mean, running_var, weight=None, bias=None,
+                           training=False, momentum=0.1, eps=1e-5) -> Tensor:  # fmt: skip
+    """Native's formula with its per-channel tensors made contiguous (views of them: gradients
+    still reach them). ATen's CPU backward misreads strided or expanded running statistics and
+    weights for inputs of spatial size 1 (denormal garbage where the gradient is r·w·g), so
+    native is no reference there; the op hands ATen contiguous ones."""
+    per_channel = [t.contiguous() if t is not None else None
+                   for t in (running_mean, running_var, weight, bias)]  # fmt: skip
+    return F.batch_norm(x, *per_channel, training, momentum, eps)
+
+
 def _running_stats(c, device, dtype):
     return (
         torch.randn(c, device=device, dtype=dtype) * 0.1,
@@ -1360,16 +1395,17 @@ def _linear_error_inputs() -> list[ErrorInput]:
     x, w = _t(4, 3), _t(5, 3)
     return [
         ErrorInput(
+            "1-D weight, bias, 2-D x",
+            lambda: (_t(3, 4), _t(4), _t(3)),
+            ValueError,
+            r"customgrad\.linear: with a 1-D weight, bias of shape \[3\] must broadcast to the "
+            r"output \[3\], and x may not be 2-D",
+        ),
+        ErrorInput(
             "in_features mismatch",
             lambda: (_t(4, 6), w),
             ValueError,
             r"customgrad\.linear: x has 6 features .* in_features=3",
-        ),
-        ErrorInput(
-            "weight 1-D",
-            lambda: (x, _t(3)),
-            ValueError,
-            r"customgrad\.linear: weight must be 2-D .* got shape \[3\]",
         ),
         ErrorInput(
             "weight 3-D",
@@ -1651,6 +1687,12 @@ def _attention_error_inputs() -> list[ErrorInput]:
         return (q, k, v, mask, dropout, causal, scale, gqa)
 
     return [
+        ErrorInput(
+            "nan scale",
+            lambda: call(scale=float("nan")),
+            ValueError,
+            label + r": scale must be finite \(or None for 1/sqrt\(E\)\), got nan",
+        ),
         ErrorInput(
             "dropout",
             lambda: call(dropout=0.1),
@@ -2085,6 +2127,9 @@ OP_TABLE: list[OpInfo] = [
         property_inputs=_learned_silu_property_inputs,
         inf_allowed_where_native_nan=_learned_silu_infinite_slope,
         error_inputs=_learned_silu_error_inputs,
+        deliberate_refusals=(
+            r"does not broadcast to x's shape",  # a slope of 2+ dims: not per channel
+        ),
         triton=_LEARNED_SILU_TRITON,
         cpu_fast_path=_learned_silu_fast_path,
     ),
@@ -2144,6 +2189,9 @@ OP_TABLE: list[OpInfo] = [
         property_inputs=_rms_norm_property_inputs,
         inf_allowed_where_native_nan=_infinite_affine,
         error_inputs=_rms_norm_error_inputs,
+        deliberate_refusals=(
+            r"eps must be finite and >= 0",  # native takes a negative eps: nan or noise
+        ),
         cpu_fast_path=_norm_fast_path,
     ),
     OpInfo(
@@ -2166,6 +2214,9 @@ OP_TABLE: list[OpInfo] = [
         exact_reference=_layer_norm_textbook,
         inf_allowed_where_native_nan=_infinite_affine,
         error_inputs=_layer_norm_error_inputs,
+        deliberate_refusals=(
+            r"eps must be finite and >= 0",  # native takes a negative eps: nan or noise
+        ),
         cpu_fast_path=_norm_fast_path,
     ),
     OpInfo(
@@ -2173,6 +2224,7 @@ OP_TABLE: list[OpInfo] = [
         func=batch_norm,
         reference=_native_batch_norm,
         reference_text="F.batch_norm(x, running_mean, running_var, weight, bias, training, ...)",
+        exact_reference=_batch_norm_contiguous,
         formula=(
             "y = x̂·w + b, x̂ = (x-μ)·r per channel (training: the batch's μ, σ², running stats "
             "updated; eval: the running ones) ; training: dL/dx = r·(u - mean(u) - "
@@ -2201,6 +2253,9 @@ OP_TABLE: list[OpInfo] = [
         ),  # fmt: skip
         property_inputs=_batch_norm_property_inputs,
         error_inputs=_batch_norm_error_inputs,
+        deliberate_refusals=(
+            r"must be \[\d+\], one per channel of x",  # native reads any C elements
+        ),
     ),
     OpInfo(
         name="cross_entropy",
@@ -2226,6 +2281,10 @@ OP_TABLE: list[OpInfo] = [
         property_inputs=_cross_entropy_property_inputs,
         exact_reference=_ignored_rows_zeroed,
         error_inputs=_cross_entropy_error_inputs,
+        deliberate_refusals=(
+            r"label_smoothing must be in \[0, 1\]",  # native: outside, no distribution
+            r"target of shape .* must have shape",  # native: [1] for one sample, too
+        ),
     ),
     OpInfo(
         name="linear_cross_entropy",
@@ -2251,6 +2310,11 @@ OP_TABLE: list[OpInfo] = [
         property_inputs=_linear_cross_entropy_property_inputs,
         exact_reference=_ignored_tokens_dropped,
         error_inputs=_linear_cross_entropy_error_inputs,
+        deliberate_refusals=(
+            r"label_smoothing must be in \[0, 1\]",
+            r"target of shape .* must have shape",  # the composite reshapes it
+            r"bias of shape .* must be \[\d+\], one per class",  # not broadcast
+        ),
     ),
     _conv_info(1),
     _conv_info(2),
@@ -2282,6 +2346,11 @@ OP_TABLE: list[OpInfo] = [
         extreme_inputs=None,  # sums of ±inf through matmuls are order-dependent (as linear)
         property_inputs=_attention_property_inputs,
         error_inputs=_attention_error_inputs,
+        deliberate_refusals=(
+            r"dropout_p=.* is not supported",  # see the op's docstring
+            r"enable_gqa needs a head dim",  # heads must be explicit
+            r"enable_gqa needs q's heads .* which must be equal",  # k and v: one head count
+        ),
         float32_tol=(2e-5, 1e-5),
     ),
 ]

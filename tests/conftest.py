@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import zlib
@@ -98,9 +99,24 @@ def bind_constants(func, args: tuple):
             places.append(f"t[{k}]")
             k += 1
         else:
-            places.append(repr(a))  # repr of a float, int, bool, None or list round-trips
+            places.append(_literal(a))
     with_constants = eval(f"lambda *t: func({', '.join(places)})", {"func": func})
     return with_constants, tensors
+
+
+def _literal(value: object) -> str:
+    """Python source for a float, int, bool, None or (nested) list: its repr, but inf and nan,
+    which have no literal, as float('inf') and float('nan')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(_literal(v) for v in value)
+        return (
+            f"[{items}]"
+            if isinstance(value, list)
+            else f"({items}{',' if len(value) == 1 else ''})"
+        )
+    return repr(value)
 
 
 def assert_error_in_chain(raised: BaseException, error: type[Exception]) -> None:

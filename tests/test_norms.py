@@ -215,3 +215,23 @@ def test_batch_norm_under_vmap_refuses_to_update_running_statistics():
     torch.testing.assert_close(
         per_sample, torch.stack([F.batch_norm(s, None, None, training=True) for s in x])
     )
+
+
+def test_layer_norm_row_of_cancelling_huge_values_has_the_exact_mean():
+    """A float32 row whose ±1e30 cancel beside ordinary values (found by tests/fuzz.py): its
+    float32 moments overflow, so the C++ kernel redoes the row in double, where a plain sum
+    loses the ordinary values next to 1e30 (ulp 1.4e14) and the mean came out as noise: x̂
+    of the wrong sign (-inf after an infinite weight, where the exact value is +inf; native
+    gives nan in float32 and the wrong sign in float64). The compensated sum gets the mean:
+    x̂ within 1e-2 relative of the exact value, with its sign, for every ordinary element."""
+    row = torch.tensor([1e30, 1e4, -1e30, -1e4, 1000.0, -4.1, 20.0, 7.5] * 8).reshape(1, 64)
+    row[0, 7::8] = -1e4  # the ordinary values sum to -8e4: a mean of -1250, far from 0
+    with torch.no_grad():
+        y = opslib.layer_norm(row, [64], None, None, 1e-4).double()
+    exact_row = [float(v) for v in row[0].double()]
+    mean = math.fsum(exact_row) / 64
+    var = math.fsum((v - mean) ** 2 for v in exact_row) / 64
+    exact = (row.double() - mean) / math.sqrt(var + 1e-4)
+    ordinary = row.abs() < 1e20
+    assert torch.equal(torch.sign(y[ordinary]), torch.sign(exact[ordinary]))
+    torch.testing.assert_close(y[ordinary], exact[ordinary], rtol=1e-2, atol=0)

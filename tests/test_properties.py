@@ -1,8 +1,9 @@
 """Property-based tests (hypothesis) for every op of the op table.
 
-Random shapes (0 to 5 dims, sizes 0 to 4), layouts (contiguous, transposed, strided slice,
-expanded/broadcast view, channels-last 4-D), dtypes (float16, bfloat16, float32, float64) and
-values (normal, huge, tiny, ±inf, nan). Checked against native PyTorch on the same inputs:
+Random shapes (0 to 5 dims, sizes 0 to 4), layouts (contiguous, transposed, offset and strided
+slices, expanded/broadcast view, channels-last 4-D: the strategies of tests/fuzz.py), dtypes
+(float16, bfloat16, float32, float64) and values (normal, huge, tiny, ±inf, nan). Checked against
+native PyTorch on the same inputs:
 
 - float32/float64: values and gradients agree, and nan/inf sit exactly where native puts them,
   except where native's nan is an overflow artefact of its own composite expression: there the
@@ -22,6 +23,7 @@ import os
 import pytest
 import torch
 from conftest import op_params
+from fuzz import property_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,71 +37,11 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-SPECIALS = [
-    float("inf"),
-    float("-inf"),
-    float("nan"),
-    1e4,
-    -1e4,
-    1e30,
-    -1e30,
-    1e-30,
-    -1e-30,
-    0.0,
-    -0.0,
-    1000.0,
-    -1000.0,
-    20.0,
-    -20.0,
-]
 
-
-# Large but finite values, whose products (q·k, p·v) stay finite in float32
-MODERATE_SPECIALS = [1e4, -1e4, 1e-30, -1e-30, 0.0, -0.0, 1000.0, -1000.0, 20.0, -20.0]
-
-
-@st.composite
-def tensors(draw, shape=None, min_dims=0, finite=False):
-    """A tensor in an awkward layout with a mix of ordinary and extreme values (``finite``:
-    only MODERATE_SPECIALS, for ops whose native result on inf/nan is not one thing: native
-    attention's float32 and float64 kernels disagree there, nan against inf)."""
-    if shape is None:
-        shape = draw(st.lists(st.integers(0, 4), min_size=min_dims, max_size=5))
-    shape = list(shape)
-    layout = draw(
-        st.sampled_from(["contiguous", "transposed", "strided", "expanded", "channels_last"])
-    )
-    seed = draw(st.integers(0, 2**31 - 1))
-    special_fraction = draw(st.sampled_from([0.0, 0.1, 0.5]))
-    gen = torch.Generator().manual_seed(seed)
-
-    def values(s):
-        base = torch.randn(s, generator=gen, dtype=torch.float64) * draw(
-            st.sampled_from([1.0, 1e-3, 30.0])
-        )
-        mask = torch.rand(s, generator=gen) < special_fraction
-        specials = MODERATE_SPECIALS if finite else SPECIALS
-        picks = torch.tensor(specials, dtype=torch.float64)[
-            torch.randint(len(specials), s, generator=gen)
-        ]
-        return torch.where(mask, picks, base)
-
-    if layout == "transposed" and len(shape) >= 2:
-        return values(shape[:-2] + [shape[-1], shape[-2]]).transpose(-1, -2)
-    if layout == "strided" and shape:
-        return values(shape[:-1] + [2 * shape[-1]])[..., ::2]
-    if layout == "expanded" and shape:
-        return values(shape[:-1] + [1]).expand(shape)
-    if layout == "channels_last" and len(shape) == 4:
-        return values(shape).contiguous(memory_format=torch.channels_last)
-    return values(shape)
-
-
-@st.composite
-def op_inputs(draw, info):
+def op_inputs(info):
     """Arguments for one op (float64 master copies; cast per dtype by the test), as its OpInfo
-    draws them."""
-    return info.property_inputs(draw, st, tensors)
+    draws them, from the fuzzer's strategies (tests/fuzz.py: shapes, layouts, extremes)."""
+    return property_call(info)
 
 
 def _leaves(args, dtype, constant=()):

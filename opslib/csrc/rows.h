@@ -131,25 +131,20 @@ double dot_in_double(const T* a, const T* b, int64_t n) {
   return tail + at::vec::vec_reduce_all<double>([](VecD& x, VecD& y) { return x + y; }, acc);
 }
 
-// sum(a) over n contiguous elements, accumulated in double.
+// sum(a) over n contiguous elements in double, compensated (Neumaier): what a plain double
+// sum loses when large values cancel (±1e30 next to 1e4: ulp(1e30) is 1.4e14 in double, so
+// the 1e4 vanish and a row's mean comes out as noise, of either sign) is carried in a second
+// term. For the rows that need double at all (overflowing or cancelling ones): not a hot path.
 template <typename T>
 double sum_in_double(const T* a, int64_t n) {
-  using VecD = Vectorized<double>;
-  constexpr int64_t W = VecD::size();
-  constexpr int64_t kChunk = 256;
-  double buffer[kChunk];
-  VecD acc0(0.0), acc1(0.0);
-  for (int64_t i = 0; i < n; i += kChunk) {
-    const int64_t k = std::min(kChunk, n - i);
-    at::vec::convert(a + i, buffer, k);
-    int64_t j = 0;
-    for (; j + 2 * W <= k; j += 2 * W) {
-      acc0 = acc0 + VecD::loadu(buffer + j);
-      acc1 = acc1 + VecD::loadu(buffer + j + W);
-    }
-    for (; j < k; j += W) acc0 = acc0 + VecD::loadu(buffer + j, std::min(W, k - j));
+  double sum = 0.0, lost = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(a[i]);
+    const double t = sum + v;
+    lost += std::abs(sum) >= std::abs(v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
   }
-  return at::vec::vec_reduce_all<double>([](VecD& x, VecD& y) { return x + y; }, acc0 + acc1);
+  return sum + lost;
 }
 
 // Largest |a| over n contiguous elements (0 for none; nan propagates as a large value would

@@ -199,7 +199,23 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
     x ``[*, in]`` or ``[in]``, weight ``[out, in]``, bias ``None`` or any shape broadcasting to
     the output ``[*, out]`` (``[out]``, ``[1, out]``, ``[batch, out]``).
+
+    A 1-D weight ``[in]``, which ``F.linear`` documents, gives ``x @ weight (+ bias)`` of shape
+    ``[*]``: the op on the weight as one output row, that dim dropped, then the bias added with
+    broadcasting, as native's. Native refuses a bias with a 1-D weight for a 2-D x (its addmm
+    path): so does this.
     """
+    if isinstance(weight, Tensor) and weight.dim() == 1:
+        y = _linear(x, weight.unsqueeze(0), None).squeeze(-1)
+        if bias is None:
+            return y
+        if x.dim() == 2 or not broadcasts_to(bias.shape, y.shape):
+            raise ValueError(
+                f"customgrad.linear: with a 1-D weight, bias of shape {fmt_shape(bias.shape)} "
+                f"must broadcast to the output {fmt_shape(y.shape)}, and x may not be 2-D "
+                f"(F.linear refuses both)"
+            )
+        return y + bias
     return _linear(x, weight, bias)
 
 

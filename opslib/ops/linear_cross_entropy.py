@@ -414,7 +414,11 @@ def linear_cross_entropy(
     that neither the forward nor the backward holds the [N, V] logits (see
     ``opslib/ops/linear_cross_entropy.py``)."""
     device_type = x.device.type if isinstance(x, Tensor) else "cpu"  # the op says what x is
-    autocast = torch.is_autocast_enabled(device_type)
+    # (a device without autocast, meta say, makes is_autocast_enabled raise: the op then says
+    # what is wrong with the call)
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    )
     if autocast:  # as autocast runs F.linear: in the autocast dtype
         low = torch.get_autocast_dtype(device_type)
         x, weight = x.to(low), weight.to(low)

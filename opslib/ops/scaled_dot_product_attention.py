@@ -122,9 +122,12 @@ def _check_attention(
     dropout_p: float,
     is_causal: bool,
     enable_gqa: bool,
+    scale: float | None = None,
 ) -> tuple[list[int], int]:
     """Validate the arguments; return the broadcast leading dims of the output and G, the query
     heads per key/value head (1 without enable_gqa)."""
+    if scale is not None and not math.isfinite(scale):  # native computes an output of nan
+        raise ValueError(f"{label(OP)}: scale must be finite (or None for 1/sqrt(E)), got {scale}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_floating_input(OP, name, t)
     check_same_dtype_and_device(OP, {"q": q, "k": k, "v": v})
@@ -472,7 +475,7 @@ def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
 
     p is ATen's softmax of the block (one pass over each row, in cache), and lse comes from it
     (``_row_lse``), without a second exponential pass."""
-    lead, groups = _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
+    lead, groups = _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa, scale)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     if _cpu_kernel_takes(q, k, v, attn_mask, groups):
         out, lse = torch.ops.opslib_cpu.attention_forward(
@@ -511,7 +514,7 @@ def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causa
 
     dS = P ⊙ (dP - D) is computed by ``_softmax_jacobian``; backward needs q, k, v, the output
     and lse, never the [L, S] probabilities."""
-    lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
+    lead, groups = _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa, scale)
     dtype, scale = _compute_dtype(q), _scale(q, scale)
     if not mask_grad and _cpu_kernel_takes(q, k, v, attn_mask, groups):
         g = None if grad_lse is None else _as_heads(grad_lse.to(q.dtype).unsqueeze(-1)).squeeze(-1)
@@ -583,7 +586,7 @@ def _attention_kernel(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, s
 
 def _attention_fake(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                     enable_gqa=False):  # fmt: skip
-    lead, _ = _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa)
+    lead, _ = _check_attention(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa, scale)
     rows = q.shape[-2]
     return (
         q.new_empty([*lead, rows, v.shape[-1]]),
@@ -630,7 +633,7 @@ def _grad_kernel(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, sc
 
 def _grad_fake(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale, enable_gqa,
                mask_grad):  # fmt: skip
-    _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa)
+    _check_attention(q, k, v, attn_mask, 0.0, is_causal, enable_gqa, scale)
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
@@ -799,7 +802,17 @@ def scaled_dot_product_attention(
 ) -> Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
     enable_gqa)`` (dropout_p must be 0), with a block-recomputing backward derived in
-    ``opslib/ops/scaled_dot_product_attention.py``."""
+    ``opslib/ops/scaled_dot_product_attention.py``.
+
+    q, k and v of different ranks broadcast as native's: the lower-ranked get leading 1s
+    (views), so the op sees one rank and autograd sums their gradients back. Not with
+    enable_gqa, where each must have its own head dim (native refuses a 2-D q there too).
+    """
+    tensors = (q, k, v)
+    same_rank = len({t.dim() for t in tensors if isinstance(t, Tensor)}) == 1
+    if not enable_gqa and all(isinstance(t, Tensor) for t in tensors) and not same_rank:
+        rank = max(t.dim() for t in tensors)
+        q, k, v = (t[(None,) * (rank - t.dim())] for t in tensors)
     return _attention(q, k, v, attn_mask, float(dropout_p), is_causal, scale, enable_gqa)[0]
 
 
