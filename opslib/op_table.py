@@ -1688,6 +1688,12 @@ def _attention_error_inputs() -> list[ErrorInput]:
 
     return [
         ErrorInput(
+            "1-D mask",
+            lambda: call(mask=_t(7)),
+            ValueError,
+            label + r": attn_mask must have at least 2 dims \(\[\.\.\., L, S\]\), got shape \[7\]",
+        ),
+        ErrorInput(
             "nan scale",
             lambda: call(scale=float("nan")),
             ValueError,
@@ -2104,6 +2110,11 @@ OP_TABLE: list[OpInfo] = [
         bench_size_label=_linear_bench_label,
         property_inputs=_linear_property_inputs,
         error_inputs=_linear_error_inputs,
+        deliberate_refusals=(
+            # native refuses a bias that enlarges the output too (its add is in place), but
+            # lets one through for an empty x: the op refuses it whatever x holds
+            r"does not broadcast to the output shape",
+        ),
         cpu_fast_path=_linear_fast_path,
     ),
     OpInfo(
@@ -2284,6 +2295,7 @@ OP_TABLE: list[OpInfo] = [
         deliberate_refusals=(
             r"label_smoothing must be in \[0, 1\]",  # native: outside, no distribution
             r"target of shape .* must have shape",  # native: [1] for one sample, too
+            r"must have one value per class",  # a [1, C] class weight: native reads C values
         ),
     ),
     OpInfo(

@@ -394,24 +394,25 @@ def test_multihead_self_attention_refuses_heads_that_do_not_divide():
 
 
 @pytest.mark.parametrize(
-    "shapes",
+    "shapes,gqa",
     [
-        [(1, 3, 3), (1, 1, 3), (1, 1, 1, 2), (3, 1)],
-        [(2, 4, 3), (1, 2, 5, 3), (2, 5, 4), None],
-        [(1, 2, 4, 3), (2, 5, 3), (2, 5, 4), None],
-    ],  # fmt: skip
-    ids=["v-rank-more-float-mask", "k-rank-more", "q-rank-more"],
+        ([(1, 3, 3), (1, 1, 3), (1, 1, 1, 2), (3, 1)], False),
+        ([(2, 4, 3), (1, 2, 5, 3), (2, 5, 4), None], False),
+        ([(1, 2, 4, 3), (2, 5, 3), (2, 5, 4), None], False),
+        ([(2, 4, 7, 12), (2, 2, 9, 12), (1, 2, 2, 9, 11), (7, 9)], True),
+    ],
+    ids=["v-rank-more-float-mask", "k-rank-more", "q-rank-more", "gqa-v-rank"],
 )
-def test_q_k_v_of_different_ranks_broadcast_as_native(shapes):
-    """Leading dims of q, k and v broadcast whatever their ranks, as native's (found by
-    tests/fuzz.py: with v of one dim more, the backward failed in ATen's softmax backward,
+def test_q_k_v_of_different_ranks_broadcast_as_native(shapes, gqa):
+    """Leading dims of q, k, v and the mask broadcast whatever their ranks, as native's (found
+    by tests/fuzz.py: with v of one dim more, the backward failed in ATen's softmax backward,
     "[1, 1, 3, 1] does not equal [1, 3, 1]"): values and every gradient in float64."""
     torch.manual_seed(0)
     tensors = [None if s is None else torch.randn(s, dtype=torch.float64, requires_grad=True)
                for s in shapes]  # fmt: skip
     given = [t for t in tensors if t is not None]
-    y = opslib.scaled_dot_product_attention(*tensors)
-    expected = F.scaled_dot_product_attention(*tensors)
+    y = opslib.scaled_dot_product_attention(*tensors, enable_gqa=gqa)
+    expected = F.scaled_dot_product_attention(*tensors, enable_gqa=gqa)
     torch.testing.assert_close(y, expected)
     grad = torch.randn_like(y)
     for got, want in zip(torch.autograd.grad(y, given, grad),

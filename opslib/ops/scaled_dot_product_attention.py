@@ -128,6 +128,11 @@ def _check_attention(
     heads per key/value head (1 without enable_gqa)."""
     if scale is not None and not math.isfinite(scale):  # native computes an output of nan
         raise ValueError(f"{label(OP)}: scale must be finite (or None for 1/sqrt(E)), got {scale}")
+    if attn_mask is not None and attn_mask.dim() < 2:  # native refuses it too, in ATen's words
+        raise ValueError(
+            f"{label(OP)}: attn_mask must have at least 2 dims ([..., L, S]), got shape "
+            f"{fmt_shape(attn_mask.shape)}"
+        )
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_floating_input(OP, name, t)
     check_same_dtype_and_device(OP, {"q": q, "k": k, "v": v})
@@ -804,15 +809,17 @@ def scaled_dot_product_attention(
     enable_gqa)`` (dropout_p must be 0), with a block-recomputing backward derived in
     ``opslib/ops/scaled_dot_product_attention.py``.
 
-    q, k and v of different ranks broadcast as native's: the lower-ranked get leading 1s
-    (views), so the op sees one rank and autograd sums their gradients back. Not with
-    enable_gqa, where each must have its own head dim (native refuses a 2-D q there too).
+    q, k and v of different ranks broadcast as native's: they get leading 1s (views) up to the
+    highest of their ranks, so the op sees one rank and autograd sums their gradients back.
+    With enable_gqa only where each has its own head dim (native refuses a 2-D q there). The
+    mask does not raise the rank: it must broadcast to the scores, as native adds it in place.
     """
     tensors = (q, k, v)
-    same_rank = len({t.dim() for t in tensors if isinstance(t, Tensor)}) == 1
-    if not enable_gqa and all(isinstance(t, Tensor) for t in tensors) and not same_rank:
-        rank = max(t.dim() for t in tensors)
-        q, k, v = (t[(None,) * (rank - t.dim())] for t in tensors)
+    if all(isinstance(t, Tensor) for t in tensors):
+        ranks = [t.dim() for t in tensors]
+        if len(set(ranks)) > 1 and (not enable_gqa or min(ranks) >= 3):
+            rank = max(ranks)
+            q, k, v = (t[(None,) * (rank - t.dim())] for t in tensors)
     return _attention(q, k, v, attn_mask, float(dropout_p), is_causal, scale, enable_gqa)[0]
 
 
