@@ -2265,7 +2265,7 @@ OP_TABLE: list[OpInfo] = [
         property_inputs=_batch_norm_property_inputs,
         error_inputs=_batch_norm_error_inputs,
         deliberate_refusals=(
-            r"must be \[\d+\], one per channel of x",  # native reads any C elements
+            r"must be \[\w+\], one per channel of x",  # native reads any C elements
         ),
     ),
     OpInfo(
@@ -2325,7 +2325,9 @@ OP_TABLE: list[OpInfo] = [
         deliberate_refusals=(
             r"label_smoothing must be in \[0, 1\]",
             r"target of shape .* must have shape",  # the composite reshapes it
-            r"bias of shape .* must be \[\d+\], one per class",  # not broadcast
+            r"bias of shape .* must be \[\w+\], one per class",  # not broadcast
+            # a 1-D weight makes logits with no class dim: the composite reads rows as classes
+            r"weight must be 2-D \[classes, hidden\]",
         ),
     ),
     _conv_info(1),

@@ -261,8 +261,9 @@ def layer_norm(
 ) -> Tensor:
     """``F.layer_norm(x, normalized_shape, weight, bias, eps)``, with the gradient written out
     in ``opslib/ops/layer_norm.py``."""
-    shape = int_list(OP, "normalized_shape", normalized_shape)
-    return _layer_norm(x, shape, weight, bias, eps)
+    if not torch.jit.is_scripting():  # (scripted, normalized_shape is typed List[int])
+        normalized_shape = int_list(OP, "normalized_shape", normalized_shape)
+    return _layer_norm(x, list(normalized_shape), weight, bias, eps)
 
 
 def layer_norm_onnx(x, normalized_shape: list[int], weight=None, bias=None, eps: float = 1e-5):

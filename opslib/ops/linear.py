@@ -38,6 +38,7 @@ autograd differentiates again (for example d(dL/dx)/dW contracts the incoming gr
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -205,18 +206,24 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     broadcasting, as native's. Native refuses a bias with a 1-D weight for a 2-D x (its addmm
     path): so does this.
     """
-    if isinstance(weight, Tensor) and weight.dim() == 1:
-        y = _linear(x, weight.unsqueeze(0), None).squeeze(-1)
-        if bias is None:
-            return y
-        if x.dim() == 2 or not broadcasts_to(bias.shape, y.shape):
-            raise ValueError(
-                f"customgrad.linear: with a 1-D weight, bias of shape {fmt_shape(bias.shape)} "
-                f"must broadcast to the output {fmt_shape(y.shape)}, and x may not be 2-D "
-                f"(F.linear refuses both)"
-            )
-        return y + bias
+    if not torch.jit.is_scripting() and weight.dim() == 1:
+        return _linear_with_a_vector_weight(x, weight, bias)
     return _linear(x, weight, bias)
+
+
+@torch.jit.unused  # TorchScript compiles linear() without this branch (its helpers are Python)
+def _linear_with_a_vector_weight(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear with a 1-D weight: the op on it as one output row, that dim dropped."""
+    y = _linear(x, weight.unsqueeze(0), None).squeeze(-1)
+    if bias is None:
+        return y
+    if x.dim() == 2 or not broadcasts_to(bias.shape, y.shape):
+        raise ValueError(
+            f"customgrad.linear: with a 1-D weight, bias of shape {fmt_shape(bias.shape)} "
+            f"must broadcast to the output {fmt_shape(y.shape)}, and x may not be 2-D "
+            f"(F.linear refuses both)"
+        )
+    return y + bias
 
 
 def linear_onnx(x, weight, bias=None):

@@ -206,7 +206,9 @@ def rms_norm(
 ) -> Tensor:
     """``F.rms_norm(x, normalized_shape, weight, eps)``, with the gradient written out in
     ``opslib/ops/rms_norm.py``."""
-    return _rms_norm(x, int_list(OP, "normalized_shape", normalized_shape), weight, eps)
+    if not torch.jit.is_scripting():  # (scripted, normalized_shape is typed List[int])
+        normalized_shape = int_list(OP, "normalized_shape", normalized_shape)
+    return _rms_norm(x, list(normalized_shape), weight, eps)
 
 
 def rms_norm_onnx(x, normalized_shape: list[int], weight=None, eps: float | None = None):

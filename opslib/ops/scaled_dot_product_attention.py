@@ -811,16 +811,23 @@ def scaled_dot_product_attention(
 
     q, k and v of different ranks broadcast as native's: they get leading 1s (views) up to the
     highest of their ranks, so the op sees one rank and autograd sums their gradients back.
-    With enable_gqa only where each has its own head dim (native refuses a 2-D q there). The
+    Only where each has at least 2 dims (3 with enable_gqa: its head dim), as native. The
     mask does not raise the rank: it must broadcast to the scores, as native adds it in place.
     """
-    tensors = (q, k, v)
-    if all(isinstance(t, Tensor) for t in tensors):
-        ranks = [t.dim() for t in tensors]
-        if len(set(ranks)) > 1 and (not enable_gqa or min(ranks) >= 3):
-            rank = max(ranks)
-            q, k, v = (t[(None,) * (rank - t.dim())] for t in tensors)
+    if not torch.jit.is_scripting():
+        q, k, v = _with_one_rank(q, k, v, enable_gqa)
     return _attention(q, k, v, attn_mask, float(dropout_p), is_causal, scale, enable_gqa)[0]
+
+
+@torch.jit.unused  # TorchScript compiles the public function without this (ranks as given)
+def _with_one_rank(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> tuple:
+    """q, k, v with leading 1s (views) up to the highest of their ranks, where they differ and
+    each has at least 2 dims (3 with enable_gqa)."""
+    ranks = [t.dim() for t in (q, k, v)]
+    if len(set(ranks)) == 1 or min(ranks) < (3 if enable_gqa else 2):
+        return q, k, v
+    rank = max(ranks)
+    return tuple(t[(None,) * (rank - t.dim())] for t in (q, k, v))
 
 
 def scaled_dot_product_attention_onnx(q, k, v, attn_mask=None, dropout_p: float = 0.0,
