@@ -291,14 +291,17 @@ def learned_silu(x: Tensor, slope: Tensor) -> Tensor:
     A slope of more than one dim is refused, though native would broadcast it: it is not one
     slope nor one per channel, which is what this op's slope is.
     """
-    if not torch.jit.is_scripting() and slope.dim() == 1:
+    if not torch.jit.is_scripting():
         x = _broadcast_to_slope(x, slope)
     return _learned_silu(x, slope)
 
 
 @torch.jit.unused  # TorchScript compiles learned_silu() without this (x as it is given)
 def _broadcast_to_slope(x: Tensor, slope: Tensor) -> Tensor:
-    """x expanded where it broadcasts to a 1-D slope that does not broadcast to it."""
+    """x expanded where it broadcasts to a 1-D slope that does not broadcast to it (anything
+    else as it is: the op says what is wrong with it)."""
+    if not (isinstance(x, Tensor) and isinstance(slope, Tensor) and slope.dim() == 1):
+        return x
     if x.dim() == 0:
         return x.expand(slope.shape)
     if x.shape[-1] == 1 and slope.shape[0] != 1:

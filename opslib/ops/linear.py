@@ -206,7 +206,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     broadcasting, as native's. Native refuses a bias with a 1-D weight for a 2-D x (its addmm
     path): so does this.
     """
-    if not torch.jit.is_scripting() and weight.dim() == 1:
+    if not torch.jit.is_scripting() and isinstance(weight, Tensor) and weight.dim() == 1:
         return _linear_with_a_vector_weight(x, weight, bias)
     return _linear(x, weight, bias)
 

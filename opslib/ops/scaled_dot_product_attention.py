@@ -823,6 +823,8 @@ def scaled_dot_product_attention(
 def _with_one_rank(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> tuple:
     """q, k, v with leading 1s (views) up to the highest of their ranks, where they differ and
     each has at least 2 dims (3 with enable_gqa)."""
+    if not all(isinstance(t, Tensor) for t in (q, k, v)):
+        return q, k, v  # the op says what is wrong with them
     ranks = [t.dim() for t in (q, k, v)]
     if len(set(ranks)) == 1 or min(ranks) < (3 if enable_gqa else 2):
         return q, k, v
