@@ -37,6 +37,16 @@ from opslib.ops import (
 
 __version__ = "0.2.0"
 
+
+def __getattr__(name: str):
+    """``opslib.onnx`` on first use (``import opslib`` imports no onnx: it is an extra)."""
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module("opslib.onnx")
+    raise AttributeError(f"module 'opslib' has no attribute {name!r}")
+
+
 __all__ = [
     "adam_step_",
     "checkpointing",

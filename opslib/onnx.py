@@ -1,7 +1,8 @@
 """ONNX export of models that use customgrad ops, in standard ONNX operators only.
 
-Each op's translation lives next to its code (``opslib/ops/<name>.py``, ``<name>_onnx``) and is
-listed in the op table; this module collects them for ``torch.onnx.export``::
+Each op's translation lives next to its code (``opslib/ops/<name>.py``, ``<name>_onnx``), which
+registers it (``register_onnx_translation``); this module collects them for
+``torch.onnx.export``::
 
     torch.onnx.export(model, args, dynamo=True,
                       custom_translation_table=opslib.onnx.translation_table())
@@ -29,6 +30,8 @@ import numpy as np
 import onnx
 import torch
 from onnxscript import opset20 as opset  # noqa: F401  (the translations build with this)
+
+from opslib.core.registration import ONNX_TRANSLATIONS
 
 ONNX_OPSET = 20  # torch.onnx's default; the translations use onnxscript's opset20 to match
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -61,16 +64,13 @@ class ONNXExportError(ValueError):
 
 
 def translation_table(table: Sequence | None = None) -> dict[torch._ops.OpOverload, Callable]:
-    """``{torch.ops.customgrad.<op>.default: translation}`` for every op in the op table (or in
-    ``table``, a list of ``OpInfo``)."""
-    from opslib.op_table import OP_TABLE
-
-    table = OP_TABLE if table is None else table
-    translations = {info.op: info.onnx_translation for info in table}
-    for info in table:  # the ops that an op's public function calls besides (batch_norm's update)
-        for name, translation in info.companions.items():
-            translations[getattr(getattr(torch.ops, info.namespace), name).default] = translation
-    return translations
+    """``{torch.ops.customgrad.<op>.default: translation}`` for every op that registered one
+    (``opslib.core.registration.register_onnx_translation``: every customgrad op, batch_norm's
+    in-place update included); or, given ``table`` (``OpInfo``s of ops from elsewhere, as the
+    tests' own), those entries' ``onnx_translation``."""
+    if table is not None:
+        return {info.op: info.onnx_translation for info in table}
+    return dict(ONNX_TRANSLATIONS)
 
 
 def constant(value: float | int | bool, like) -> object:

@@ -27,31 +27,29 @@ from torch import Tensor
 
 from opslib.core import triton_launchers as triton
 from opslib.ops.adam import adam_step_
-from opslib.ops.batch_norm import batch_norm, batch_norm_onnx, batch_norm_update_onnx
-from opslib.ops.conv import conv1d, conv1d_onnx, conv2d, conv2d_onnx, conv_flops, native_conv
-from opslib.ops.cross_entropy import cross_entropy, cross_entropy_onnx
-from opslib.ops.cube import cube, cube_onnx
-from opslib.ops.exp import exp, exp_onnx
-from opslib.ops.layer_norm import layer_norm, layer_norm_onnx
+from opslib.ops.batch_norm import batch_norm
+from opslib.ops.conv import conv1d, conv2d, conv_flops, native_conv
+from opslib.ops.cross_entropy import cross_entropy
+from opslib.ops.cube import cube
+from opslib.ops.exp import exp
+from opslib.ops.layer_norm import layer_norm
 from opslib.ops.learned_silu import cpu_kernel_takes as learned_silu_cpu_kernel_takes
-from opslib.ops.learned_silu import learned_silu, learned_silu_onnx
-from opslib.ops.linear import linear, linear_onnx
+from opslib.ops.learned_silu import learned_silu
+from opslib.ops.linear import linear
 from opslib.ops.linear_cross_entropy import (
     linear_cross_entropy,
-    linear_cross_entropy_onnx,
     native_linear_cross_entropy,
 )
-from opslib.ops.log_softmax import log_softmax, log_softmax_onnx
-from opslib.ops.relu import relu, relu_onnx
-from opslib.ops.rms_norm import rms_norm, rms_norm_onnx
+from opslib.ops.log_softmax import log_softmax
+from opslib.ops.relu import relu
+from opslib.ops.rms_norm import rms_norm
 from opslib.ops.scaled_dot_product_attention import (
     scaled_dot_product_attention,
-    scaled_dot_product_attention_onnx,
 )
-from opslib.ops.sigmoid import sigmoid, sigmoid_onnx
-from opslib.ops.softmax import softmax, softmax_onnx
-from opslib.ops.square import square, square_onnx
-from opslib.ops.tanh import tanh, tanh_onnx
+from opslib.ops.sigmoid import sigmoid
+from opslib.ops.softmax import softmax
+from opslib.ops.square import square
+from opslib.ops.tanh import tanh
 
 ALL_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -170,7 +168,6 @@ class OpInfo:
     # Arguments for compile, export, ONNX, vmap, memory and autocast tests: a batch of `rows` rows
     # (dim 0 of the first tensor is the batch), non-tensor arguments at non-default values.
     batch_inputs: Callable[[int, torch.device | str, torch.dtype], tuple]
-    onnx_translation: Callable[..., Any]
     # Benchmarks: sizes from per-call overhead (16 elements) to large, inputs for one size, and
     # the hardware limit the op is judged against ("bandwidth" or "matmul").
     bench_sizes: tuple[int, ...]
@@ -200,10 +197,6 @@ class OpInfo:
     # Other implementations peak_memory.py measures besides native, by name (attention's
     # textbook composite, whose memory the op's blocks are there to avoid).
     bench_baselines: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
-    # Ops that the public function calls besides the op itself, by name, with their ONNX
-    # translations (batch_norm's in-place running-statistics update). tests/test_norms.py covers
-    # them; the translation table includes them.
-    companions: dict[str, Callable[..., Any]] = field(default_factory=dict)
     # Positions of batch_inputs' arguments whose dim 0 is the batch: the first, and any other
     # that goes with it (cross_entropy's targets). Export marks their dim 0 dynamic, and ONNX
     # parity models take them as inputs (the other tensors are parameters).
@@ -239,6 +232,9 @@ class OpInfo:
     # each for a stated reason: the fuzzer (tests/fuzz.py) counts such a refusal as deliberate,
     # and any other refusal of a call native answers as a failure.
     deliberate_refusals: tuple[str, ...] = ()
+    # The ONNX translation of an op from outside opslib (a user's, the tests' own); opslib's ops
+    # register theirs in their own files (register_onnx_translation), read by opslib.onnx.
+    onnx_translation: Callable[..., Any] | None = None
     # The CUDA path's Triton kernels, or None if the op has none.
     triton: TritonPath | None = None
     # Which valid calls without autograd the C++ CPU fast path (opslib/csrc) computes itself;
@@ -1527,7 +1523,6 @@ def _conv_info(dims: int) -> OpInfo:
         ),
         sample_inputs=_conv_samples(dims),
         batch_inputs=_conv_batch(dims),
-        onnx_translation=conv1d_onnx if dims == 1 else conv2d_onnx,
         bench_sizes=(1, 8, 32),
         bench_inputs=_conv_bench(dims),
         roofline="matmul",
@@ -2016,7 +2011,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = x² ; dL/dx = 2x·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        onnx_translation=square_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
         triton=_unary_triton(triton.SQUARE),
@@ -2030,7 +2024,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = x³ ; dL/dx = 3x²·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        onnx_translation=cube_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
         triton=_unary_triton(triton.CUBE),
@@ -2044,7 +2037,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = eˣ ; dL/dx = y·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        onnx_translation=exp_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
         triton=_unary_triton(triton.EXP, torch.exp),
@@ -2058,7 +2050,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = max(x, 0) ; dL/dx = 0 where y ≤ 0, else g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        onnx_translation=relu_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
         triton=_unary_triton(triton.RELU, torch.relu),
@@ -2072,7 +2063,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = 1/(1+e⁻ˣ) ; dL/dx = y(1-y)·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        onnx_translation=sigmoid_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
         triton=_unary_triton(triton.SIGMOID, torch.sigmoid),
@@ -2086,7 +2076,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = tanh(x) ; dL/dx = (1-y²)·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        onnx_translation=tanh_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_unary_bench,
         triton=_unary_triton(triton.TANH, torch.tanh),
@@ -2100,7 +2089,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = xWᵀ + b ; dL/dx = gW, dL/dW = Σ gᵀx, dL/db = g summed to b's shape",
         sample_inputs=_linear_samples,
         batch_inputs=_linear_batch,
-        onnx_translation=linear_onnx,
         extreme_inputs=None,
         bench_sizes=LINEAR_BENCH_ROWS,
         bench_inputs=_linear_bench,
@@ -2125,7 +2113,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = a·x·s, s = sigmoid(x) ; dL/dx = a·s·(1 + x(1-s))·g, dL/da = Σ x·s·g",
         sample_inputs=_learned_silu_samples,
         batch_inputs=_learned_silu_batch,
-        onnx_translation=learned_silu_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_learned_silu_bench,
         bench_against_compiled=True,
@@ -2152,7 +2139,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = eˣ / Σ eˣ along dim ; dL/dx = y(g - Σ g·y)",
         sample_inputs=along_dim_samples,
         batch_inputs=_along_dim_batch(1),
-        onnx_translation=softmax_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_rows_bench,
         bench_size_label=lambda n: f"[{n // min(n, 4096)},{min(n, 4096)}]",
@@ -2170,7 +2156,6 @@ OP_TABLE: list[OpInfo] = [
         formula="y = x - log Σ eˣ along dim ; dL/dx = g - eʸ·Σ g",
         sample_inputs=along_dim_samples,
         batch_inputs=_along_dim_batch(-1),
-        onnx_translation=log_softmax_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_rows_bench,
         bench_size_label=lambda n: f"[{n // min(n, 4096)},{min(n, 4096)}]",
@@ -2191,7 +2176,6 @@ OP_TABLE: list[OpInfo] = [
         ),
         sample_inputs=_rms_norm_samples,
         batch_inputs=_rms_norm_batch,
-        onnx_translation=rms_norm_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_rms_norm_bench,
         bench_size_label=lambda n: f"[{n // min(n, 4096)},{min(n, 4096)}]",
@@ -2216,7 +2200,6 @@ OP_TABLE: list[OpInfo] = [
         ),
         sample_inputs=_layer_norm_samples,
         batch_inputs=_layer_norm_batch,
-        onnx_translation=layer_norm_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_layer_norm_bench,
         bench_size_label=lambda n: f"[{n // min(n, 4096)},{min(n, 4096)}]",
@@ -2244,8 +2227,6 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_batch_norm_samples,
         batch_inputs=_batch_norm_batch,
         constant_args=(1, 2),  # the running statistics: buffers, no gradient
-        companions={"batch_norm_update_": batch_norm_update_onnx},
-        onnx_translation=batch_norm_onnx,
         bench_sizes=POINTWISE_BENCH_SIZES,
         bench_inputs=_batch_norm_bench,
         bench_size_label=lambda n: (
@@ -2282,7 +2263,6 @@ OP_TABLE: list[OpInfo] = [
         batch_inputs=_cross_entropy_batch,
         batch_args=(0, 1),  # the logits and their targets
         constant_args=(2,),  # weight: native refuses one that requires grad, and so does the op
-        onnx_translation=cross_entropy_onnx,
         bench_sizes=(16, 262_144, 16_777_216, 268_435_456),
         bench_inputs=_cross_entropy_bench,
         bench_size_label=lambda n: f"[{n // min(n, 32768)},{min(n, 32768)}]",
@@ -2310,7 +2290,6 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_linear_cross_entropy_samples,
         batch_inputs=_linear_cross_entropy_batch,
         batch_args=(0, 2),  # the hidden states and their targets
-        onnx_translation=linear_cross_entropy_onnx,
         bench_sizes=(1, 16, 1024, 4096),
         bench_inputs=_linear_cross_entropy_bench,
         roofline="matmul",
@@ -2346,7 +2325,6 @@ OP_TABLE: list[OpInfo] = [
         sample_inputs=_attention_samples,
         batch_inputs=_attention_batch,
         batch_args=(0, 1, 2),  # q, k and v carry the batch; the mask broadcasts over it
-        onnx_translation=scaled_dot_product_attention_onnx,
         bench_sizes=(16, 512, 1024, 4096),
         bench_inputs=_attention_bench,
         bench_variants={"causal": _attention_bench_causal},

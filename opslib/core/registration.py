@@ -34,6 +34,19 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _disable_current_modes
 
+# Each op's ONNX translation, registered in the op's own file beside its other registrations;
+# opslib.onnx reads it. A translation imports onnxscript when it runs: registering imports
+# nothing, so `import opslib` needs no onnx.
+ONNX_TRANSLATIONS: dict[torch._ops.OpOverload, Callable] = {}
+
+
+def register_onnx_translation(op, translation: Callable) -> None:
+    """Declare ``translation`` (a function of onnxscript standard ops, with the op's signature)
+    as the ONNX translation of ``op`` (an op packet: its default overload), for
+    ``opslib.onnx.translation_table()`` and ``opslib.onnx.export``."""
+    ONNX_TRANSLATIONS[getattr(op, "default", op)] = translation
+
+
 Op = torch._ops.OpOverloadPacket
 
 _LIBRARIES: dict[str, torch.library.Library] = {}

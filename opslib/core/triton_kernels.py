@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from opslib.core import triton_launchers as codes
+from opslib.core import unary_codes as codes
 
 # Jitted code may read only constexpr globals: the op codes of triton_launchers.py, wrapped.
 SQUARE = tl.constexpr(codes.SQUARE)

@@ -71,7 +71,12 @@ from opslib.core.checks import (
     label,
 )
 from opslib.core.precision import HALF_DTYPES, accumulation_dtype
-from opslib.core.registration import define_mutating_op, define_op, register_vmap
+from opslib.core.registration import (
+    define_mutating_op,
+    define_op,
+    register_onnx_translation,
+    register_vmap,
+)
 from opslib.core.sharding import other_dims, register_sharding_rule, replicate
 
 OP = "batch_norm"
@@ -453,3 +458,7 @@ def batch_norm_update_onnx(running_mean, running_var, mean, var, momentum: float
     """No ONNX translation: an inference graph does not update running statistics. A model
     exported in training mode reaches this, and gets the error batch_norm_onnx gives."""
     batch_norm_onnx(None, running_mean, running_var, training=True)
+
+
+register_onnx_translation(_batch_norm, batch_norm_onnx)
+register_onnx_translation(_batch_norm_update, batch_norm_update_onnx)

@@ -70,6 +70,7 @@ from opslib.core.precision import accumulation_dtype
 from opslib.core.registration import (
     define_op,
     register_autocast_to_autocast_dtype,
+    register_onnx_translation,
     register_vmap,
 )
 from opslib.core.sharding import register_sharding_rule, replicate
@@ -357,6 +358,7 @@ def _make_conv(dims: int):
         )
         return opset.Squeeze(y, axes) if unbatched else y
 
+    register_onnx_translation(op, onnx)
     return op, public, onnx
 
 

@@ -71,6 +71,7 @@ from opslib.core.registration import (
     define_op,
     only_plain_tensors,
     register_autocast,
+    register_onnx_translation,
     register_vmap,
 )
 from opslib.core.sharding import register_sharding_rule, replicate
@@ -555,3 +556,6 @@ def onnx_loss(input, target, weight, ignore_index: int, reduction: str, label_sm
         return loss
     total = opset.ReduceSum(loss, keepdims=0)
     return total if reduction == "sum" else opset.Div(total, opset.ReduceSum(w_t, keepdims=0))
+
+
+register_onnx_translation(_cross_entropy, cross_entropy_onnx)

@@ -23,6 +23,7 @@ from opslib.core.registration import (
     define_op,
     register_autocast,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
@@ -88,3 +89,6 @@ def cube_onnx(x):
     from opslib.onnx import opset
 
     return opset.Mul(opset.Mul(x, x), x)
+
+
+register_onnx_translation(_cube, cube_onnx)

@@ -58,6 +58,7 @@ from opslib.core.registration import (
     only_plain_tensors,
     register_autocast,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_vmap,
 )
 from opslib.core.sharding import register_sharding_rule, row_normalization_rules
@@ -284,3 +285,6 @@ def layer_norm_onnx(x, normalized_shape: list[int], weight=None, bias=None, eps:
         bias = opset.Constant(value=ir.tensor(np.zeros(normalized_shape, dtype=dtype)))
     y, _mean, _inv_std = opset.LayerNormalization(x, weight, bias, axis=-k, epsilon=eps)
     return y
+
+
+register_onnx_translation(_layer_norm, layer_norm_onnx)

@@ -69,6 +69,7 @@ from opslib.core.registration import (
     define_op,
     only_plain_tensors,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_vmap,
 )
 from opslib.core.sharding import broadcast_placement, register_sharding_rule
@@ -315,3 +316,6 @@ def learned_silu_onnx(x, slope):
     from opslib.onnx import opset
 
     return opset.Mul(opset.Mul(x, opset.Sigmoid(x)), slope)
+
+
+register_onnx_translation(_learned_silu, learned_silu_onnx)

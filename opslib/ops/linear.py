@@ -53,6 +53,7 @@ from opslib.core.registration import (
     define_op,
     register_autocast_to_autocast_dtype,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_vmap,
 )
 from opslib.core.sharding import broadcast_placement, register_sharding_rule, replicate
@@ -236,3 +237,6 @@ def linear_onnx(x, weight, bias=None):
 
     y = opset.MatMul(x, opset.Transpose(weight, perm=[1, 0]))
     return y if bias is None else opset.Add(y, bias)
+
+
+register_onnx_translation(_linear, linear_onnx)

@@ -65,7 +65,12 @@ from opslib.core.checks import (
     label,
 )
 from opslib.core.precision import accumulation_dtype
-from opslib.core.registration import define_op, only_plain_tensors, register_vmap
+from opslib.core.registration import (
+    define_op,
+    only_plain_tensors,
+    register_onnx_translation,
+    register_vmap,
+)
 from opslib.core.sharding import register_sharding_rule, replicate
 from opslib.ops.cross_entropy import _backward_formula as _ce_backward_formula
 from opslib.ops.cross_entropy import (
@@ -465,3 +470,6 @@ def native_linear_cross_entropy(x, weight, target, bias=None, ignore_index=-100,
         F.linear(x, weight, bias).reshape(-1, weight.shape[0]), target.reshape(-1),
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
     ).reshape(target.shape if reduction == "none" else ())  # fmt: skip
+
+
+register_onnx_translation(_linear_cross_entropy, linear_cross_entropy_onnx)

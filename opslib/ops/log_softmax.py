@@ -32,6 +32,7 @@ from opslib.core.registration import (
     define_op,
     register_autocast,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_vmap_along_dim,
 )
 from opslib.core.sharding import elementwise_rules, other_dims, register_sharding_rule
@@ -100,3 +101,6 @@ def log_softmax_onnx(x, dim: int):
     from opslib.onnx import opset
 
     return opset.LogSoftmax(x, axis=dim)
+
+
+register_onnx_translation(_log_softmax, log_softmax_onnx)

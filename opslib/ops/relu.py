@@ -31,6 +31,7 @@ from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
@@ -86,3 +87,6 @@ def relu_onnx(x):
     from opslib.onnx import opset
 
     return opset.Relu(x)
+
+
+register_onnx_translation(_relu, relu_onnx)

@@ -53,6 +53,7 @@ from opslib.core.registration import (
     define_op,
     only_plain_tensors,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_vmap,
 )
 from opslib.core.sharding import register_sharding_rule, row_normalization_rules
@@ -228,3 +229,6 @@ def rms_norm_onnx(x, normalized_shape: list[int], weight=None, eps: float | None
     mean_square = opset.ReduceMean(opset.Mul(x, x), axes, keepdims=1)
     y = opset.Div(x, opset.Sqrt(opset.Add(mean_square, constant(eps_value, x))))
     return opset.Mul(y, weight) if weight is not None else y
+
+
+register_onnx_translation(_rms_norm, rms_norm_onnx)

@@ -94,6 +94,7 @@ from opslib.core.precision import HALF_DTYPES, accumulation_dtype
 from opslib.core.registration import (
     define_op,
     register_autocast_to_autocast_dtype,
+    register_onnx_translation,
     register_vmap,
 )
 from opslib.core.sharding import broadcast_placement, register_sharding_rule, replicate
@@ -892,3 +893,6 @@ def scaled_dot_product_attention_onnx(q, k, v, attn_mask=None, dropout_p: float 
     if q.dtype == ir.DataType.FLOAT:  # the op's lse: float64 (see _lse_dtype)
         lse = opset.Cast(lse, to=ir.DataType.DOUBLE)
     return out, lse
+
+
+register_onnx_translation(_attention, scaled_dot_product_attention_onnx)

@@ -29,6 +29,7 @@ from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
@@ -84,3 +85,6 @@ def sigmoid_onnx(x):
     from opslib.onnx import opset
 
     return opset.Sigmoid(x)
+
+
+register_onnx_translation(_sigmoid, sigmoid_onnx)

@@ -34,6 +34,7 @@ from opslib.core.registration import (
     define_op,
     register_autocast,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_vmap_along_dim,
 )
 from opslib.core.sharding import elementwise_rules, other_dims, register_sharding_rule
@@ -110,3 +111,6 @@ def softmax_onnx(x, dim: int):
     from opslib.onnx import opset
 
     return opset.Softmax(x, axis=dim)
+
+
+register_onnx_translation(_softmax, softmax_onnx)

@@ -22,6 +22,7 @@ from opslib.core.registration import (
     define_op,
     register_autocast,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
@@ -79,3 +80,6 @@ def square_onnx(x):
     from opslib.onnx import opset
 
     return opset.Mul(x, x)
+
+
+register_onnx_translation(_square, square_onnx)

@@ -26,6 +26,7 @@ from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
     register_inductor_decomposition,
+    register_onnx_translation,
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
@@ -81,3 +82,6 @@ def tanh_onnx(x):
     from opslib.onnx import opset
 
     return opset.Tanh(x)
+
+
+register_onnx_translation(_tanh, tanh_onnx)
