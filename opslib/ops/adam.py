@@ -272,28 +272,14 @@ def _as_tensor(value: float | Tensor) -> Tensor:
 register_per_parameter_sharding(_adam_step)
 
 
-def check_adam_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float | Tensor = 0.9,
-    beta2: float | Tensor = 0.999,
-    weight_decay: float | Tensor = 0.0,
-    eps: float | Tensor = 1e-8,
-    amsgrad: bool = False,
-    **_flags: bool,
-) -> None:
-    """Raises the error ``adam_step_`` would raise for these arguments, changing nothing: an
-    optimizer checks every param group with it before it updates any (``opslib.optim``)."""
-    _check_adam_step(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-        [_as_tensor(h) for h in (lr, beta1, beta2, weight_decay, eps)], amsgrad,
-    )  # fmt: skip
+def check_adam_step(*lists: list[Tensor], amsgrad: bool = False, **options: object) -> None:
+    """Raises the error ``adam_step_`` would raise for the same arguments (its six lists, then
+    its keywords), changing nothing: an optimizer checks every param group with it before it
+    updates any (``opslib.optim``)."""
+    defaults = {"beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "eps": 1e-8}
+    values = {**defaults, **options}
+    hyperparameters = [_as_tensor(values[name]) for name in HYPERPARAMETERS]
+    _check_adam_step(*lists, hyperparameters, amsgrad)
 
 
 def adam_step_(
