@@ -1,4 +1,4 @@
-"""The CUDA path: launch the Triton kernels of ``_triton_kernels.py`` from the op kernels.
+"""The CUDA path: launch the Triton kernels of ``triton_kernels.py`` from the op kernels.
 
 Triton is imported lazily, on the first CUDA call: opslib imports and works on machines without
 Triton or CUDA, where these functions answer None and the op computes with torch ops.

@@ -294,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> learned_silu_backward_cpu(const at::Tensor& g
 
 }  // namespace opslib
 
-TORCH_LIBRARY(opslib_cpu, m) {
+TORCH_LIBRARY_FRAGMENT(opslib_cpu, m) {
   m.def("learned_silu_forward(Tensor x, Tensor slope) -> Tensor");
   m.def("learned_silu_backward(Tensor grad_y, Tensor x, Tensor slope) -> (Tensor, Tensor)");
 }

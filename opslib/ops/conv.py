@@ -46,6 +46,11 @@ not always on the same call: 150 of 20,000 random small float16 convolutions and
 bfloat16 ones, `python3 tests/search_conv_crashes.py`; tests/test_conv.py keeps six). Its
 float32 kernels ran 160,000 such calls without one. The float32 result rounded once is at
 least as accurate as native's; in bfloat16 it is slower than native's fast kernel (README).
+
+Kernels: ATen's ``convolution`` forward and ``convolution_backward`` for both gradients (the
+kernels native uses: oneDNN on CPU, cuDNN on CUDA), float16/bfloat16 on CPU computed in
+float32 and rounded (see above). No C++ kernel of opslib's own, no fast path, no Triton
+kernel.
 """
 
 from __future__ import annotations

@@ -11,6 +11,13 @@ Saved for backward: x, as native ``torch.pow(x, 3)`` saves it.
 
 Double backward: the backward is differentiable torch code on g and x:
 d(dL/dx)/dx = 6x·g and d(dL/dx)/dg = 3x².
+
+Kernels: a plain CPU call without autograd is computed in C++ by the fast path
+(``opslib/csrc/cpu_fast_path.cpp``: the same ATen call as the Python kernel, without the trip
+into Python); a CUDA call in float32, float16 or bfloat16 runs a Triton kernel forward and
+backward (``opslib/core/triton_kernels.py``, launched by ``opslib/core/triton_launchers.py``);
+every other call (float64 on CUDA, autograd on CPU, compile and export tracing) runs the torch
+ops of this file's kernel and backward.
 """
 
 from __future__ import annotations

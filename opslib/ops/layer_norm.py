@@ -29,13 +29,14 @@ Double backward: the backward is the torch-op formula ``_backward_formula``, whi
 differentiates again under ``create_graph=True``; only a plain first-order CPU backward runs
 the C++ kernel.
 
-Kernels: plain CPU calls on contiguous rows run the C++ kernels of
-``opslib/csrc/layer_norm.cpp`` (one sweep per row forward and backward, as native's own fused
-CPU kernels); anything else (CUDA, other layouts, compile and export tracing) runs
-``_forward_formula`` and ``_backward_formula``, the same math in torch ops (moments in float64,
-as the C++ kernels accumulate them). Under torch.compile inductor computes the forward from
-native's decomposition. There is no Triton kernel yet: on CUDA this op
-runs torch ops.
+Kernels: plain CPU calls without autograd enter C++ at once through the fast path
+(``opslib/csrc/cpu_fast_path.cpp``), which runs the forward below; plain CPU calls on
+contiguous rows run the C++ kernels of ``opslib/csrc/layer_norm.cpp`` (one sweep per row
+forward and backward, as native's own fused CPU kernels); anything else (CUDA, other layouts,
+compile and export tracing) runs ``_forward_formula`` and ``_backward_formula``, the same math
+in torch ops (moments in float64, as the C++ kernels accumulate them). Under torch.compile
+inductor computes the forward from native's decomposition. There is no Triton kernel yet: on
+CUDA this op runs torch ops.
 """
 
 from __future__ import annotations

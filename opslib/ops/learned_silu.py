@@ -47,6 +47,8 @@ Kernels
          summed in double: more accurate than native's float sum. Other slope forms, and
          machines where the C++ kernels are not built, use the torch-op formulas below.
     CUDA: one Triton kernel each (``opslib/core/triton_kernels.py``).
+    Plain CPU calls without autograd enter the forward's C++ kernel at once through the fast
+    path (``opslib/csrc/cpu_fast_path.cpp``), without the trip into Python.
     torch.compile with inductor: the forward and backward formulas, fused by inductor.
 """
 

@@ -34,6 +34,11 @@ The backward's matmuls and sums are ATen ops, which DTensor shards by its own ru
 
 Double backward: all three gradients are matmuls, reshapes and sums of g, x and W, which
 autograd differentiates again (for example d(dL/dx)/dW contracts the incoming gradient with g).
+
+Kernels: a plain CPU call without autograd, in its common forms, is computed in C++ by the
+fast path (``opslib/csrc/cpu_fast_path.cpp``: the same ATen matmul as the Python kernel, without
+the trip into Python); every other call runs the torch ops of this file (ATen's matmul and
+addmm). No Triton kernel: a matmul is cuBLAS's job on CUDA.
 """
 
 from __future__ import annotations

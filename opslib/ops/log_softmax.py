@@ -20,6 +20,12 @@ Saved for backward: the output y, as native ``torch.log_softmax`` saves it.
 
 Double backward: dL/dx is linear in g, and e^y is differentiable through y (this op's output);
 ``_log_softmax_backward_data`` has its derivatives registered in ATen.
+
+Kernels: a plain CPU call without autograd is computed in C++ by the fast path
+(``opslib/csrc/cpu_fast_path.cpp``: native's kernel, as the Python kernel calls it, without the
+trip into Python); a CUDA call in float32, float16 or bfloat16 runs one Triton kernel per row
+forward and backward (``opslib/core/triton_kernels.py``, launched by
+``opslib/core/triton_launchers.py``); every other call runs the torch ops of this file.
 """
 
 from __future__ import annotations

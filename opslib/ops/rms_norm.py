@@ -26,7 +26,9 @@ Double backward: the backward is the torch-op formula ``_backward_formula`` (sum
 rsqrt), which autograd differentiates again under ``create_graph=True``; only a plain
 first-order CPU backward runs the C++ kernel.
 
-Kernels: plain CPU calls on contiguous rows run the C++ kernels of ``opslib/csrc/rms_norm.cpp``
+Kernels: plain CPU calls without autograd enter C++ at once through the fast path
+(``opslib/csrc/cpu_fast_path.cpp``), which runs the forward below; plain CPU calls on contiguous
+rows run the C++ kernels of ``opslib/csrc/rms_norm.cpp``
 (one pass per row forward and backward; native eager makes about five passes forward and ten
 backward); anything else (CUDA, other layouts, compile and export tracing) runs
 ``_forward_formula`` and ``_backward_formula``, the same math in torch ops (mean(x²) in float64,
