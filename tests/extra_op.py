@@ -23,8 +23,8 @@ import math
 import torch
 from torch import Tensor
 
-from opslib.core.checks import check_floating_input
-from opslib.core.registration import (
+from opslib.authoring import (
+    check_floating_input,
     define_op,
     register_inductor_decomposition,
     register_pointwise_vmap,

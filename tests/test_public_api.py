@@ -148,3 +148,26 @@ def test_readme_op_table_is_generated_from_the_op_table():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert markdown_table() in readme, "regenerate with: python3 -m opslib.op_table"
+
+
+def test_the_authoring_api_is_one_documented_all_that_the_example_op_uses():
+    """opslib.authoring: every name in its __all__ exists and is documented (the dtypes tuple
+    aside), nothing public of it is left out of __all__, and the README's example op
+    (tests/extra_op.py) imports from it, not from opslib.core; the package ships py.typed."""
+    import ast
+    from pathlib import Path
+
+    import opslib.authoring as authoring
+
+    for name in authoring.__all__:
+        value = getattr(authoring, name)
+        assert name == "HALF_DTYPES" or (value.__doc__ or "").strip(), name
+    public = {n for n in vars(authoring) if not n.startswith("_") and n != "annotations"}
+    assert public == set(authoring.__all__)
+    root = Path(__file__).resolve().parents[1]
+    tree = ast.parse((root / "tests" / "extra_op.py").read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "opslib.authoring" in modules and not any(
+        m and m.startswith("opslib.core") for m in modules
+    )
+    assert (root / "opslib" / "py.typed").exists()
