@@ -12,12 +12,9 @@ Saved for backward: x, as native ``torch.pow(x, 3)`` saves it.
 Double backward: the backward is differentiable torch code on g and x:
 d(dL/dx)/dx = 6x·g and d(dL/dx)/dg = 3x².
 
-Kernels: a plain CPU call without autograd is computed in C++ by the fast path
-(``opslib/csrc/cpu_fast_path.cpp``: the same ATen call as the Python kernel, without the trip
-into Python); a CUDA call in float32, float16 or bfloat16 runs a Triton kernel forward and
-backward (``opslib/core/triton_kernels.py``, launched by ``opslib/core/triton_launchers.py``);
-every other call (float64 on CUDA, autograd on CPU, compile and export tracing) runs the torch
-ops of this file's kernel and backward.
+Kernels (cube, code CUBE of the shared unary kernels): plain CPU calls without autograd,
+``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
+(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations

@@ -12,12 +12,9 @@ the output itself, so backward costs one multiply and no second exp.
 Double backward: y is the op's own output, so autograd reaches x through it (dy/dx = y again):
 d(dL/dx)/dx = g · y and d(dL/dx)/dg = y.
 
-Kernels: a plain CPU call without autograd is computed in C++ by the fast path
-(``opslib/csrc/cpu_fast_path.cpp``: the same ATen call as the Python kernel, without the trip
-into Python); a CUDA call in float32, float16 or bfloat16 runs a Triton kernel forward and
-backward (``opslib/core/triton_kernels.py``, launched by ``opslib/core/triton_launchers.py``);
-every other call (float64 on CUDA, autograd on CPU, compile and export tracing) runs the torch
-ops of this file's kernel and backward.
+Kernels (exp, code EXP of the shared unary kernels): plain CPU calls without autograd,
+``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
+(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations

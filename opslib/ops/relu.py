@@ -21,12 +21,9 @@ Double backward: dL/dx is linear in g (d/dg = the same mask); the mask itself is
 constant in x, so the second derivative with respect to x is 0 wherever it exists
 (threshold_backward has exactly these derivatives registered).
 
-Kernels: a plain CPU call without autograd is computed in C++ by the fast path
-(``opslib/csrc/cpu_fast_path.cpp``: the same ATen call as the Python kernel, without the trip
-into Python); a CUDA call in float32, float16 or bfloat16 runs a Triton kernel forward and
-backward (``opslib/core/triton_kernels.py``, launched by ``opslib/core/triton_launchers.py``);
-every other call (float64 on CUDA, autograd on CPU, compile and export tracing) runs the torch
-ops of this file's kernel and backward.
+Kernels (relu, code RELU of the shared unary kernels): plain CPU calls without autograd,
+``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
+(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations

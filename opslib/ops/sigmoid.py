@@ -19,12 +19,9 @@ Double backward: sigmoid_backward is differentiable (its derivatives are registe
 the op's output, so autograd reaches x through dy/dx = y(1 - y):
 d(dL/dx)/dx = g · (1 - 2y) · y(1 - y) and d(dL/dx)/dg = y(1 - y).
 
-Kernels: a plain CPU call without autograd is computed in C++ by the fast path
-(``opslib/csrc/cpu_fast_path.cpp``: the same ATen call as the Python kernel, without the trip
-into Python); a CUDA call in float32, float16 or bfloat16 runs a Triton kernel forward and
-backward (``opslib/core/triton_kernels.py``, launched by ``opslib/core/triton_launchers.py``);
-every other call (float64 on CUDA, autograd on CPU, compile and export tracing) runs the torch
-ops of this file's kernel and backward.
+Kernels (sigmoid, code SIGMOID of the shared unary kernels): plain CPU calls without autograd,
+``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
+(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations
