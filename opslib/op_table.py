@@ -576,14 +576,14 @@ def _exact_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     the plain mean), the gradient the plain mean's (1/n each): the difference is added as a
     constant."""
     plain = x.mean(dims, keepdim=True)
-    rows = x.detach().double().flatten(x.dim() - len(dims)) if dims else x.detach().double()
-    n = rows.shape[-1] if rows.dim() else 1
+    rows = x.detach().double().flatten(x.dim() - len(dims))
+    n = rows.shape[-1]
     if plain.numel() == 0 or n == 0:
         return plain  # no rows, or empty ones (mean nan): nothing to correct
-    flat_plain = plain.detach().reshape(-1).tolist()
+    means = plain.detach().flatten().tolist()
     exact = [
-        math.fsum(row) / n if n and all(map(math.isfinite, row)) else mean  # inf, nan: as is
-        for row, mean in zip(rows.reshape(-1, n).tolist(), flat_plain, strict=True)
+        math.fsum(row) / n if all(map(math.isfinite, row)) else mean  # inf, nan: as they are
+        for row, mean in zip(rows.reshape(-1, n).tolist(), means, strict=True)
     ]
     exact = torch.tensor(exact, dtype=x.dtype, device=x.device).reshape(plain.shape)
     return plain + (exact - plain).detach()

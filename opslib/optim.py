@@ -115,12 +115,12 @@ class _FusedAdamStep:
                 # several calls (param groups, device meshes) needs them all checked first
                 for part, options in calls if len(calls) > 1 else ():
                     check_adam_step(*part, **options)
+                for part, options in calls:  # (a refusal here is the first call's: no change)
+                    adam_step_(*part, **options)
             except Exception:
                 for p in [p for p in self.state if p not in had_state]:
                     del self.state[p]  # the state this refused step created
                 raise
-            for part, options in calls:
-                adam_step_(*part, **options)
         return loss
 
     def _group_calls(self, group: dict) -> list[tuple[tuple[list[Tensor], ...], dict]]:

@@ -129,7 +129,7 @@ def test_batch_norm_running_variance_of_a_nearly_constant_channel_is_natives(var
     """Training on channels whose batch variance is far below eps: the running variance is the
     batch's unbiased variance as native computes it (float32 within 1e-7 relative; an exactly
     constant channel, float32 or float16, gives exactly 0). Derived from invstd⁻² - eps, it
-    cancelled: 0.7% off at 1e-10, and 1e-4 for a constant float16 channel."""
+    cancelled: 0.4% off at 1.4e-10 (measured before the fix)."""
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.float16):
         x = torch.full((8, 2, 3), 0.5, dtype=dtype)

@@ -246,6 +246,19 @@ def test_a_step_refused_in_any_group_changes_no_group(cls, kind):
         _assert_unchanged(model, opt, snapshot)
 
 
+def test_a_refused_first_step_of_one_group_keeps_no_state():
+    """One param group, one op call (no pre-check): the op refuses a sparse gradient before it
+    changes anything, and the state the step created for it is dropped as well."""
+    model = small_model()
+    opt = Adam(model.parameters(), lr=0.1)
+    model(torch.randn(5, 20)).square().mean().backward()
+    model[2].bias.grad = model[2].bias.grad.to_sparse()
+    snapshot = _snapshot(model, opt)
+    with pytest.raises(ValueError, match=r"customgrad\.adam_step_: grads\[3\] is torch\.sparse"):
+        opt.step()
+    _assert_unchanged(model, opt, snapshot)
+
+
 @pytest.mark.parametrize("cls", [Adam, AdamW], ids=lambda c: c.__name__)
 def test_compiled_step_with_a_scheduler_has_no_graph_break_and_no_recompile(cls):
     """A compiled ``optimizer.step()`` (fullgraph) with a tensor learning rate that a scheduler

@@ -1,6 +1,7 @@
 """The ops. Importing this package registers every ``customgrad::*`` op with torch.library.
 
-The unary ops (square, cube, exp, relu, sigmoid, tanh) share their kernels' paths: a plain CPU
+The unary ops (those that launch the shared unary Triton kernels with a code of
+``opslib/core/unary_codes.py``) share their kernels' paths: a plain CPU
 call without autograd is computed in C++ by the fast path (``opslib/csrc/cpu_fast_path.cpp``:
 the same ATen call as the op's Python kernel, without the trip into Python); a CUDA call in
 float32, float16 or bfloat16 runs one Triton kernel forward and one backward

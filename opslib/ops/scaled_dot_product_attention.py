@@ -512,8 +512,30 @@ def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
     return out.to(q.dtype), lse
 
 
+def _one_rank(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> tuple[Tensor, ...]:
+    """q, k and v viewed with leading 1s up to the highest of their ranks, where they differ
+    and each has at least 2 dims (3 with enable_gqa: its head dim; the checks refuse fewer).
+    Their leading dims broadcast either way (as native's); the block formulas pair the rows of
+    the probabilities, made from q and k, with those of dO Vᵀ, which needs one rank."""
+    ranks = [t.dim() for t in (q, k, v)]
+    if len(set(ranks)) == 1 or min(ranks) < (3 if enable_gqa else 2):
+        return q, k, v
+    return tuple(t[(None,) * (max(ranks) - t.dim())] for t in (q, k, v))
+
+
 def _backward_formula(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale,
                       enable_gqa, mask_grad):  # fmt: skip
+    """``_backward_of_one_rank`` for q, k, v of any ranks (native takes them so, and the vmap
+    rule makes them so): viewed with one rank (``_one_rank``), their gradients reshaped back."""
+    aligned = _one_rank(q, k, v, enable_gqa)
+    grads = _backward_of_one_rank(grad_out, grad_lse, *aligned, out, lse, attn_mask, is_causal,
+                                  scale, enable_gqa, mask_grad)  # fmt: skip
+    dq, dk, dv = (g.reshape(t.shape) for g, t in zip(grads[:3], (q, k, v), strict=True))
+    return dq, dk, dv, grads[3]
+
+
+def _backward_of_one_rank(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_causal, scale,
+                          enable_gqa, mask_grad):  # fmt: skip
     """(dq, dk, dv, dmask) as derived above, a block of query rows at a time, in torch ops
     (differentiable: the double backward takes its vjp). dmask is an empty tensor unless
     ``mask_grad``.
@@ -809,28 +831,8 @@ def scaled_dot_product_attention(
     """``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
     enable_gqa)`` (dropout_p must be 0), with a block-recomputing backward derived in
     ``opslib/ops/scaled_dot_product_attention.py``.
-
-    q, k and v of different ranks broadcast as native's: they get leading 1s (views) up to the
-    highest of their ranks, so the op sees one rank and autograd sums their gradients back.
-    Only where each has at least 2 dims (3 with enable_gqa: its head dim), as native. The
-    mask does not raise the rank: it must broadcast to the scores, as native adds it in place.
     """
-    if not torch.jit.is_scripting():
-        q, k, v = _with_one_rank(q, k, v, enable_gqa)
     return _attention(q, k, v, attn_mask, float(dropout_p), is_causal, scale, enable_gqa)[0]
-
-
-@torch.jit.unused  # TorchScript compiles the public function without this (ranks as given)
-def _with_one_rank(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> tuple:
-    """q, k, v with leading 1s (views) up to the highest of their ranks, where they differ and
-    each has at least 2 dims (3 with enable_gqa)."""
-    if not all(isinstance(t, Tensor) for t in (q, k, v)):
-        return q, k, v  # the op says what is wrong with them
-    ranks = [t.dim() for t in (q, k, v)]
-    if len(set(ranks)) == 1 or min(ranks) < (3 if enable_gqa else 2):
-        return q, k, v
-    rank = max(ranks)
-    return tuple(t[(None,) * (rank - t.dim())] for t in (q, k, v))
 
 
 def scaled_dot_product_attention_onnx(q, k, v, attn_mask=None, dropout_p: float = 0.0,
