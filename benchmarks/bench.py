@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_table import BENCH, bench_native
 from torch.utils.benchmark import Timer
 
 import opslib
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, OpInfo, leaves, requiring_grad
+from opslib.testing.opinfo import OpInfo, leaves, requiring_grad
+from opslib.testing.opinfos import OP_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -193,8 +195,8 @@ def roofline(device: torch.device, quick: bool, samples: int) -> dict[str, float
 
 def work(info: OpInfo, size: int, phase: str, dtype: torch.dtype) -> tuple[float, str]:
     """Minimum bytes moved (pointwise) or flops done (linear) by one call of the phase."""
-    if info.roofline == "matmul":
-        return MATMULS[phase] * info.bench_forward_flops(size), "GFLOP/s"
+    if BENCH[info.name].roofline == "matmul":
+        return MATMULS[phase] * BENCH[info.name].forward_flops(size), "GFLOP/s"
     return TRAFFIC[phase] * size * dtype.itemsize, "GB/s"
 
 
@@ -204,13 +206,13 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
     # compiled reference (only ops marked bench_against_compiled in the op table).
     modes = ["eager"] if args.no_compile else ["eager", "compiled", "vs-compiled"]
     for info in benched_ops(args):
-        sizes = info.bench_sizes[:1] if args.quick else info.bench_sizes
+        sizes = BENCH[info.name].sizes[:1] if args.quick else BENCH[info.name].sizes
         if args.sizes:
             sizes = args.sizes
         for mode in modes:
-            if mode == "vs-compiled" and not info.bench_against_compiled:
+            if mode == "vs-compiled" and not BENCH[info.name].against_compiled:
                 continue
-            ours_fn, native_fn = info.func, info.bench_native
+            ours_fn, native_fn = info.func, bench_native(info)
             if mode != "eager":
                 torch._dynamo.reset()
                 native_fn = torch.compile(native_fn, backend=args.backend, dynamic=False)
@@ -272,8 +274,8 @@ def benched_ops(args) -> list[OpInfo]:
 def _cases(info: OpInfo, sizes) -> list[tuple[str, int, Callable]]:
     """(label, size, inputs) for every size: the op's own inputs, then each variant the op
     table declares for it (labelled op[variant]), size by size."""
-    inputs = {info.name: info.bench_inputs}
-    inputs.update({f"{info.name}[{v}]": fn for v, fn in info.bench_variants.items()})
+    inputs = {info.name: BENCH[info.name].inputs}
+    inputs.update({f"{info.name}[{v}]": fn for v, fn in BENCH[info.name].variants.items()})
     return [(label, size, fn) for label, fn in inputs.items() for size in sizes]
 
 
@@ -292,9 +294,11 @@ def saved_bytes(fn: Callable, args: tuple) -> int:
 def bench_memory(args, device, meta) -> list[dict]:
     rows = []
     for info in benched_ops(args):
-        size = info.bench_sizes[1 if args.quick else 2]
-        inputs = leaves(info.bench_inputs(size, device, args.dtype), constant=info.constant_args)
-        ours, native = saved_bytes(info.func, inputs), saved_bytes(info.bench_native, inputs)
+        size = BENCH[info.name].sizes[1 if args.quick else 2]
+        inputs = leaves(
+            BENCH[info.name].inputs(size, device, args.dtype), constant=info.constant_args
+        )
+        ours, native = saved_bytes(info.func, inputs), saved_bytes(bench_native(info), inputs)
         rows.append(
             {
                 **meta,

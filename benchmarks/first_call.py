@@ -19,15 +19,18 @@ import argparse
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 CHILD = """
     import sys, time, torch, opslib
-    from opslib.op_table import OPS_BY_NAME, leaves, requiring_grad
+    from opslib.testing.opinfo import leaves, requiring_grad
+    from opslib.testing.opinfos import OPS_BY_NAME
+    from bench_table import BENCH, bench_native
     info = OPS_BY_NAME[sys.argv[1]]
-    func = info.func if sys.argv[3] == "opslib" else info.bench_native
+    func = info.func if sys.argv[3] == "opslib" else bench_native(info)
     one = torch.ones(1, requires_grad=True)
     torch.autograd.grad(one * 2, one, torch.ones(1))  # torch's own lazy imports, not the op's
-    make = info.bench_variants.get("nn.Parameter slope", info.bench_inputs)
+    make = BENCH[info.name].variants.get("nn.Parameter slope", BENCH[info.name].inputs)
     args = leaves(make(int(sys.argv[2]), "cpu", torch.float32), constant=info.constant_args)
     grad_y = torch.ones_like(func(*args))
     times = []
@@ -44,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--numel", type=int, default=1 << 22)
     args = parser.parse_args(argv)
-    from opslib.op_table import OP_TABLE
+    from bench_table import BENCH
+
+    from opslib.testing.opinfos import OP_TABLE
 
     for info in OP_TABLE:
-        if not info.bench_against_compiled:
+        if not BENCH[info.name].against_compiled:
             continue
         for run in range(args.runs):
             for side in ("opslib", "native"):
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     capture_output=True,
                     text=True,
                     check=True,
+                    cwd=Path(__file__).parent,  # the child imports bench_table from here
                 ).stdout.split()
                 first, second = float(out[0]), float(out[1])
                 print(

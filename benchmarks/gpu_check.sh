@@ -22,7 +22,7 @@ python3 -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_op_cont
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # The ops whose eager path is fused are also timed compiled (the op table marks them).
-fused=$(python3 -c "from opslib.op_table import OP_TABLE; print(' '.join(i.name for i in OP_TABLE if i.bench_against_compiled))")
+fused=$(cd benchmarks && python3 -c "from bench_table import BENCH; print(' '.join(n for n, b in BENCH.items() if b.against_compiled))")
 echo "== GPU benchmarks: every op eager; also compiled: $fused =="
 python3 benchmarks/bench.py --no-compile --samples 11 --results "$results" || status=1
 python3 benchmarks/bench.py --ops $fused --samples 11 --results "$results" || status=1

@@ -21,9 +21,10 @@ import statistics
 import time
 
 import torch
+from bench_table import UPDATE_BENCH
 
 import opslib  # noqa: F401  (registers the ops)
-from opslib.op_table import UPDATE_OP_TABLE
+from opslib.testing.opinfos import UPDATE_OP_TABLE
 
 
 def parameter_sizes(total: int, count: int = 100) -> list[int]:
@@ -69,17 +70,19 @@ def main() -> None:
     bandwidth = update_bandwidth(4 << 20 if args.quick else 32 << 20, device, sync)
     print(f"in-place update bandwidth (x.add_(y): read x, y, write x): {bandwidth:.1f} GB/s")
     for info in UPDATE_OP_TABLE:
-        if info.bench_optimizers is None:
+        if UPDATE_BENCH[info.name].optimizers is None:
             continue
         torch.manual_seed(0)
         values = [torch.randn(n, device=device) for n in sizes]
         grads = [torch.randn(n, device=device) * 1e-2 for n in sizes]
         optimizers = {}
-        for name in info.bench_optimizers([torch.nn.Parameter(torch.empty(1, device=device))]):
+        for name in UPDATE_BENCH[info.name].optimizers(
+            [torch.nn.Parameter(torch.empty(1, device=device))]
+        ):
             params = [torch.nn.Parameter(v.clone()) for v in values]
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
-            optimizers[name] = info.bench_optimizers(params)[name]
+            optimizers[name] = UPDATE_BENCH[info.name].optimizers(params)[name]
         for opt in optimizers.values():
             for _ in range(3):
                 opt.step()
@@ -93,7 +96,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
         medians = {name: statistics.median(t) for name, t in times.items()}
         ours_name = next(iter(medians))
-        moved = info.bench_traffic * sum(sizes) * 4
+        moved = UPDATE_BENCH[info.name].traffic * sum(sizes) * 4
         print(f"\n{info.label}: one step, median of {repeats} (interleaved)")
         print(f"| optimizer | step ms | ratio to {ours_name} | GB/s moved | of x.add_(y)'s |")
         print("|---|---|---|---|---|")

@@ -31,24 +31,28 @@ import sys
 from pathlib import Path
 
 import torch
+from bench_table import BENCH
 
-from opslib.op_table import OP_TABLE, leaves, requiring_grad
+from opslib.testing.opinfo import leaves, requiring_grad
+from opslib.testing.opinfos import OP_TABLE
 
 RESULTS = Path(__file__).parent / "results"
 
 CHILD = """
 import json, sys, time, torch
-from opslib.op_table import OPS_BY_NAME, leaves, requiring_grad
+from opslib.testing.opinfo import leaves, requiring_grad
+from opslib.testing.opinfos import OPS_BY_NAME
+from bench_table import BENCH, bench_native
 name, which, size, device, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], 0
 info = OPS_BY_NAME[name]
-fn = {"opslib": info.func, "native": info.bench_native, **info.bench_baselines}[which]
+fn = {"opslib": info.func, "native": bench_native(info), **BENCH[info.name].baselines}[which]
 torch.manual_seed(seed)
-small = info.bench_inputs(info.bench_sizes[1], device, torch.float32)
+small = BENCH[info.name].inputs(BENCH[info.name].sizes[1], device, torch.float32)
 warm = leaves(small, constant=info.constant_args)
 y = fn(*warm)  # one-time costs (thread pools, BLAS buffers, kernel caches) before measuring
 torch.autograd.grad(y, requiring_grad(warm), torch.ones_like(y))
 del warm, y
-args = leaves(info.bench_inputs(size, device, torch.float32), constant=info.constant_args)
+args = leaves(BENCH[info.name].inputs(size, device, torch.float32), constant=info.constant_args)
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
@@ -80,6 +84,7 @@ def measure(name: str, which: str, size: int, device: str) -> dict:
         text=True,
         env=env,
         timeout=1800,
+        cwd=Path(__file__).parent,  # the child imports bench_table from here
     )
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
@@ -89,7 +94,9 @@ def measure(name: str, which: str, size: int, device: str) -> dict:
 def measure_size(info, size: int, device: str, meta: dict) -> dict:
     """One row: the peak above the inputs and the seconds of one forward + backward, for opslib,
     native and each of the op's baselines, in fresh processes."""
-    inputs = leaves(info.bench_inputs(size, "meta", torch.float32), constant=info.constant_args)
+    inputs = leaves(
+        BENCH[info.name].inputs(size, "meta", torch.float32), constant=info.constant_args
+    )
     input_bytes = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
     grad_bytes = sum(t.numel() * t.element_size() for t in requiring_grad(inputs))
     ours = measure(info.name, "opslib", size, device)
@@ -114,7 +121,7 @@ def measure_size(info, size: int, device: str, meta: dict) -> dict:
         f"(ratio {row['ratio']:.3f}); one fwd+bwd {ours['seconds']:.2f} s, "
         f"native {native['seconds']:.2f} s"
     )
-    for name in info.bench_baselines:
+    for name in BENCH[info.name].baselines:
         other = measure(info.name, name, size, device)
         row[f"{name}_peak_bytes"], row[f"{name}_seconds"] = other["peak_bytes"], other["seconds"]
         row[f"ratio_vs_{name}"] = round(ours["peak_bytes"] / other["peak_bytes"], 4)
@@ -134,7 +141,7 @@ def plot_curve(info, rows: list[dict], folder: Path) -> Path:
     import matplotlib.pyplot as plt
 
     sizes = [row["size"] for row in rows]
-    names = {"opslib": "ours", "native": "native", **{n: n for n in info.bench_baselines}}
+    names = {"opslib": "ours", "native": "native", **{n: n for n in BENCH[info.name].baselines}}
     figure, (memory, seconds) = plt.subplots(1, 2, figsize=(11, 4))
     for label, key in names.items():
         memory.plot(sizes, [row[f"{key}_peak_bytes"] / (1 << 20) for row in rows], "o-",
@@ -143,7 +150,7 @@ def plot_curve(info, rows: list[dict], folder: Path) -> Path:
     for axis, what in ((memory, "peak memory above the inputs (MiB)"), (seconds, "seconds")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
-        axis.set_xlabel(info.bench_size_unit)
+        axis.set_xlabel(BENCH[info.name].size_unit)
         axis.set_ylabel(what)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
@@ -168,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_metadata(torch.device(args.device))
     rows = []
     for info in OP_TABLE:
-        if info.bench_peak_memory_size is None or (args.ops and info.name not in args.ops):
+        if BENCH[info.name].peak_memory_size is None or (args.ops and info.name not in args.ops):
             continue
         sizes = (
-            [args.size] if args.size else info.bench_memory_curve or [info.bench_peak_memory_size]
+            [args.size]
+            if args.size
+            else BENCH[info.name].memory_curve or [BENCH[info.name].peak_memory_size]
         )
         for size in sizes:
             rows.append(measure_size(info, size, args.device, meta))

@@ -22,9 +22,11 @@ import sys
 
 import torch
 from bench import measure_pair
+from bench_table import BENCH, bench_native
 
 import opslib
-from opslib.op_table import OP_TABLE, leaves, requiring_grad
+from opslib.testing.opinfo import leaves, requiring_grad
+from opslib.testing.opinfos import OP_TABLE
 
 TARGET_S = 0.01  # each sample repeats the call for ~10 ms
 SAMPLES = int(os.environ.get("OPSLIB_OVERHEAD_SAMPLES", "21"))  # samples per measurement
@@ -83,9 +85,9 @@ def main() -> int:
     worst = dict.fromkeys(BOUNDS, 0.0)
     for info in OP_TABLE:
         torch.manual_seed(0)
-        args = info.bench_inputs(info.bench_sizes[0], "cpu", torch.float32)
+        args = BENCH[info.name].inputs(BENCH[info.name].sizes[0], "cpu", torch.float32)
         ratios = measure(
-            f"{info.name} ({path})", info.func, info.bench_native, args, info.constant_args
+            f"{info.name} ({path})", info.func, bench_native(info), args, info.constant_args
         )
         for key, ratio in zip(BOUNDS, ratios, strict=True):
             worst[key] = max(worst[key], ratio)

@@ -11,7 +11,9 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from opslib.op_table import OPS_BY_NAME, elements_label
+from bench_table import BENCH, elements_label
+
+from opslib.testing.opinfos import OPS_BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -39,7 +41,7 @@ def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
 
 def size_label(op: str, size: int) -> str:
     info = OPS_BY_NAME.get(op)  # rows of ops no longer in the table: plain element counts
-    return info.bench_size_label(size) if info else elements_label(size)
+    return BENCH[info.name].size_label(size) if info else elements_label(size)
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -79,7 +81,7 @@ def plot(rows: list[dict], out: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(op)
-        ax.set_xlabel(OPS_BY_NAME[op].bench_size_unit if op in OPS_BY_NAME else "elements")
+        ax.set_xlabel(BENCH[OPS_BY_NAME[op].name].size_unit if op in OPS_BY_NAME else "elements")
         ax.set_ylabel("time opslib / native")
     for ax in list(axes.flat)[len(ops) :]:
         ax.axis("off")

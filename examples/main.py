@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import torch
 
 from opslib import Cube, Exp, Square
-from opslib.op_table import OP_TABLE, leaves, requiring_grad
+from opslib.testing.opinfo import leaves, requiring_grad
+from opslib.testing.opinfos import OP_TABLE
 
 
 def scalar_examples() -> None:

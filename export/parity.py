@@ -15,8 +15,9 @@ import torch
 
 from opslib import onnx as opslib_onnx
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, OpInfo
 from opslib.testing.models import SingleOpModel, model_inputs
+from opslib.testing.opinfo import OpInfo
+from opslib.testing.opinfos import OP_TABLE
 
 PARITY_DTYPES = (torch.float64, torch.float32, torch.float16)
 PARITY_BATCHES = (1, 7, 4096)

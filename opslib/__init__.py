@@ -6,7 +6,8 @@
     torch.ops.customgrad.learned_silu(x, slope)       # or opslib.learned_silu(...)
 
 Each op's forward, fake implementation, backward derivation and ONNX translation live together in
-``opslib/ops/<name>.py``; ``opslib.op_table`` lists every op with its reference and samples.
+``opslib/ops/<name>.py``; ``opslib.testing.opinfos`` describes every op (its reference and
+samples) for the test kit, ``opslib.testing``.
 """
 
 from opslib import checkpointing, nn, optim

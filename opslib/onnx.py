@@ -171,7 +171,7 @@ def _check_every_custom_op_has_a_translation(program, translations) -> None:
     if missing:
         raise ONNXExportError(
             f"opslib.onnx.export: no ONNX translation for {', '.join(missing)}. Every customgrad "
-            f"op has one (opslib/ops/<name>.py, listed in opslib/op_table.py); for an op from "
+            f"op has one (registered in opslib/ops/<name>.py); for an op from "
             f"another library pass extra_translations={{op: onnxscript_function}}."
         )
 

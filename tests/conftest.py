@@ -1,8 +1,8 @@
-"""Shared test helpers: devices, sample parametrisation over the op table, comparisons."""
+"""Shared test helpers: devices and sample parametrisation over the op table; the comparisons
+and checks are the kit's (``opslib.testing.support``)."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import zlib
@@ -24,17 +24,20 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import opslib  # noqa: F401  (registers the ops)
-from opslib.op_table import OP_TABLE, OpInfo, Sample, leaves
+from opslib.testing.families import sample_at
+from opslib.testing.opinfo import OpInfo, fresh_leaves, grads_of  # noqa: F401
+from opslib.testing.opinfos import OP_TABLE
+from opslib.testing.support import (  # noqa: F401  (the tests import them from here)
+    ALL_OPCHECK_TESTS,
+    assert_close_named,
+    assert_error_in_chain,
+    bind_constants,
+)
+
+# The third-party example runs from outside the repository (tests/test_testing_kit.py).
+collect_ignore = ["third_party"]
 
 HAS_CUDA = torch.cuda.is_available()
-# Every check torch.library.opcheck has (its default leaves out test_aot_dispatch_static).
-ALL_OPCHECK_TESTS = (
-    "test_schema",
-    "test_autograd_registration",
-    "test_faketensor",
-    "test_aot_dispatch_static",
-    "test_aot_dispatch_dynamic",
-)
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
 
@@ -62,75 +65,7 @@ def op_params(table: list[OpInfo] = OP_TABLE) -> list:
     return [pytest.param(info, id=info.name) for info in table]
 
 
-def get_sample(info: OpInfo, index: int, device, dtype, requires_grad: bool = True) -> Sample:
-    torch.manual_seed(1000 + index)
-    return info.sample_inputs(device, dtype, requires_grad)[index]
-
-
-def fresh_leaves(args: tuple, dtype: torch.dtype | None = None) -> tuple:
-    """Independent copies of a sample's tensors (optionally cast), same requires_grad."""
-    return leaves(args, requires_grad=None, dtype=dtype)
-
-
-def grads_of(args: tuple) -> list:
-    return [a.grad for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-
-
-def assert_close_named(actual, expected, what: str, **tol) -> None:
-    """assert_close whose message starts with which op/sample/quantity failed."""
-    torch.testing.assert_close(
-        actual, expected, equal_nan=True, msg=lambda m: f"{what}: {m}", **tol
-    )
-
-
-def bind_constants(func, args: tuple):
-    """``(f, tensors)``: ``f(*tensors)`` calls ``func(*args)`` with every argument that is not a
-    tensor (floats, ints, None...) written into ``f``'s code as a literal, the way a model's code
-    writes a hyperparameter; ``tensors`` are the tensor arguments in order.
-
-    Literals, not a closure: dynamo treats a float it reads from a closure, a container or a
-    module attribute as a symbolic input (see test_compile_export's float tests); a literal is a
-    constant of the code.
-    """
-    tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
-    places, k = [], 0
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            places.append(f"t[{k}]")
-            k += 1
-        else:
-            places.append(_literal(a))
-    with_constants = eval(f"lambda *t: func({', '.join(places)})", {"func": func})
-    return with_constants, tensors
-
-
-def _literal(value: object) -> str:
-    """Python source for a float, int, bool, None or (nested) list: its repr, but inf and nan,
-    which have no literal, as float('inf') and float('nan')."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"float({str(value)!r})"
-    if isinstance(value, (list, tuple)):
-        items = ", ".join(_literal(v) for v in value)
-        return (
-            f"[{items}]"
-            if isinstance(value, list)
-            else f"({items}{',' if len(value) == 1 else ''})"
-        )
-    return repr(value)
-
-
-def assert_error_in_chain(raised: BaseException, error: type[Exception]) -> None:
-    """Dynamo wraps a fake implementation's error; the op's own error must be in the chain. An
-    error raised by Python code dynamo traces (a public function's argument check) reaches the
-    chain as dynamo's own stand-in for that type (``ObservedTypeError`` for a TypeError)."""
-    from torch._dynamo.exc import get_dynamo_observed_exception
-
-    stand_in = get_dynamo_observed_exception(error)
-    chain, err = [], raised
-    while err is not None:
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    assert any(isinstance(e, (error, stand_in)) for e in chain), [type(e) for e in chain]
+get_sample = sample_at  # sample ``index`` of an op, from a seed of its own (the kit's)
 
 
 class LargestTensor(TorchFunctionMode):

@@ -28,7 +28,8 @@ import opslib.nn
 import opslib.optim
 from opslib.core.sharding import sharding_rules
 from opslib.models import MLPClassifier, TrainingLoss
-from opslib.op_table import OP_TABLE, leaves
+from opslib.testing.opinfo import leaves
+from opslib.testing.opinfos import OP_TABLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 

@@ -59,7 +59,8 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's helpers, run as a script
 from conftest import bind_constants  # noqa: E402
 
-from opslib.op_table import OP_TABLE, OPS_BY_NAME, OpInfo, leaves, requiring_grad  # noqa: E402
+from opslib.testing.opinfo import OpInfo, leaves, requiring_grad  # noqa: E402
+from opslib.testing.opinfos import OP_TABLE, OPS_BY_NAME
 
 ERROR_FACTOR = 2.0  # flash-attention's k: the op's error at most twice native's ...
 ULPS = 4.0  # ... plus a few units of the dtype's epsilon times the largest value

@@ -28,7 +28,8 @@ from conftest import op_params, op_sample_params
 from extra_op import scaled_tanh, scaled_tanh_onnx
 from test_transforms import vmap_cases
 
-from opslib.op_table import OP_TABLE, ErrorInput, OpInfo, Sample, leaves, unary_samples
+from opslib.testing.opinfo import ErrorInput, Sample, leaves
+from opslib.testing.opinfos import OP_TABLE, OpslibOpInfo, unary_samples
 
 
 def _samples(device, dtype, requires_grad: bool) -> list[Sample]:
@@ -68,9 +69,8 @@ def _error_inputs() -> list[ErrorInput]:
     ]
 
 
-SCALED_TANH = OpInfo(
-    name="scaled_tanh",
-    namespace="opslib_test",
+SCALED_TANH = OpslibOpInfo(
+    op=torch.ops.opslib_test.scaled_tanh,
     func=scaled_tanh,
     reference=lambda x, alpha=1.0: alpha * torch.tanh(x),
     reference_text="alpha * torch.tanh(x)",
@@ -78,8 +78,6 @@ SCALED_TANH = OpInfo(
     sample_inputs=_samples,
     batch_inputs=_batch,
     onnx_translation=scaled_tanh_onnx,
-    bench_sizes=(16, 4096),
-    bench_inputs=_bench,
     extreme_inputs=lambda x: (x, 0.5),
     property_inputs=lambda draw, st, tensors: (
         draw(tensors()),
@@ -179,8 +177,10 @@ def test_torchscript_script_and_trace_the_table_with_the_new_op(tmp_path):
 def test_the_benchmarks_time_and_measure_the_new_op():
     """bench.py's phases and saved-bytes measure work on an op with a float argument."""
     import bench
+    from bench_table import BenchInfo
 
-    args = SCALED_TANH.bench_inputs(SCALED_TANH.bench_sizes[0], "cpu", torch.float32)
+    bench_info = BenchInfo(sizes=(16, 4096), inputs=_bench)  # what bench_table.py would hold
+    args = bench_info.inputs(bench_info.sizes[0], "cpu", torch.float32)
     for phase in bench.PHASES:
         bench.phase_callable(SCALED_TANH.func, args, phase)()
     assert bench.saved_bytes(SCALED_TANH.func, leaves(args)) == args[0].numel() * 4  # x alone

@@ -16,7 +16,8 @@ import pytest
 import torch
 from conftest import assert_error_in_chain
 
-from opslib.op_table import OP_TABLE, ErrorInput, OpInfo
+from opslib.testing.opinfo import ErrorInput, OpInfo
+from opslib.testing.opinfos import OP_TABLE
 
 
 def shared_bad_calls(info: OpInfo) -> list[ErrorInput]:
@@ -115,18 +116,18 @@ def fresh_dynamo():
 
 @pytest.mark.parametrize("info,case", catalogue())
 def test_bad_call_raises_clear_error_in_eager(info, case):
-    args = case.args()
-    with pytest.raises(case.error, match=case.message):
+    args = case.make_args()
+    with pytest.raises(case.error_type, match=case.match):
         info.func(*args)
 
 
 @pytest.mark.parametrize("info,case", [p for p in catalogue() if p.values[1].compiles])
 def test_bad_call_raises_clear_error_under_compile(info, case):
-    args = case.args()
+    args = case.make_args()
     compiled = torch.compile(lambda: info.func(*args), backend="aot_eager", fullgraph=True)
-    with pytest.raises(Exception, match=case.message) as raised:
+    with pytest.raises(Exception, match=case.match) as raised:
         compiled()
-    assert_error_in_chain(raised.value, case.error)
+    assert_error_in_chain(raised.value, case.error_type)
 
 
 def test_every_op_has_bad_calls_of_its_own_or_shared_and_they_are_distinct():

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import torch
+from bench_table import BENCH
 
-from opslib.op_table import OP_TABLE
+from opslib.testing.opinfos import OP_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,14 +25,14 @@ def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
     with (tmp_path / "timings.csv").open() as f:
         rows = list(csv.DictReader(f))
     ops = {r["op"] for r in rows}
-    variants = {f"{info.name}[{v}]" for info in OP_TABLE for v in info.bench_variants}
+    variants = {f"{info.name}[{v}]" for info in OP_TABLE for v in BENCH[info.name].variants}
     assert ops == {info.name for info in OP_TABLE} | variants
     assert {r["phase"] for r in rows} == {"forward", "backward", "full"}
     assert {r["mode"] for r in rows} == {"eager", "compiled-aot_eager", "vs-compiled-aot_eager"}
     against = {r["op"] for r in rows if r["mode"] == "vs-compiled-aot_eager"}
-    fused = [info for info in OP_TABLE if info.bench_against_compiled]
+    fused = [info for info in OP_TABLE if BENCH[info.name].against_compiled]
     labels = {info.name for info in fused} | {
-        f"{i.name}[{v}]" for i in fused for v in i.bench_variants
+        f"{i.name}[{v}]" for i in fused for v in BENCH[i.name].variants
     }
     assert against == labels, against
     for r in rows:
@@ -54,7 +55,9 @@ def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
 def test_a_dtype_run_times_that_dtype_and_the_report_keeps_to_float32(tmp_path):
     # Two ops with a bfloat16 kernel whose benchmark calls the tests' own reference (not conv's
     # bench_reference: native's half-precision convolutions can crash, see tests/test_conv.py).
-    ops = [i.name for i in OP_TABLE if torch.bfloat16 in i.dtypes and i.bench_reference is None]
+    ops = [
+        i.name for i in OP_TABLE if torch.bfloat16 in i.dtypes and BENCH[i.name].reference is None
+    ]
     ops = ops[:2]
     dtype_args = ["--dtype", "bfloat16", "--ops", *ops, "--results", str(tmp_path)]
     run = subprocess.run(

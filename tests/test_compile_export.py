@@ -14,7 +14,8 @@ from conftest import assert_close_named, bind_constants, op_params
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, among_tensors, leaves, requiring_grad
+from opslib.testing.opinfo import among_tensors, leaves, requiring_grad
+from opslib.testing.opinfos import OP_TABLE
 
 BATCHES_AFTER_WARMUP = [3, 8, 64, 129]
 

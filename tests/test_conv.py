@@ -234,13 +234,15 @@ class _ConvolutionDtypes(TorchDispatchMode):
 def test_benchmarks_time_natives_own_half_precision_kernels(dims):
     """The tests' reference computes CPU half precision in float32 (native's kernels crash);
     bench.py times what F.conv users get: native's bfloat16 kernel. Fake tensors: no kernel runs."""
-    from opslib.op_table import OPS_BY_NAME
+    from bench_table import BENCH, bench_native
+
+    from opslib.testing.opinfos import OPS_BY_NAME
 
     info = OPS_BY_NAME[f"conv{dims}d"]
     with torch._subclasses.FakeTensorMode():
-        args = info.bench_inputs(8, "cpu", torch.bfloat16)
+        args = BENCH[info.name].inputs(8, "cpu", torch.bfloat16)
         seen = {}
-        for name, fn in (("reference", info.reference), ("bench", info.bench_native)):
+        for name, fn in (("reference", info.reference), ("bench", bench_native(info))):
             with _ConvolutionDtypes() as spy:
                 assert fn(*args).dtype == torch.bfloat16
             seen[name] = spy.dtypes

@@ -19,12 +19,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from bench_table import BENCH
 from conftest import get_sample, op_params, op_sample_params
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import opslib
 from opslib.core.registration import PYTHON_KERNELS
-from opslib.op_table import OP_TABLE, leaves
+from opslib.testing.opinfo import leaves
+from opslib.testing.opinfos import OP_TABLE
 
 FAST_PATH_OFF = os.environ.get("OPSLIB_CPU_KERNELS") == "0"
 needs_fast_path = pytest.mark.skipif(FAST_PATH_OFF, reason="OPSLIB_CPU_KERNELS=0")
@@ -97,7 +99,7 @@ def plain_calls() -> list:
             continue
         for index, sample in enumerate(info.sample_inputs("cpu", torch.float32, False)):
             params.append(pytest.param(info, ("sample", index), id=f"{info.name}-{sample.name}"))
-        for size in info.bench_sizes:
+        for size in BENCH[info.name].sizes:
             if size <= 1 << 22:
                 params.append(pytest.param(info, ("bench", size), id=f"{info.name}-bench{size}"))
     return params
@@ -108,7 +110,7 @@ def _plain_args(info, which):
     torch.manual_seed(0)
     if kind == "sample":
         return info.sample_inputs("cpu", torch.float32, False)[key].args
-    return info.bench_inputs(key, "cpu", torch.float32)
+    return BENCH[info.name].inputs(key, "cpu", torch.float32)
 
 
 @needs_fast_path
@@ -181,7 +183,7 @@ def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 CHECK_OPS_WITHOUT_FAST_PATH = """
     import torch, opslib
-    from opslib.op_table import OP_TABLE
+    from opslib.testing.opinfos import OP_TABLE
     print("fast path:", opslib.cpu_fast_path_enabled())
     for info in OP_TABLE:
         args = info.batch_inputs(5, "cpu", torch.float32)

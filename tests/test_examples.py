@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from opslib.op_table import OP_TABLE
+from opslib.testing.opinfos import OP_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import torch
 from conftest import op_params
 from fuzz import Campaign, failure_lines, run_op, table
 
-from opslib.op_table import OPS_BY_NAME
+from opslib.testing.opinfos import OPS_BY_NAME
 
 
 @pytest.mark.parametrize("info", op_params())

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from conftest import assert_close_named, op_params
 
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, leaves, requiring_grad
+from opslib.testing.opinfo import leaves, requiring_grad
+from opslib.testing.opinfos import OP_TABLE
 
 
 def _rss_mb() -> float:

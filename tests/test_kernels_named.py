@@ -31,7 +31,7 @@ def _kernels_paragraph(module) -> str:
 
 
 def test_the_fast_path_registers_what_the_op_table_says():
-    from opslib.op_table import OP_TABLE
+    from opslib.testing.opinfos import OP_TABLE
 
     declared = {info.name for info in OP_TABLE if info.cpu_fast_path is not None}
     assert FAST_PATH_OPS == declared

@@ -15,7 +15,7 @@ from conftest import ALL_OPCHECK_TESTS, assert_close_named
 
 import opslib
 from opslib.core import cpu_kernels
-from opslib.op_table import OPS_BY_NAME
+from opslib.testing.opinfos import OPS_BY_NAME
 
 INFO = OPS_BY_NAME["learned_silu"]
 BACKWARD = torch.ops.customgrad.learned_silu_backward.default

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from conftest import ALL_OPCHECK_TESTS, LargestTensor, assert_close_named
 
 import opslib
-from opslib.op_table import OPS_BY_NAME
 from opslib.ops.linear_cross_entropy import native_linear_cross_entropy
+from opslib.testing.opinfos import OPS_BY_NAME
 
 LCE = sys.modules["opslib.ops.linear_cross_entropy"]
 

@@ -15,7 +15,7 @@ from conftest import op_params
 
 import opslib
 from opslib import onnx as opslib_onnx
-from opslib.op_table import OP_TABLE, UPDATE_OP_TABLE
+from opslib.testing.opinfos import OP_TABLE, UPDATE_OP_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_OPS = [info.name for info in OP_TABLE[:2]]  # the scripts' smoke tests: a couple of ops

@@ -27,7 +27,7 @@ from fuzz import property_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from opslib.op_table import describe, leaves, requiring_grad
+from opslib.testing.opinfo import describe, leaves, requiring_grad
 
 settings.register_profile(
     "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -12,7 +12,7 @@ from conftest import assert_close_named, op_params
 
 import opslib
 from opslib import Cube, Exp, LearnedSiLU, Linear, ReLU, Sigmoid, Square, Tanh
-from opslib.op_table import leaves
+from opslib.testing.opinfo import leaves
 
 
 def _value_and_grad(fn, x0: float) -> tuple[float, float]:
@@ -144,10 +144,10 @@ def test_nothing_is_saved_without_grad():
 def test_readme_op_table_is_generated_from_the_op_table():
     from pathlib import Path
 
-    from opslib.op_table import markdown_table
+    from opslib.testing.opinfos import markdown_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate with: python3 -m opslib.op_table"
+    assert markdown_table() in readme, "regenerate with: python3 -m opslib.testing.opinfos"
 
 
 def test_the_authoring_api_is_one_documented_all_that_the_example_op_uses():

@@ -21,7 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
 from opslib.core.sharding import sharding_rules
-from opslib.op_table import OP_TABLE, UPDATE_OP_TABLE, requiring_grad
+from opslib.testing.opinfo import requiring_grad
+from opslib.testing.opinfos import OP_TABLE, UPDATE_OP_TABLE
 
 # Shares of a Partial input on each rank (they sum to 1; unequal, so that a rule that should
 # have asked for Replicate is caught).

@@ -21,7 +21,8 @@ from conftest import bind_constants
 
 import opslib
 from opslib.models import MLPClassifier
-from opslib.op_table import OP_TABLE, OpInfo, among_tensors, leaves, requiring_grad
+from opslib.testing.opinfo import OpInfo, among_tensors, leaves, requiring_grad
+from opslib.testing.opinfos import OP_TABLE
 
 # TorchScript warns on every call that it is deprecated; silenced here, and only here.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")

@@ -11,7 +11,8 @@ import torch.autograd.forward_ad as fwAD
 from conftest import assert_close_named, op_params
 
 import opslib
-from opslib.op_table import OP_TABLE, leaves, requiring_grad
+from opslib.testing.opinfo import leaves, requiring_grad
+from opslib.testing.opinfos import OP_TABLE
 
 B = 5
 ROWS = 3  # rows of each op's batch inputs in the vmap tests

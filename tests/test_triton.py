@@ -12,7 +12,8 @@ import torch
 from conftest import ALL_OPCHECK_TESTS, HAS_CUDA, assert_close_named, requires_cuda
 
 from opslib.core import triton_launchers as _triton
-from opslib.op_table import OP_TABLE, leaves
+from opslib.testing.opinfo import leaves
+from opslib.testing.opinfos import OP_TABLE
 
 pytestmark = pytest.mark.skipif(_triton.kernels() is None, reason="Triton is not installed")
 

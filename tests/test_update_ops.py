@@ -15,7 +15,8 @@ import torch
 from conftest import ALL_OPCHECK_TESTS, assert_error_in_chain
 
 import opslib.ops.adam
-from opslib.op_table import UPDATE_OP_TABLE, Sample, UpdateOpInfo
+from opslib.testing.opinfo import Sample
+from opslib.testing.opinfos import UPDATE_OP_TABLE, UpdateOpInfo
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -277,9 +278,9 @@ def error_params() -> list:
 
 @pytest.mark.parametrize("info,case", error_params())
 def test_bad_call_is_refused_and_changes_nothing(info, case):
-    args = case.args()
+    args = case.make_args()
     before = [t.clone() for t in tensors_of(args) if t.layout == torch.strided]
-    with pytest.raises(case.error, match=case.message):
+    with pytest.raises(case.error_type, match=case.match):
         info.op(*args)
     after = [t for t in tensors_of(args) if t.layout == torch.strided]
     assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True)), "half-updated"
@@ -288,8 +289,8 @@ def test_bad_call_is_refused_and_changes_nothing(info, case):
 @pytest.mark.parametrize("info,case", [p for p in error_params() if p.values[1].compiles])
 def test_bad_call_is_refused_under_compile(info, case):
     torch._dynamo.reset()
-    args = case.args()
+    args = case.make_args()
     compiled = torch.compile(lambda: info.op(*args), backend="aot_eager", fullgraph=True)
-    with pytest.raises(Exception, match=case.message) as raised:
+    with pytest.raises(Exception, match=case.match) as raised:
         compiled()
-    assert_error_in_chain(raised.value, case.error)
+    assert_error_in_chain(raised.value, case.error_type)

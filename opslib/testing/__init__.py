@@ -75,7 +75,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from opslib.testing.families import FAMILIES, Case, NotApplicable
-from opslib.testing.opinfo import ErrorInput, OpInfo, Sample, TritonPath, unary_extremes
+from opslib.testing.opinfo import ErrorInput, OpInfo, Sample, unary_extremes
 from opslib.testing.support import ALL_OPCHECK_TESTS, assert_close_named, bind_constants
 
 __all__ = [
@@ -86,7 +86,6 @@ __all__ = [
     "NotApplicable",
     "OpInfo",
     "Sample",
-    "TritonPath",
     "assert_close_named",
     "bind_constants",
     "cases",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -63,30 +62,12 @@ class ErrorInput:
         return self.args() if callable(self.args) else self.args
 
 
-@dataclass(frozen=True)
-class TritonPath:
-    """What an op launches on CUDA, called directly so that the tests can run it anywhere (on
-    CPU tensors under the Triton interpreter)."""
-
-    forward: Callable[..., Tensor]  # (*args) -> y
-    backward: Callable[..., tuple[Tensor, ...]]  # (grad_y, *args) -> gradient of each tensor
-    supports: Callable[..., bool] = lambda *args: True  # calls the kernels take
-
-
 SampleFn = Callable[[torch.device | str, torch.dtype, bool], list[Sample]]
 
 
 def unary_extremes(x: Tensor) -> tuple:
     """``extreme_inputs`` of an op of one tensor: the extremes themselves."""
     return (x,)
-
-
-def _unary_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
-    return (draw(tensors()),)
-
-
-def _never(args: tuple) -> bool:
-    return False
 
 
 def resolve_op(op: Any) -> torch._ops.OpOverload:
@@ -145,29 +126,6 @@ class OpInfo:
     # The op's arguments around a 1-D tensor of extreme values (±inf, nan, ±1e4...), for the
     # comparison with native (``unary_extremes`` for an op of one tensor); None: not run.
     extreme_inputs: Callable[[Tensor], tuple] | None = None
-    # Property tests: the op's arguments, drawn with hypothesis's ``draw`` from its strategies
-    # module ``st`` and a ``tensors(shape=None)`` strategy (random shape, layout and extreme
-    # values). The caller passes both in: the package does not depend on hypothesis.
-    property_inputs: Callable[[Callable, ModuleType, Callable], tuple] = _unary_property_inputs
-    # Property tests: the true value, evaluated in float64 (with autograd for gradients); None:
-    # the reference. For ops whose native algorithm loses digits even in float64 (layer_norm's
-    # x·r - μ·r for rows far from zero), a textbook formula that does not.
-    exact_reference: Callable[..., Tensor] | None = None
-    # Property tests: calls where the op may give ±inf where native's float64 expression gives
-    # nan (the op computes the limit; see learned_silu).
-    inf_allowed_where_native_nan: Callable[[tuple], bool] = _never
-    # Calls native answers that the op refuses on purpose, by the op's error message (regexes),
-    # each for a stated reason: the fuzzer (tests/fuzz.py) counts such a refusal as deliberate,
-    # and any other refusal of a call native answers as a failure.
-    deliberate_refusals: tuple[str, ...] = ()
-    # The CUDA path's Triton kernels, or None if the op has none.
-    triton: TritonPath | None = None
-    # Which valid calls without autograd the C++ CPU fast path (opslib/csrc) computes itself;
-    # None if the op has no C++ kernel. Every other call must reach the Python kernel.
-    cpu_fast_path: Callable[..., bool] | None = None
-    # For the README's op table: how the reference reads, and forward and gradient in a line.
-    reference_text: str = ""
-    formula: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op", resolve_op(self.op))

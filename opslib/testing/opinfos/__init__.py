@@ -1,0 +1,61 @@
+"""opslib's own op table: every customgrad op described for the kit (``opslib.testing``).
+
+Each family of ops has its file here, each op's samples, reference, bad calls and kernels
+beside its entry; ``common.py`` holds what they share. The tests, the fuzzer, the export
+scripts and the examples loop over ``OP_TABLE`` and name no op; the benchmarks read their own
+settings for each op from ``benchmarks/bench_table.py``.
+
+Samples are deliberately awkward (the PyTorch custom-op tutorials' advice): 0-d and empty tensors,
+transposed views, offset and strided slices, expanded (stride-0) views, extra leading dims, every
+bias form, and inputs with and without ``requires_grad``. Arguments that are not tensors (floats,
+ints, bools, lists, None) are passed as they are, in samples and batches alike, with values
+other than their defaults where the op has them.
+
+``python3 -m opslib.testing.opinfos`` prints the README's op table.
+"""
+
+from __future__ import annotations
+
+from opslib.testing.opinfos import (
+    attention,
+    conv,
+    linear,
+    losses,
+    norms,
+    pointwise,
+    softmax,
+)
+from opslib.testing.opinfos.common import OpslibOpInfo, unary_samples
+from opslib.testing.opinfos.optim import UPDATE_OP_TABLE, UpdateOpInfo
+
+# The order of the README's table: pointwise, matmul, along a dim, norms, losses, conv, attention.
+_ORDER = ("square", "cube", "exp", "relu", "sigmoid", "tanh", "linear", "learned_silu", "softmax",
+          "log_softmax", "rms_norm", "layer_norm", "batch_norm", "cross_entropy",
+          "linear_cross_entropy", "conv1d", "conv2d", "scaled_dot_product_attention")  # fmt: skip
+_ALL = [*pointwise.OPINFOS, *linear.OPINFOS, *softmax.OPINFOS, *norms.OPINFOS, *losses.OPINFOS,
+        *conv.OPINFOS, *attention.OPINFOS]  # fmt: skip
+OP_TABLE: list[OpslibOpInfo] = sorted(_ALL, key=lambda info: _ORDER.index(info.name))
+OPS_BY_NAME: dict[str, OpslibOpInfo] = {info.name: info for info in OP_TABLE}
+
+__all__ = [
+    "OPS_BY_NAME",
+    "OP_TABLE",
+    "UPDATE_OP_TABLE",
+    "OpslibOpInfo",
+    "UpdateOpInfo",
+    "markdown_table",
+    "unary_samples",
+]
+
+
+def markdown_table() -> str:
+    """The README's op table, generated from OP_TABLE (a test keeps the README in sync)."""
+    rows = [
+        "| op | schema | forward ; gradient | native reference |",
+        "|---|---|---|---|",
+    ]
+    for info in [*OP_TABLE, *UPDATE_OP_TABLE]:
+        rows.append(
+            f"| `{info.name}` | `{info.op._schema}` | {info.formula} | `{info.reference_text}` |"
+        )
+    return "\n".join(rows)
