@@ -2,12 +2,14 @@
 
 ``tests/extra_op.py`` writes ``opslib_test::scaled_tanh(Tensor x, float alpha)`` exactly as the
 README's "Adding an op" says, with the same ``define_op``; here it gets one ``OpInfo``
-(``SCALED_TANH``), joins a copy of the op table, and the table-driven families of the suite run
-on it, by calling their test functions with it: opcheck, values and gradients against the
-reference, gradcheck and gradgradcheck, low precision, extreme values, random properties,
-compile (float arguments as constants and as inputs), inductor, export, TorchScript, vmap,
-autocast, ONNX parity, the bad-input catalogue, memory, and the dispatch checks of the C++ path
-(which this op has none of: every call must reach its Python kernel).
+(``SCALED_TANH``) and joins a copy of the op table. The kit (``opslib.testing``) runs the
+contract's families on it: opcheck, values and gradients against the reference in every dtype,
+gradcheck and gradgradcheck, extreme values, compile, export, ONNX, bad calls, vmap, autocast,
+TorchScript. The families only opslib's suite has run on it by calling their test functions
+with it: random properties, float arguments as compiled inputs, inductor, gradients of any
+stride, the bad calls every opslib op shares, memory, ONNX parity through the export scripts'
+models, TorchScript scripting in a fresh process, the benchmarks, and the dispatch checks of the
+C++ path (which this op has none of: every call must reach its Python kernel).
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ import test_op_contract as contract
 import test_properties as properties
 import test_public_api as public_api
 import test_torchscript as torchscript
-import test_transforms as transforms
 import torch
 from conftest import op_params, op_sample_params
 from extra_op import scaled_tanh, scaled_tanh_onnx
-from test_transforms import vmap_cases
 
+from opslib.testing import FAMILIES, op_cases
 from opslib.testing.opinfo import ErrorInput, Sample, leaves
 from opslib.testing.opinfos import OP_TABLE, OpslibOpInfo, unary_samples
 
@@ -100,41 +101,37 @@ def _cases(family, params) -> list:
     return [pytest.param(family, p.values, id=f"{family.__name__}[{p.id}]") for p in params]
 
 
+# The contract's families the kit runs (opslib.testing): opcheck, reference (float32, float64,
+# half precision), gradcheck, compile, export, onnx, errors, vmap, autocast, torchscript, extremes.
+KIT_CASES = op_cases(SCALED_TANH)
+
+# What only opslib's own suite checks, by calling its test functions with the new op.
 SAMPLE_FAMILIES = [
-    contract.test_opcheck_passes_every_check,
     contract.test_backward_accepts_gradients_of_any_stride,
-    contract.test_gradcheck_float64,
-    contract.test_gradgradcheck_float64,
     cpu_fast_path.test_no_grad_call_gives_the_python_kernels_result_bit_for_bit,
 ]
 OP_FAMILIES = [
-    contract.test_extreme_values_match_native,
     properties.test_op_agrees_with_native_on_random_inputs,
-    compile_export.test_op_compiles_fullgraph_dynamic_batch_without_recompiles,
     compile_export.test_float_arguments_given_as_inputs_recompile_only_when_their_value_changes,
-    compile_export.test_op_exports_with_dynamic_batch_and_keeps_its_node,
-    transforms.test_vmap_runs_the_op_once_on_the_batch_not_per_sample,
     hardening.test_nothing_is_saved_for_backward_without_grad,
     public_api.test_saves_no_more_for_backward_than_native,
     cpu_fast_path.test_a_dispatch_mode_still_sees_the_op,
     cpu_fast_path.test_forward_mode_tangent_is_refused_without_grad_too,
     cpu_fast_path.test_inference_mode_calls_work,
 ]
-LOW_PRECISION = [
-    pytest.param(SCALED_TANH, dtype, id=str(dtype)) for dtype in (torch.bfloat16, torch.float16)
-]
-FLOAT32_ON_CPU = [pytest.param(*p.values, "cpu", id=p.id) for p in op_sample_params(NEW)]
 COMPILED_BAD_CALLS = [p for p in bad_input.catalogue(NEW) if p.values[1].compiles]
 FAMILY_CASES = [
     *(case for f in SAMPLE_FAMILIES for case in _cases(f, op_sample_params(NEW))),
     *(case for f in OP_FAMILIES for case in _cases(f, op_params(NEW))),
-    *_cases(contract.test_values_and_gradients_match_native_float32, FLOAT32_ON_CPU),
-    *_cases(contract.test_low_precision_error_at_most_twice_native, LOW_PRECISION),
-    *_cases(transforms.test_autocast_cpu_follows_native, LOW_PRECISION),
-    *_cases(transforms.test_vmap_matches_a_python_loop_without_fallback, vmap_cases(NEW)),
+    # the bad calls every opslib op must refuse (shared_bad_calls) and the op's own
     *_cases(bad_input.test_bad_call_raises_clear_error_in_eager, bad_input.catalogue(NEW)),
     *_cases(bad_input.test_bad_call_raises_clear_error_under_compile, COMPILED_BAD_CALLS),
 ]
+
+
+@pytest.mark.parametrize("case", KIT_CASES)
+def test_the_kit_passes_the_new_op(case):
+    case.run()
 
 
 @pytest.mark.parametrize("family,args", FAMILY_CASES)
@@ -144,7 +141,8 @@ def test_table_family_runs_on_the_new_op(family, args):
 
 def test_the_new_op_has_cases_in_every_family():
     families = {case.values[0] for case in FAMILY_CASES}
-    assert len(families) == len(SAMPLE_FAMILIES) + len(OP_FAMILIES) + 6
+    assert len(families) == len(SAMPLE_FAMILIES) + len(OP_FAMILIES) + 2
+    assert {case.values[0].family for case in KIT_CASES} == set(FAMILIES)
     assert len(bad_input.catalogue(NEW)) >= 7  # the shared bad calls and its own two
 
 

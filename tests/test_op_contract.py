@@ -20,6 +20,9 @@ from conftest import (
     op_sample_params,
 )
 
+from opslib.testing import cases
+from opslib.testing.families import gradcheck_args, low_precision_check
+
 
 @pytest.mark.parametrize("info,index", op_sample_params())
 def test_opcheck_passes_every_check(info, index):
@@ -77,23 +80,10 @@ def test_backward_accepts_gradients_of_any_stride(info, index):
             assert_close_named(g, w, f"{info.name}/{sample} {layout} grad_y, input {i}")
 
 
-def _gradcheck_args(args: tuple) -> tuple:
-    """gradcheck perturbs inputs in place, so a stride-0 (expanded) input is made dense first;
-    every other layout is kept as the sample made it."""
-    out = []
-    for a in args:
-        if isinstance(a, torch.Tensor) and any(
-            s == 0 and n > 1 for s, n in zip(a.stride(), a.shape, strict=True)
-        ):
-            a = a.detach().contiguous().requires_grad_(a.requires_grad)
-        out.append(a)
-    return tuple(out)
-
-
 @pytest.mark.parametrize("info,index", op_sample_params())
 def test_gradcheck_float64(info, index):
     sample = get_sample(info, index, "cpu", torch.float64)
-    args = _gradcheck_args(sample.args)
+    args = gradcheck_args(sample.args)
     if not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         pytest.skip("sample has no input that requires grad")
     assert torch.autograd.gradcheck(info.func, args), f"{info.name}/{sample}"
@@ -102,14 +92,10 @@ def test_gradcheck_float64(info, index):
 @pytest.mark.parametrize("info,index", op_sample_params())
 def test_gradgradcheck_float64(info, index):
     sample = get_sample(info, index, "cpu", torch.float64)
-    args = _gradcheck_args(sample.args)
+    args = gradcheck_args(sample.args)
     if not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         pytest.skip("sample has no input that requires grad")
     assert torch.autograd.gradgradcheck(info.func, args), f"{info.name}/{sample}"
-
-
-def _max_error(values: torch.Tensor, exact: torch.Tensor) -> float:
-    return (values.double() - exact).abs().max().item() if exact.numel() else 0.0
 
 
 LOW_PRECISION_PARAMS = [
@@ -125,68 +111,17 @@ def test_low_precision_error_at_most_twice_native(info, dtype):
     """In bfloat16/float16 the op's error against a float64 reference may be at most twice the
     error of native PyTorch in the same dtype, plus one unit of the dtype's epsilon: a bound
     that scales with what the dtype can represent (flash-attention's test style)."""
-    eps = torch.finfo(dtype).eps
     for index in range(len(info.sample_inputs("cpu", torch.float32, True))):
         sample = get_sample(info, index, "cpu", torch.float32)
-        low = fresh_leaves(sample.args, dtype)
-        exact_in = fresh_leaves(low, torch.float64)  # the very same values, in float64
-        native_in = fresh_leaves(low)
-        what = f"{info.name}/{sample} {dtype}"
-
-        y = info.func(*low)
-        exact = info.reference(*exact_in)
-        native = info.reference(*native_in)
-        assert y.dtype == dtype, what
-        err, native_err = _max_error(y, exact), _max_error(native, exact)
-        assert err <= 2 * native_err + eps, (
-            f"{what} forward: error {err:.3g}, native {native_err:.3g}"
-        )
-
-        if not y.requires_grad:
-            continue
-        grad_y = torch.randn(y.shape, dtype=dtype)
-        y.backward(grad_y)
-        exact.backward(grad_y.double())
-        native.backward(grad_y)
-        for i, (g, g_exact, g_native) in enumerate(
-            zip(grads_of(low), grads_of(exact_in), grads_of(native_in), strict=True)
-        ):
-            err, native_err = _max_error(g, g_exact), _max_error(g_native, g_exact)
-            scale = g_exact.abs().max().item() if g_exact.numel() else 0.0
-            assert err <= 2 * native_err + eps * max(1.0, scale), (
-                f"{what} gradient of input {i}: error {err:.3g}, native {native_err:.3g}"
-            )
-
-
-EXTREMES = [
-    float("-inf"),
-    -1e4,
-    -1000.0,
-    -20.0,
-    -1.0,
-    -0.0,
-    0.0,
-    1.0,
-    20.0,
-    1000.0,
-    1e4,
-    float("inf"),
-    float("nan"),
-]
+        low_precision_check(info, sample, dtype, f"{info.name}/{sample} {dtype}")
 
 
 @pytest.mark.parametrize("info", [p for p in op_params() if p.values[0].extreme_inputs])
 def test_extreme_values_match_native(info):
     """±1000, ±1e4, ±inf and nan give native's values and gradients: the same infinities, nan
     in the same places, and 0 (never nan) for sigmoid/silu of large negative inputs."""
-    args = info.extreme_inputs(torch.tensor(EXTREMES, requires_grad=True))
-    ref_args = fresh_leaves(args)
-    y, y_ref = info.func(*args), info.reference(*ref_args)
-    assert_close_named(y, y_ref, f"{info.name} forward on {EXTREMES}")
-    y.sum().backward()
-    y_ref.sum().backward()
-    for i, (g, g_ref) in enumerate(zip(grads_of(args), grads_of(ref_args), strict=True)):
-        assert_close_named(g, g_ref, f"{info.name} gradient of input {i} on {EXTREMES}")
+    (case,) = cases(info, ["extremes"])
+    case.run()
 
 
 def test_sigmoid_and_silu_of_large_negative_inputs_are_zero_not_nan():
