@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 import opslib  # noqa: F401  (registers the ops)
 from opslib.testing.families import sample_at
 from opslib.testing.opinfo import OpInfo, fresh_leaves, grads_of  # noqa: F401
-from opslib.testing.opinfos import OP_TABLE
+from opslib.testing.opinfos import OP_TABLE, UPDATE_OP_TABLE
 from opslib.testing.support import (  # noqa: F401  (the tests import them from here)
     ALL_OPCHECK_TESTS,
     assert_close_named,
@@ -36,6 +36,19 @@ from opslib.testing.support import (  # noqa: F401  (the tests import them from 
 
 # The third-party example runs from outside the repository (tests/test_testing_kit.py).
 collect_ignore = ["third_party"]
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A test over the whole op table (``@pytest.mark.every_op``) answers to every op's name,
+    and a test of a module about some ops (``pytestmark = pytest.mark.ops(...)``) to theirs, so
+    that ``pytest -k <op>`` runs every test that covers the op."""
+    names = [info.name for info in (*OP_TABLE, *UPDATE_OP_TABLE)]
+    for item in items:
+        if item.get_closest_marker("every_op"):
+            item.extra_keyword_matches.update(names)
+        for marker in item.iter_markers("ops"):
+            item.extra_keyword_matches.update(marker.args)
+
 
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")

@@ -20,6 +20,8 @@ from torch import Tensor
 import opslib
 from opslib.core import cpu_kernels
 
+pytestmark = pytest.mark.ops("scaled_dot_product_attention")
+
 # the module (opslib.ops re-exports the function under the same name)
 attention_module = importlib.import_module("opslib.ops.scaled_dot_product_attention")
 OP = torch.ops.customgrad.scaled_dot_product_attention.default

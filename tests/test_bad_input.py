@@ -130,6 +130,7 @@ def test_bad_call_raises_clear_error_under_compile(info, case):
     assert_error_in_chain(raised.value, case.error_type)
 
 
+@pytest.mark.every_op
 def test_every_op_has_bad_calls_of_its_own_or_shared_and_they_are_distinct():
     ids = [p.id for p in catalogue()]
     assert len(set(ids)) == len(ids) >= 20

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from bench_table import BENCH
 
@@ -13,6 +14,7 @@ from opslib.testing.opinfos import OP_TABLE
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.every_op
 def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
     run = subprocess.run(
         [sys.executable, "benchmarks/bench.py", "--quick", "--results", str(tmp_path)],
@@ -52,6 +54,7 @@ def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
     assert "| learned_silu | full |" in (tmp_path / "summary.md").read_text()
 
 
+@pytest.mark.every_op
 def test_a_dtype_run_times_that_dtype_and_the_report_keeps_to_float32(tmp_path):
     # Two ops with a bfloat16 kernel whose benchmark calls the tests' own reference (not conv's
     # bench_reference: native's half-precision convolutions can crash, see tests/test_conv.py).

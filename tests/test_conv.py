@@ -17,6 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import opslib
 
+pytestmark = pytest.mark.ops("conv1d", "conv2d")
+
 CASES = {
     "plain": {},
     "stride-2-padding-1": {"stride": 2, "padding": 1},

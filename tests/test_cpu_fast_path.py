@@ -65,6 +65,7 @@ def test_fast_path_is_built_and_loaded():
     assert opslib.cpu_fast_path_enabled(), "the C++ CPU fast path failed to build or load"
 
 
+@pytest.mark.every_op
 def test_the_table_declares_exactly_the_ops_that_have_a_cpp_kernel():
     if not opslib.cpu_fast_path_enabled():
         pytest.skip("the fast path is not loaded")
@@ -192,6 +193,7 @@ CHECK_OPS_WITHOUT_FAST_PATH = """
 """
 
 
+@pytest.mark.every_op
 def test_switched_off_the_ops_run_their_python_kernels():
     result = _run(CHECK_OPS_WITHOUT_FAST_PATH, {"OPSLIB_CPU_KERNELS": "0"})
     assert result.returncode == 0, result.stderr

@@ -70,6 +70,7 @@ def run_scenario(name: str, tmp_path: Path) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(RANKS)]
 
 
+@pytest.mark.every_op
 def test_every_op_runs_on_dtensors_in_every_placement_its_rule_offers(tmp_path):
     reports = run_scenario("dtensor_ops", tmp_path)
     for name, result in reports[0].items():

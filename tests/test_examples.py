@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from opslib.testing.opinfos import OP_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,7 @@ def run_example(*argv: str, timeout: int = 300, env: dict | None = None) -> tupl
     return result.stdout, result.stderr
 
 
+@pytest.mark.every_op
 def test_main_demo_checks_every_gradient_against_native():
     out, _ = run_example("examples/main.py")
     assert "Square.apply(2) = 4.0000, d/dx = 4.0000" in out

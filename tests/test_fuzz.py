@@ -35,6 +35,7 @@ class _InjectedError(Exception):
     pass
 
 
+@pytest.mark.every_op
 def test_fuzzer_catches_a_wrong_value_and_a_wrong_gradient():
     relu = OPS_BY_NAME["relu"]
     off_by_a_little = dataclasses.replace(relu, func=lambda x: relu.func(x) * (1 + 2e-3))
@@ -55,6 +56,7 @@ def test_fuzzer_catches_a_wrong_value_and_a_wrong_gradient():
     assert "wrong answer" in _kinds(wrong_gradient, calls=60)
 
 
+@pytest.mark.every_op
 def test_fuzzer_catches_a_bad_call_answered_and_an_unnamed_error():
     relu = OPS_BY_NAME["relu"]
 

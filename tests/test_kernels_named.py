@@ -30,6 +30,7 @@ def _kernels_paragraph(module) -> str:
     return doc[start:]
 
 
+@pytest.mark.every_op
 def test_the_fast_path_registers_what_the_op_table_says():
     from opslib.testing.opinfos import OP_TABLE
 

@@ -15,6 +15,8 @@ import opslib
 from opslib.ops.linear_cross_entropy import native_linear_cross_entropy
 from opslib.testing.opinfos import OPS_BY_NAME
 
+pytestmark = pytest.mark.ops("cross_entropy", "linear_cross_entropy")
+
 LCE = sys.modules["opslib.ops.linear_cross_entropy"]
 
 

@@ -18,10 +18,11 @@ from opslib import onnx as opslib_onnx
 from opslib.testing.opinfos import OP_TABLE, UPDATE_OP_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
-TWO_OPS = [info.name for info in OP_TABLE[:2]]  # the scripts' smoke tests: a couple of ops
+TWO_OPS = [info.name for info in OP_TABLE[:2]]  # the scripts' command lines, run as a user would
 ONE_OP = OP_TABLE[-1].name
 
 
+@pytest.mark.every_op
 def test_translation_table_covers_every_registered_customgrad_op():
     registered = {  # backward ops (<op>_backward) run in training graphs only, never exported
         name.split("::")[1]
@@ -35,10 +36,32 @@ def test_translation_table_covers_every_registered_customgrad_op():
 
 
 @pytest.mark.parametrize("info", [*op_params(), pytest.param(None, id="mlp_classifier")])
-def test_onnxruntime_matches_pytorch_for_every_dtype_and_batch(info, tmp_path):
+def test_check_parity_script_passes_every_dtype_and_batch(info, tmp_path, capsys):
+    """export/check_parity.py (run in-process) on one model: exported in every dtype
+    onnxruntime has kernels for, each file standard ONNX with a symbolic batch, and every row
+    of the parity table (batches 1, 7, 4096) within tolerance."""
     name = "mlp_classifier" if info is None else info.name
     missing = set() if info is None else set(info.onnxruntime_missing)
-    check_onnxruntime_parity(parity.reference_models(names=[name]), tmp_path, missing)
+    assert _script("check_parity").main(["--only", name, "--out", str(tmp_path)]) == 0, (
+        capsys.readouterr().out
+    )
+    out = capsys.readouterr().out
+    passed = [line for line in out.splitlines() if line.startswith(name) and line.endswith("PASS")]
+    assert len(passed) == len(parity.PARITY_BATCHES) * (3 - len(missing)), out
+    files = sorted(tmp_path.glob("*.onnx"))
+    dtypes = [d for d in parity.PARITY_DTYPES if d not in missing]
+    assert [p.name for p in files] == sorted(f"{name}_{str(d)[6:]}.onnx" for d in dtypes)
+    for path in files:
+        proto = onnx.load(str(path))
+        assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"export/{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def check_onnxruntime_parity(refs, folder, missing=frozenset()) -> None:
@@ -126,9 +149,10 @@ def test_example_batch_of_one_is_refused_for_dynamic_export(tmp_path):
         opslib_onnx.export(opslib.nn.ReLU(), (torch.randn(1, 3),), tmp_path / "r.onnx")
 
 
-def test_check_parity_script_prints_the_table_and_exits_zero():
+@pytest.mark.parametrize("ops", [pytest.param(TWO_OPS, id="-".join(TWO_OPS))])
+def test_check_parity_script_prints_the_table_and_exits_zero(ops):
     result = subprocess.run(
-        [sys.executable, "export/check_parity.py", "--only", *TWO_OPS],
+        [sys.executable, "export/check_parity.py", "--only", *ops],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -147,16 +171,17 @@ def test_check_parity_script_exits_nonzero_when_a_row_fails(monkeypatch, capsys)
     assert "FAIL" in capsys.readouterr().out
 
 
-def test_export_models_script_writes_checked_models(tmp_path):
+@pytest.mark.parametrize("op", [ONE_OP])
+def test_export_models_script_writes_checked_models(op, tmp_path):
     result = subprocess.run(
-        [sys.executable, "export/export_models.py", "--out", str(tmp_path), "--only", ONE_OP],
+        [sys.executable, "export/export_models.py", "--out", str(tmp_path), "--only", op],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in tmp_path.glob("*.onnx"))
-    assert files == [f"{ONE_OP}_{dtype}.onnx" for dtype in ("float16", "float32", "float64")]
+    assert files == [f"{op}_{dtype}.onnx" for dtype in ("float16", "float32", "float64")]
     for path in tmp_path.glob("*.onnx"):
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 

@@ -11,6 +11,8 @@ import torch
 import opslib.ops.adam
 from opslib.optim import Adam, AdamW
 
+pytestmark = pytest.mark.ops("adam_step_")
+
 NATIVE = {Adam: torch.optim.Adam, AdamW: torch.optim.AdamW}
 OPTIONS = [
     dict(amsgrad=amsgrad, maximize=maximize, weight_decay=wd)

@@ -141,6 +141,7 @@ def test_nothing_is_saved_without_grad():
         assert saved_bytes(opslib.linear, x, torch.randn(8, 64, requires_grad=True)) == 0
 
 
+@pytest.mark.every_op
 def test_readme_op_table_is_generated_from_the_op_table():
     from pathlib import Path
 

@@ -159,6 +159,7 @@ def check_rule(func, args: tuple, rule, ranks: int) -> int:
     return checked
 
 
+@pytest.mark.every_op
 def test_every_customgrad_op_has_a_sharding_rule():
     rules = sharding_rules()
     ops = [info.op for info in [*OP_TABLE, *UPDATE_OP_TABLE]]

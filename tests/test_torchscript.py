@@ -132,6 +132,7 @@ def check_round_trip(converted, args: tuple, tmp_path, *imports: str, constant=(
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
+@pytest.mark.every_op
 def test_every_op_scripted_round_trips_in_a_fresh_process(tmp_path, table=OP_TABLE, imports=()):
     torch.manual_seed(0)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -163,6 +164,7 @@ class _Traced(torch.nn.Module):
         return tuple(outputs)
 
 
+@pytest.mark.every_op
 def test_every_op_traced_round_trips_in_a_fresh_process(tmp_path, table=OP_TABLE, imports=()):
     torch.manual_seed(0)
     tmp_path.mkdir(parents=True, exist_ok=True)
