@@ -28,13 +28,16 @@ from opslib.testing.opinfos import (
 from opslib.testing.opinfos.common import OpslibOpInfo, unary_samples
 from opslib.testing.opinfos.optim import UPDATE_OP_TABLE, UpdateOpInfo
 
-# The order of the README's table: pointwise, matmul, along a dim, norms, losses, conv, attention.
-_ORDER = ("square", "cube", "exp", "relu", "sigmoid", "tanh", "linear", "learned_silu", "softmax",
-          "log_softmax", "rms_norm", "layer_norm", "batch_norm", "cross_entropy",
-          "linear_cross_entropy", "conv1d", "conv2d", "scaled_dot_product_attention")  # fmt: skip
-_ALL = [*pointwise.OPINFOS, *linear.OPINFOS, *softmax.OPINFOS, *norms.OPINFOS, *losses.OPINFOS,
-        *conv.OPINFOS, *attention.OPINFOS]  # fmt: skip
-OP_TABLE: list[OpslibOpInfo] = sorted(_ALL, key=lambda info: _ORDER.index(info.name))
+# The README's table in this order: by family, and within a family as its file lists them.
+OP_TABLE: list[OpslibOpInfo] = [
+    *pointwise.OPINFOS,
+    *linear.OPINFOS,
+    *softmax.OPINFOS,
+    *norms.OPINFOS,
+    *losses.OPINFOS,
+    *conv.OPINFOS,
+    *attention.OPINFOS,
+]
 OPS_BY_NAME: dict[str, OpslibOpInfo] = {info.name: info for info in OP_TABLE}
 
 __all__ = [
