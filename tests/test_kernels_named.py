@@ -53,8 +53,14 @@ def test_the_docstring_names_the_kernels_that_compute_the_op(info):
             f"{info.name} calls opslib_cpu.{kernel}, defined in opslib/csrc/{DEFINED_IN[kernel]}, "
             f"which its Kernels paragraph does not name"
         )
-    launches_triton = "triton_launchers" in source
+    triton_modules = set(re.findall(r'cuda_path\.kernels\("(\w+)"\)', source))
+    launches_triton = bool(triton_modules)
     assert launches_triton == (info.triton is not None), info.name
+    for name in sorted(triton_modules):
+        assert f"opslib/ops/triton_kernels/{name}.py" in text, (
+            f"{info.name} launches the Triton kernels of opslib/ops/triton_kernels/{name}.py, "
+            f"which its Kernels paragraph does not name"
+        )
     if launches_triton:
         assert "Triton kernel" in text and "no Triton kernel" not in text.replace("No", "no")
     else:

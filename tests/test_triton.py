@@ -1,4 +1,4 @@
-"""The Triton kernels of the CUDA path (opslib/core/triton_kernels.py).
+"""The Triton kernels of the CUDA path (opslib/ops/triton_kernels/).
 
 Without a GPU they run on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1, set by
 conftest.py); on a CUDA machine the same tests run on the GPU, and the op-level tests below
@@ -7,21 +7,24 @@ check that the ops really take the Triton path there. Skipped when Triton is not
 
 from __future__ import annotations
 
+import pkgutil
+
 import pytest
 import torch
 from conftest import ALL_OPCHECK_TESTS, HAS_CUDA, assert_close_named, requires_cuda
 
-from opslib.core import triton_launchers as _triton
+from opslib.core import cuda_path
+from opslib.ops import triton_kernels
 from opslib.testing.opinfo import leaves
 from opslib.testing.opinfos import OP_TABLE
 
-pytestmark = pytest.mark.skipif(_triton.kernels() is None, reason="Triton is not installed")
+pytestmark = pytest.mark.skipif(not cuda_path.triton_installed(), reason="Triton is not installed")
 
 DEVICES = [
     pytest.param(
         "cpu",
         marks=pytest.mark.skipif(
-            HAS_CUDA or not _triton.interpreter_enabled(), reason="interpreter runs without GPU"
+            HAS_CUDA or not cuda_path.interpreter_enabled(), reason="interpreter runs without GPU"
         ),
         id="interpreter",
     ),
@@ -168,15 +171,17 @@ def test_extreme_values_match_native(info, device):
 @pytest.mark.parametrize("info", triton_params())
 def test_ops_take_the_triton_path_on_cuda_and_keep_the_contract(info, monkeypatch):
     calls = []
-    # every launcher of the CUDA path (not the cuda_* gates that call them): no list of ops here
-    launchers = [
-        name
-        for name in dir(_triton)
-        if name.endswith(("_forward", "_backward")) and not name.startswith("cuda_")
-    ]
-    for fn in launchers:
-        original = getattr(_triton, fn)
-        monkeypatch.setattr(_triton, fn, lambda *a, f=original, n=fn: calls.append(n) or f(*a))
+    # every launcher of the CUDA path, in every kernel module: no list of ops here
+    for module_info in pkgutil.iter_modules(triton_kernels.__path__):
+        if module_info.name == "unary_codes":
+            continue
+        module = cuda_path.kernels(module_info.name)
+        for fn in ("forward", "backward"):
+            if hasattr(module, fn):
+                original, name = getattr(module, fn), f"{module_info.name}.{fn}"
+                monkeypatch.setattr(
+                    module, fn, lambda *a, f=original, n=name: calls.append(n) or f(*a)
+                )
     args = leaves(info.batch_inputs(64, "cuda", torch.float32), constant=info.constant_args)
     y = info.func(*args)
     y.backward(torch.ones_like(y))

@@ -5,5 +5,6 @@
 - ``checks``: the input checks whose errors name the op;
 - ``precision``: the dtype an op computes half precision in;
 - ``cpu_kernels``: builds and loads the C++ kernels of ``opslib/csrc``;
-- ``triton_launchers`` and ``triton_kernels``: the CUDA path.
+- ``cuda_path``: when a call goes to a Triton kernel (the kernels themselves are per op, in
+  ``opslib/ops/triton_kernels/``).
 """

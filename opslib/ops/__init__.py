@@ -1,11 +1,11 @@
 """The ops. Importing this package registers every ``customgrad::*`` op with torch.library.
 
 The unary ops (those that launch the shared unary Triton kernels with a code of
-``opslib/core/unary_codes.py``) share their kernels' paths: a plain CPU
+``opslib/ops/triton_kernels/unary_codes.py``) share their kernels' paths: a plain CPU
 call without autograd is computed in C++ by the fast path (``opslib/csrc/cpu_fast_path.cpp``:
 the same ATen call as the op's Python kernel, without the trip into Python); a CUDA call in
 float32, float16 or bfloat16 runs one Triton kernel forward and one backward
-(``opslib/core/triton_kernels.py``, launched by ``opslib/core/triton_launchers.py``); every
+(``opslib/ops/triton_kernels/unary.py``); every
 other call (float64 on CUDA, autograd on CPU, compile and export tracing) runs the torch ops
 of the op's file.
 """

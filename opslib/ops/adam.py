@@ -51,9 +51,10 @@ per stored tensor, as torch's fused kernel does (the foreach path rounds after e
 
 Kernels: CPU tensors go to the C++ kernel (``opslib/csrc/adam.cpp``: one vectorized,
 multi-threaded pass over p, g, m, v per tensor); CUDA tensors to a Triton kernel (one pass,
-float32 compute); anything else (float64 on CUDA, non-contiguous tensors, no C++ compiler) to
-the torch ops of ``_update_with_torch_ops``. Every tensor of every parameter is checked before
-the first one is updated, so a call that is refused changes nothing.
+float32 compute: ``opslib/ops/triton_kernels/adam.py``); anything else (float64 on CUDA,
+non-contiguous tensors, no C++ compiler) to the torch ops of ``_update_with_torch_ops``. Every
+tensor of every parameter is checked before the first one is updated, so a call that is
+refused changes nothing.
 
 No autograd: an update is not a differentiable function of its inputs here (torch's
 ``differentiable=True`` optimizers are not supported). See ``define_mutating_op`` for what the
@@ -68,8 +69,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from opslib.core import cpu_kernels
-from opslib.core import triton_launchers as triton
+from opslib.core import cpu_kernels, cuda_path
 from opslib.core.checks import label
 from opslib.core.registration import define_mutating_op
 from opslib.core.sharding import register_per_parameter_sharding
@@ -232,7 +232,9 @@ def _adam_step_kernel(
                 *([t] for t in tensors[:4]), [vmax] if amsgrad else [], [steps[i]],
                 *scalars, *flags,
             )  # fmt: skip
-        elif not triton.cuda_adam_step(tensors, steps[i], scalars, flags):  # CUDA: Triton
+        elif cuda_path.takes(*tensors) and cuda_path.kernels("adam").supports(tensors):
+            cuda_path.kernels("adam").update(tensors, steps[i], scalars, flags)  # CUDA: Triton
+        else:
             _update_with_torch_ops(
                 p, grads[i], exp_avgs[i], exp_avg_sqs[i], vmax, steps[i], *scalars,
                 maximize, decoupled_weight_decay,

@@ -14,7 +14,7 @@ d(dL/dx)/dx = 6x·g and d(dL/dx)/dg = 3x².
 
 Kernels (cube, code CUBE of the shared unary kernels): plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
-(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
+(``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from opslib.core import cuda_path
 from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
@@ -31,7 +32,7 @@ from opslib.core.registration import (
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
-from opslib.core.triton_launchers import CUBE, cuda_unary_backward, cuda_unary_forward
+from opslib.ops.triton_kernels.unary_codes import CUBE
 
 
 def _cube_formula(x: Tensor) -> Tensor:
@@ -41,8 +42,9 @@ def _cube_formula(x: Tensor) -> Tensor:
 def _cube_kernel(x: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("cube", "x", x)
-    y = cuda_unary_forward(CUBE, x)  # CUDA: a Triton kernel (core/triton_launchers.py)
-    return y if y is not None else _cube_formula(x)
+    if cuda_path.takes(x):  # CUDA: one Triton kernel (ops/triton_kernels/unary.py)
+        return cuda_path.kernels("unary").forward(CUBE, x)
+    return _cube_formula(x)
 
 
 def _cube_fake(x: Tensor) -> Tensor:
@@ -59,9 +61,8 @@ def _cube_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (x,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    fused = cuda_unary_backward(CUBE, grad_y, x)  # CUDA: one Triton kernel
-    if fused is not None:
-        return fused
+    if cuda_path.takes_first_order(grad_y, x):  # CUDA: one Triton kernel
+        return cuda_path.kernels("unary").backward(CUBE, grad_y, x)
     # 3·g·x² in two passes over memory (g·x, then addcmul's fused "+ 3·(g·x)·x") instead of
     # three multiplies; addcmul is differentiable, so double backward is unchanged.
     return torch.addcmul(grad_y.new_zeros(()), grad_y * x, x, value=3)

@@ -14,7 +14,7 @@ d(dL/dx)/dx = g · y and d(dL/dx)/dg = y.
 
 Kernels (exp, code EXP of the shared unary kernels): plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
-(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
+(``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from opslib.core import cuda_path
 from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
@@ -31,14 +32,15 @@ from opslib.core.registration import (
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
-from opslib.core.triton_launchers import EXP, cuda_unary_backward, cuda_unary_forward
+from opslib.ops.triton_kernels.unary_codes import EXP
 
 
 def _exp_kernel(x: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("exp", "x", x)
-    y = cuda_unary_forward(EXP, x)  # CUDA: a Triton kernel (core/triton_launchers.py)
-    return y if y is not None else torch.exp(x)
+    if cuda_path.takes(x):  # CUDA: one Triton kernel (ops/triton_kernels/unary.py)
+        return cuda_path.kernels("unary").forward(EXP, x)
+    return torch.exp(x)
 
 
 def _exp_fake(x: Tensor) -> Tensor:
@@ -54,8 +56,9 @@ def _exp_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    fused = cuda_unary_backward(EXP, grad_y, y)  # CUDA: one Triton kernel
-    return fused if fused is not None else grad_y * y
+    if cuda_path.takes_first_order(grad_y, y):  # CUDA: one Triton kernel
+        return cuda_path.kernels("unary").backward(EXP, grad_y, y)
+    return grad_y * y
 
 
 _exp = define_op(

@@ -46,7 +46,7 @@ Kernels
          float dtype (float16/bfloat16 computed in float32, rounded once). The slope gradient is
          summed in double: more accurate than native's float sum. Other slope forms, and
          machines where the C++ kernels are not built, use the torch-op formulas below.
-    CUDA: one Triton kernel each (``opslib/core/triton_kernels.py``).
+    CUDA: one Triton kernel each (``opslib/ops/triton_kernels/learned_silu.py``).
     Plain CPU calls without autograd enter the forward's C++ kernel at once through the fast
     path (``opslib/csrc/cpu_fast_path.cpp``), without the trip into Python.
     torch.compile with inductor: the forward and backward formulas, fused by inductor.
@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from opslib.core import cpu_kernels
+from opslib.core import cpu_kernels, cuda_path
 from opslib.core.checks import (
     broadcasts_to,
     check_floating_input,
@@ -75,7 +75,6 @@ from opslib.core.registration import (
     register_vmap,
 )
 from opslib.core.sharding import broadcast_placement, register_sharding_rule
-from opslib.core.triton_launchers import cuda_learned_silu_backward, cuda_learned_silu_forward
 
 
 def _check_learned_silu(x: Tensor, slope: Tensor) -> None:
@@ -121,9 +120,8 @@ def _forward_formula(x: Tensor, slope: Tensor) -> Tensor:
 def _learned_silu_kernel(x: Tensor, slope: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     _check_learned_silu(x, slope)
-    y = cuda_learned_silu_forward(x, slope)  # CUDA: a Triton kernel (core/triton_launchers.py)
-    if y is not None:
-        return y
+    if cuda_path.takes(x, slope) and cuda_path.kernels("learned_silu").supports(x, slope):
+        return cuda_path.kernels("learned_silu").forward(x, slope)  # CUDA: one Triton pass
     if cpu_kernel_takes(x, slope):
         return torch.ops.opslib_cpu.learned_silu_forward(x, slope)  # one pass (csrc/)
     return F.silu(x) * slope  # silu(x) = x · sigmoid(x), one native kernel, then the multiply
@@ -148,8 +146,12 @@ def _backward_formula(grad_y: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor,
 
 def _learned_silu_backward_kernel(grad_y: Tensor, x: Tensor, slope: Tensor):
     _check_learned_silu_backward(grad_y, x, slope)
-    fused = cuda_learned_silu_backward(grad_y, x, slope)  # CUDA: one Triton pass
-    if fused is None and cpu_kernel_takes(x, slope):
+    fused = None
+    # CUDA: one Triton pass. This is the kernel of an op with its own autograd formula: a double
+    # backward differentiates that formula, not this kernel.
+    if cuda_path.takes(grad_y, x, slope) and cuda_path.kernels("learned_silu").supports(x, slope):
+        fused = cuda_path.kernels("learned_silu").backward(grad_y, x, slope)
+    elif cpu_kernel_takes(x, slope):
         fused = torch.ops.opslib_cpu.learned_silu_backward(grad_y, x, slope)  # one pass (csrc/)
     grad_x, grad_slope = fused if fused is not None else _backward_formula(grad_y, x, slope)
     # Laid out as the fake promises: grad_x like x (the C++ kernel already is), grad_slope like

@@ -24,8 +24,8 @@ Double backward: dL/dx is linear in g, and e^y is differentiable through y (this
 Kernels: a plain CPU call without autograd is computed in C++ by the fast path
 (``opslib/csrc/cpu_fast_path.cpp``: native's kernel, as the Python kernel calls it, without the
 trip into Python); a CUDA call in float32, float16 or bfloat16 runs one Triton kernel per row
-forward and backward (``opslib/core/triton_kernels.py``, launched by
-``opslib/core/triton_launchers.py``); every other call runs the torch ops of this file.
+forward and backward (``opslib/ops/triton_kernels/softmax.py``); every other call runs the
+torch ops of this file.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from opslib.core import cuda_path
 from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
@@ -42,7 +43,6 @@ from opslib.core.registration import (
     register_vmap_along_dim,
 )
 from opslib.core.sharding import elementwise_rules, other_dims, register_sharding_rule
-from opslib.core.triton_launchers import cuda_softmax_backward, cuda_softmax_forward
 from opslib.ops.softmax import check_dim
 
 
@@ -53,8 +53,9 @@ def _check_log_softmax(x: Tensor, dim: int) -> None:
 
 def _log_softmax_kernel(x: Tensor, dim: int) -> Tensor:
     _check_log_softmax(x, dim)
-    y = cuda_softmax_forward(x, dim, log=True)  # CUDA: one Triton kernel per row
-    return y if y is not None else torch.log_softmax(x, dim)
+    if cuda_path.takes(x) and cuda_path.kernels("softmax").supports(x, dim):
+        return cuda_path.kernels("softmax").forward(x, dim, log=True)  # CUDA: a row per program
+    return torch.log_softmax(x, dim)
 
 
 def _log_softmax_fake(x: Tensor, dim: int) -> Tensor:
@@ -71,9 +72,8 @@ def _log_softmax_backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, None]:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None, None
-    fused = cuda_softmax_backward(grad_y, y, ctx.dim, log=True)
-    if fused is not None:
-        return fused, None
+    if cuda_path.takes_first_order(grad_y, y) and cuda_path.kernels("softmax").supports(y, ctx.dim):
+        return cuda_path.kernels("softmax").backward(grad_y, y, ctx.dim, log=True), None
     return torch.ops.aten._log_softmax_backward_data(grad_y, y, ctx.dim, y.dtype), None
 
 

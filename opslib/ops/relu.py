@@ -23,7 +23,7 @@ constant in x, so the second derivative with respect to x is 0 wherever it exist
 
 Kernels (relu, code RELU of the shared unary kernels): plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
-(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
+(``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from opslib.core import cuda_path
 from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
@@ -39,14 +40,15 @@ from opslib.core.registration import (
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
-from opslib.core.triton_launchers import RELU, cuda_unary_backward, cuda_unary_forward
+from opslib.ops.triton_kernels.unary_codes import RELU
 
 
 def _relu_kernel(x: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("relu", "x", x)
-    y = cuda_unary_forward(RELU, x)  # CUDA: a Triton kernel (core/triton_launchers.py)
-    return y if y is not None else torch.relu(x)
+    if cuda_path.takes(x):  # CUDA: one Triton kernel (ops/triton_kernels/unary.py)
+        return cuda_path.kernels("unary").forward(RELU, x)
+    return torch.relu(x)
 
 
 def _relu_fake(x: Tensor) -> Tensor:
@@ -62,8 +64,9 @@ def _relu_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    fused = cuda_unary_backward(RELU, grad_y, y)  # CUDA: one Triton kernel
-    return fused if fused is not None else torch.ops.aten.threshold_backward(grad_y, y, 0)
+    if cuda_path.takes_first_order(grad_y, y):  # CUDA: one Triton kernel
+        return cuda_path.kernels("unary").backward(RELU, grad_y, y)
+    return torch.ops.aten.threshold_backward(grad_y, y, 0)
 
 
 _relu = define_op(

@@ -13,7 +13,7 @@ autograd differentiates it again: d(dL/dx)/dx = 2g and d(dL/dx)/dg = 2x.
 
 Kernels (square, code SQUARE of the shared unary kernels): plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
-(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
+(``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from opslib.core import cuda_path
 from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
@@ -30,14 +31,15 @@ from opslib.core.registration import (
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
-from opslib.core.triton_launchers import SQUARE, cuda_unary_backward, cuda_unary_forward
+from opslib.ops.triton_kernels.unary_codes import SQUARE
 
 
 def _square_kernel(x: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("square", "x", x)
-    y = cuda_unary_forward(SQUARE, x)  # CUDA: a Triton kernel (core/triton_launchers.py)
-    return y if y is not None else x * x
+    if cuda_path.takes(x):  # CUDA: one Triton kernel (ops/triton_kernels/unary.py)
+        return cuda_path.kernels("unary").forward(SQUARE, x)
+    return x * x
 
 
 def _square_fake(x: Tensor) -> Tensor:
@@ -54,8 +56,9 @@ def _square_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (x,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    fused = cuda_unary_backward(SQUARE, grad_y, x)  # CUDA: one Triton kernel
-    return fused if fused is not None else grad_y * 2 * x
+    if cuda_path.takes_first_order(grad_y, x):  # CUDA: one Triton kernel
+        return cuda_path.kernels("unary").backward(SQUARE, grad_y, x)
+    return grad_y * 2 * x
 
 
 _square = define_op(

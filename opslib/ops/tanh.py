@@ -18,7 +18,7 @@ d(dL/dx)/dx = g · (-2y) · (1 - y²) and d(dL/dx)/dg = 1 - y².
 
 Kernels (tanh, code TANH of the shared unary kernels): plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
-(``opslib/core/triton_kernels.py``); others, the torch ops below (``opslib/ops/__init__.py``).
+(``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from opslib.core import cuda_path
 from opslib.core.checks import check_floating_input
 from opslib.core.registration import (
     define_op,
@@ -34,14 +35,15 @@ from opslib.core.registration import (
     register_pointwise_vmap,
 )
 from opslib.core.sharding import register_pointwise_sharding
-from opslib.core.triton_launchers import TANH, cuda_unary_backward, cuda_unary_forward
+from opslib.ops.triton_kernels.unary_codes import TANH
 
 
 def _tanh_kernel(x: Tensor) -> Tensor:
     # Plain CPU calls without autograd get this from its C++ twin (opslib/csrc/cpu_fast_path.cpp).
     check_floating_input("tanh", "x", x)
-    y = cuda_unary_forward(TANH, x)  # CUDA: a Triton kernel (core/triton_launchers.py)
-    return y if y is not None else torch.tanh(x)
+    if cuda_path.takes(x):  # CUDA: one Triton kernel (ops/triton_kernels/unary.py)
+        return cuda_path.kernels("unary").forward(TANH, x)
+    return torch.tanh(x)
 
 
 def _tanh_fake(x: Tensor) -> Tensor:
@@ -57,8 +59,9 @@ def _tanh_backward(ctx, grad_y: Tensor) -> Tensor | None:
     (y,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None
-    fused = cuda_unary_backward(TANH, grad_y, y)  # CUDA: one Triton kernel
-    return fused if fused is not None else torch.ops.aten.tanh_backward(grad_y, y)
+    if cuda_path.takes_first_order(grad_y, y):  # CUDA: one Triton kernel
+        return cuda_path.kernels("unary").backward(TANH, grad_y, y)
+    return torch.ops.aten.tanh_backward(grad_y, y)
 
 
 _tanh = define_op(

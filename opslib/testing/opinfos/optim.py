@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from opslib.core import triton_launchers as triton
+from opslib.core import cuda_path
 from opslib.ops.adam import adam_step_
 from opslib.testing.opinfo import (
     ALL_FLOAT_DTYPES,
@@ -233,6 +233,6 @@ UPDATE_OP_TABLE: list[UpdateOpInfo] = [
         sample_inputs=_adam_samples,
         tolerances={torch.float32: (2e-7, 2e-6), torch.float64: (1e-15, 1e-13)},
         error_inputs=_adam_error_inputs,
-        triton=triton.adam_step_call,
+        triton=lambda *args: cuda_path.kernels("adam").update_with_op_arguments(*args),
     ),
 ]

@@ -10,7 +10,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from opslib.core import triton_launchers as triton
+from opslib.core import cuda_path
 from opslib.ops.cube import cube
 from opslib.ops.exp import exp
 from opslib.ops.learned_silu import cpu_kernel_takes as learned_silu_cpu_kernel_takes
@@ -19,6 +19,7 @@ from opslib.ops.relu import relu
 from opslib.ops.sigmoid import sigmoid
 from opslib.ops.square import square
 from opslib.ops.tanh import tanh
+from opslib.ops.triton_kernels import unary_codes
 from opslib.testing.opinfo import (
     ErrorInput,
     Sample,
@@ -124,15 +125,17 @@ def _unary_triton(kernel: int, saved: Callable[[Tensor], Tensor] | None = None) 
     """The one-input kernels: ``saved`` is what the op keeps for backward, computed from x (y for
     exp/relu/sigmoid/tanh; x itself when None)."""
     return TritonPath(
-        forward=lambda x: triton.unary_forward(kernel, x),
-        backward=lambda g, x: (triton.unary_backward(kernel, g, x if saved is None else saved(x)),),
+        forward=lambda x: cuda_path.kernels("unary").forward(kernel, x),
+        backward=lambda g, x: (
+            cuda_path.kernels("unary").backward(kernel, g, x if saved is None else saved(x)),
+        ),
     )
 
 
 _LEARNED_SILU_TRITON = TritonPath(
-    forward=triton.learned_silu_forward,
-    backward=lambda g, x, slope: triton.learned_silu_backward(g, x, slope),
-    supports=triton.learned_silu_supported,
+    forward=lambda x, slope: cuda_path.kernels("learned_silu").forward(x, slope),
+    backward=lambda g, x, slope: cuda_path.kernels("learned_silu").backward(g, x, slope),
+    supports=lambda x, slope: cuda_path.kernels("learned_silu").supports(x, slope),
 )
 
 
@@ -149,7 +152,7 @@ OPINFOS: list[OpslibOpInfo] = [
         formula="y = x² ; dL/dx = 2x·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        triton=_unary_triton(triton.SQUARE),
+        triton=_unary_triton(unary_codes.SQUARE),
         cpu_fast_path=_every_call,
         extreme_inputs=unary_extremes,
     ),
@@ -161,7 +164,7 @@ OPINFOS: list[OpslibOpInfo] = [
         formula="y = x³ ; dL/dx = 3x²·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        triton=_unary_triton(triton.CUBE),
+        triton=_unary_triton(unary_codes.CUBE),
         cpu_fast_path=_every_call,
         extreme_inputs=unary_extremes,
     ),
@@ -173,7 +176,7 @@ OPINFOS: list[OpslibOpInfo] = [
         formula="y = eˣ ; dL/dx = y·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        triton=_unary_triton(triton.EXP, torch.exp),
+        triton=_unary_triton(unary_codes.EXP, torch.exp),
         cpu_fast_path=_every_call,
         extreme_inputs=unary_extremes,
     ),
@@ -185,7 +188,7 @@ OPINFOS: list[OpslibOpInfo] = [
         formula="y = max(x, 0) ; dL/dx = 0 where y ≤ 0, else g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        triton=_unary_triton(triton.RELU, torch.relu),
+        triton=_unary_triton(unary_codes.RELU, torch.relu),
         cpu_fast_path=_every_call,
         extreme_inputs=unary_extremes,
     ),
@@ -197,7 +200,7 @@ OPINFOS: list[OpslibOpInfo] = [
         formula="y = 1/(1+e⁻ˣ) ; dL/dx = y(1-y)·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        triton=_unary_triton(triton.SIGMOID, torch.sigmoid),
+        triton=_unary_triton(unary_codes.SIGMOID, torch.sigmoid),
         cpu_fast_path=_every_call,
         extreme_inputs=unary_extremes,
     ),
@@ -209,7 +212,7 @@ OPINFOS: list[OpslibOpInfo] = [
         formula="y = tanh(x) ; dL/dx = (1-y²)·g",
         sample_inputs=unary_samples,
         batch_inputs=_unary_batch(64),
-        triton=_unary_triton(triton.TANH, torch.tanh),
+        triton=_unary_triton(unary_codes.TANH, torch.tanh),
         cpu_fast_path=_every_call,
         extreme_inputs=unary_extremes,
     ),

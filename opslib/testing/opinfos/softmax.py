@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from opslib.core import triton_launchers as triton
+from opslib.core import cuda_path
 from opslib.ops.log_softmax import log_softmax
 from opslib.ops.softmax import softmax
 from opslib.testing.opinfo import (
@@ -110,11 +110,13 @@ def _along_dim_error_inputs(op: str) -> Callable[[], list[ErrorInput]]:
 
 def _softmax_triton(log: bool) -> TritonPath:
     return TritonPath(
-        forward=lambda x, dim: triton.softmax_forward(x, dim, log),
+        forward=lambda x, dim: cuda_path.kernels("softmax").forward(x, dim, log),
         backward=lambda g, x, dim: (
-            triton.softmax_backward(g, triton.softmax_forward(x, dim, log), dim, log),
+            cuda_path.kernels("softmax").backward(
+                g, cuda_path.kernels("softmax").forward(x, dim, log), dim, log
+            ),
         ),
-        supports=triton.softmax_supported,
+        supports=lambda x, dim: cuda_path.kernels("softmax").supports(x, dim),
     )
 
 
