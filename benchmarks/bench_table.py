@@ -202,6 +202,13 @@ def _learned_silu_bench_per_channel(numel: int, device, dtype) -> tuple[Tensor, 
     )
 
 
+def _swiglu_bench(numel: int, device, dtype) -> tuple[Tensor, ...]:
+    return (
+        torch.randn(numel, device=device, dtype=dtype),
+        torch.randn(numel, device=device, dtype=dtype),
+    )
+
+
 def math_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                    enable_gqa=False) -> Tensor:  # fmt: skip
     """Attention as the textbook writes it in torch ops, softmax(q kᵀ·scale + m) v: autograd
@@ -341,6 +348,11 @@ BENCH: dict[str, BenchInfo] = {
             "nn.Parameter slope": _learned_silu_bench_parameter,
             "per-channel": _learned_silu_bench_per_channel,
         },
+    ),
+    "swiglu": BenchInfo(
+        sizes=POINTWISE_BENCH_SIZES,
+        inputs=_swiglu_bench,
+        against_compiled=True,
     ),
     "softmax": BenchInfo(
         sizes=POINTWISE_BENCH_SIZES,

@@ -33,6 +33,7 @@ from opslib.ops import (
     sigmoid,
     softmax,
     square,
+    swiglu,
     tanh,
 )
 
@@ -80,5 +81,6 @@ __all__ = [
     "sigmoid",
     "softmax",
     "square",
+    "swiglu",
     "tanh",
 ]

@@ -29,6 +29,7 @@ from opslib.ops.scaled_dot_product_attention import scaled_dot_product_attention
 from opslib.ops.sigmoid import sigmoid
 from opslib.ops.softmax import softmax
 from opslib.ops.square import square
+from opslib.ops.swiglu import swiglu
 from opslib.ops.tanh import tanh
 
 # After every op is defined: the C++ kernels register for ops that must already exist.
@@ -60,5 +61,6 @@ __all__ = [
     "sigmoid",
     "softmax",
     "square",
+    "swiglu",
     "tanh",
 ]

@@ -1,5 +1,5 @@
-"""The op table's pointwise ops: square, cube, exp, relu, sigmoid, tanh and learned_silu, each
-with its samples, reference, bad calls and kernels beside its entry.
+"""The op table's pointwise ops: square, cube, exp, relu, sigmoid, tanh, learned_silu and
+swiglu, each with its samples, reference, bad calls and kernels beside its entry.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from opslib.core import cuda_path
@@ -18,6 +19,7 @@ from opslib.ops.learned_silu import learned_silu
 from opslib.ops.relu import relu
 from opslib.ops.sigmoid import sigmoid
 from opslib.ops.square import square
+from opslib.ops.swiglu import swiglu
 from opslib.ops.tanh import tanh
 from opslib.ops.triton_kernels import unary_codes
 from opslib.testing.opinfo import (
@@ -143,6 +145,86 @@ def _learned_silu_fast_path(x: Tensor, slope: Tensor) -> bool:
     return learned_silu_cpu_kernel_takes(x, slope)  # other slope forms: the Python kernel
 
 
+def _swiglu_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    """gate and up of one shape (the op's own; broadcasting is the public function's, tested
+    in tests/test_decoder_ops.py), alike and differently laid out."""
+
+    def make(shape, rg=requires_grad):
+        return _make(shape, device, dtype, rg)
+
+    def view(v, rg=requires_grad):
+        return _leaf_view(v, rg)
+
+    def base():
+        return torch.randn(6, 5, device=device, dtype=dtype)
+
+    def channels_last():
+        x = torch.randn(2, 3, 4, 5, device=device, dtype=dtype)
+        return view(x.to(memory_format=torch.channels_last))
+
+    return [
+        Sample("matrix", (make((4, 5)), make((4, 5)))),
+        Sample("0-d", (make(()), make(()))),
+        Sample("empty", (make((0, 5)), make((0, 5)))),
+        Sample("4-d", (make((2, 3, 4, 5)), make((2, 3, 4, 5)))),
+        Sample("both-transposed", (view(base().t()), view(base().t()))),
+        Sample("gate-transposed", (view(base().t()), make((5, 6)))),
+        Sample("strided-slice", (view(base()[::2, 1::2]), view(base()[::2, 1::2]))),
+        Sample(
+            "up-expanded",
+            (make((3, 4)), view(torch.randn(3, 1, device=device, dtype=dtype).expand(3, 4))),
+        ),
+        Sample("channels-last", (channels_last(), channels_last())),
+        Sample("up-no-grad", (make((4, 5)), make((4, 5), rg=False))),
+        Sample("gate-no-grad", (make((4, 5), rg=False), make((4, 5)))),
+    ]
+
+
+def _swiglu_batch(rows: int, device, dtype) -> tuple[Tensor, ...]:
+    return (
+        torch.randn(rows, 64, device=device, dtype=dtype),
+        torch.randn(rows, 64, device=device, dtype=dtype),
+    )
+
+
+def _native_swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    return F.silu(gate) * up
+
+
+def _swiglu_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    gate = draw(tensors())
+    return (gate, draw(tensors(shape=list(gate.shape))))
+
+
+def _swiglu_extremes(gate: Tensor) -> tuple:
+    """The extreme values in gate (silu's argument), a plain up."""
+    return (gate, torch.full_like(gate, 0.75).requires_grad_(gate.requires_grad))
+
+
+def _swiglu_error_inputs() -> list[ErrorInput]:
+    return [
+        ErrorInput(
+            "shapes that do not broadcast",
+            lambda: (_t(4, 5), _t(3)),
+            ValueError,
+            r"customgrad\.swiglu: gate of shape \[4, 5\] and up of shape \[3\] do not broadcast",
+        ),
+        ErrorInput(
+            "up of another dtype",
+            lambda: (_t(4, 5), _t(4, 5).double()),
+            TypeError,
+            r"customgrad\.swiglu: gate and up must have the same dtype",
+        ),
+    ]
+
+
+_SWIGLU_TRITON = TritonPath(
+    forward=lambda gate, up: cuda_path.kernels("swiglu").forward(gate, up),
+    backward=lambda g, gate, up: cuda_path.kernels("swiglu").backward(g, gate, up),
+    supports=lambda gate, up: gate.is_contiguous() and up.is_contiguous(),
+)
+
+
 OPINFOS: list[OpslibOpInfo] = [
     OpslibOpInfo(
         op=torch.ops.customgrad.square,
@@ -234,5 +316,23 @@ OPINFOS: list[OpslibOpInfo] = [
         ),
         triton=_LEARNED_SILU_TRITON,
         cpu_fast_path=_learned_silu_fast_path,
+    ),
+    OpslibOpInfo(
+        op=torch.ops.customgrad.swiglu,
+        func=swiglu,
+        reference=_native_swiglu,
+        reference_text="F.silu(gate) * up",
+        formula=(
+            "y = silu(gate)·up, s = sigmoid(gate) ; dL/dgate = up·s·(1 + gate(1-s))·g, "
+            "dL/dup = silu(gate)·g"
+        ),
+        sample_inputs=_swiglu_samples,
+        batch_inputs=_swiglu_batch,
+        batch_args=(0, 1),
+        saved_fraction_of_native=0.67,  # gate and up, where native also keeps silu(gate)
+        extreme_inputs=_swiglu_extremes,
+        property_inputs=_swiglu_property_inputs,
+        error_inputs=_swiglu_error_inputs,
+        triton=_SWIGLU_TRITON,
     ),
 ]
