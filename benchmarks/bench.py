@@ -223,8 +223,12 @@ def bench_ops(args, device, meta, roof) -> list[dict]:
                 inputs = inputs_fn(size, device, args.dtype)
                 for phase in PHASES:
                     ours, native = measure_pair(
-                        phase_callable(ours_fn, inputs, phase, info.constant_args),
-                        phase_callable(native_fn, inputs, phase, info.constant_args),
+                        phase_callable(
+                            ours_fn, inputs, phase, BENCH[info.name].constant_args(info)
+                        ),
+                        phase_callable(
+                            native_fn, inputs, phase, BENCH[info.name].constant_args(info)
+                        ),
                         args.samples,
                         args.target_ms / 1000,
                     )
@@ -296,7 +300,8 @@ def bench_memory(args, device, meta) -> list[dict]:
     for info in benched_ops(args):
         size = BENCH[info.name].sizes[1 if args.quick else 2]
         inputs = leaves(
-            BENCH[info.name].inputs(size, device, args.dtype), constant=info.constant_args
+            BENCH[info.name].inputs(size, device, args.dtype),
+            constant=BENCH[info.name].constant_args(info),
         )
         ours, native = saved_bytes(info.func, inputs), saved_bytes(bench_native(info), inputs)
         rows.append(

@@ -56,6 +56,13 @@ class BenchInfo:
     # Other implementations peak_memory.py measures besides native, by name (attention's
     # textbook composite, whose memory the op's blocks are there to avoid).
     baselines: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
+    # Arguments passed without grad in the timed calls, besides the OpInfo's constant_args
+    # (rotary_embedding's cos and sin, which a model computes from a buffer): the case to time.
+    no_grad_args: tuple[int, ...] = ()
+
+    def constant_args(self, info) -> tuple[int, ...]:
+        """The positions of the arguments the timed calls pass without grad."""
+        return tuple(info.constant_args) + self.no_grad_args
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,17 @@ def _swiglu_bench(numel: int, device, dtype) -> tuple[Tensor, ...]:
         torch.randn(numel, device=device, dtype=dtype),
         torch.randn(numel, device=device, dtype=dtype),
     )
+
+
+def _rotary_bench(numel: int, device, dtype) -> tuple[Tensor, ...]:
+    """q as a Llama attention rotates it: [1, H, L, D] viewed from [1, L, H, D], D = 64, cos and
+    sin [1, 1, L, D] of constant positions (no gradient), L up to 1024."""
+    d = min(64, numel)
+    length = min(1024, numel // d)
+    heads = numel // (length * d)
+    x = torch.randn(1, length, heads, d, device=device, dtype=dtype).transpose(1, 2)
+    angles = torch.rand(1, 1, length, d, device=device, dtype=dtype)
+    return x, angles.cos(), angles.sin()
 
 
 def math_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -396,6 +414,12 @@ BENCH: dict[str, BenchInfo] = {
         size_unit="tokens",
         peak_memory_size=4096,  # 4096 tokens, hidden 1024, vocabulary 32768
         size_label=lambda n: "[1,4]x[4,4]" if n == 1 else f"[{n},1024]x[1024,32768]",
+    ),
+    "rotary_embedding": BenchInfo(
+        sizes=POINTWISE_BENCH_SIZES,
+        inputs=_rotary_bench,
+        against_compiled=True,
+        no_grad_args=(1, 2),
     ),
     "scaled_dot_product_attention": BenchInfo(
         sizes=(16, 512, 1024, 4096),

@@ -48,11 +48,14 @@ info = OPS_BY_NAME[name]
 fn = {"opslib": info.func, "native": bench_native(info), **BENCH[info.name].baselines}[which]
 torch.manual_seed(seed)
 small = BENCH[info.name].inputs(BENCH[info.name].sizes[1], device, torch.float32)
-warm = leaves(small, constant=info.constant_args)
+warm = leaves(small, constant=BENCH[info.name].constant_args(info))
 y = fn(*warm)  # one-time costs (thread pools, BLAS buffers, kernel caches) before measuring
 torch.autograd.grad(y, requiring_grad(warm), torch.ones_like(y))
 del warm, y
-args = leaves(BENCH[info.name].inputs(size, device, torch.float32), constant=info.constant_args)
+args = leaves(
+    BENCH[info.name].inputs(size, device, torch.float32),
+    constant=BENCH[info.name].constant_args(info),
+)
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
@@ -95,7 +98,8 @@ def measure_size(info, size: int, device: str, meta: dict) -> dict:
     """One row: the peak above the inputs and the seconds of one forward + backward, for opslib,
     native and each of the op's baselines, in fresh processes."""
     inputs = leaves(
-        BENCH[info.name].inputs(size, "meta", torch.float32), constant=info.constant_args
+        BENCH[info.name].inputs(size, "meta", torch.float32),
+        constant=BENCH[info.name].constant_args(info),
     )
     input_bytes = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
     grad_bytes = sum(t.numel() * t.element_size() for t in requiring_grad(inputs))

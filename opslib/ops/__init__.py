@@ -25,6 +25,7 @@ from opslib.ops.linear_cross_entropy import linear_cross_entropy
 from opslib.ops.log_softmax import log_softmax
 from opslib.ops.relu import relu
 from opslib.ops.rms_norm import rms_norm
+from opslib.ops.rotary_embedding import rotary_embedding
 from opslib.ops.scaled_dot_product_attention import scaled_dot_product_attention
 from opslib.ops.sigmoid import sigmoid
 from opslib.ops.softmax import softmax
@@ -57,6 +58,7 @@ __all__ = [
     "log_softmax",
     "relu",
     "rms_norm",
+    "rotary_embedding",
     "scaled_dot_product_attention",
     "sigmoid",
     "softmax",

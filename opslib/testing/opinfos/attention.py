@@ -1,5 +1,5 @@
-"""The op table's scaled_dot_product_attention: samples, reference and bad calls beside its
-entry.
+"""The op table's attention ops, scaled_dot_product_attention and rotary_embedding: samples,
+reference and bad calls beside each entry.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from opslib.core import cuda_path
+from opslib.ops.rotary_embedding import rotary_embedding, rotate_half
 from opslib.ops.scaled_dot_product_attention import (
     scaled_dot_product_attention,
 )
@@ -18,7 +20,7 @@ from opslib.testing.opinfo import (
     ErrorInput,
     Sample,
 )
-from opslib.testing.opinfos.common import OpslibOpInfo, _leaf_view, _make, _t
+from opslib.testing.opinfos.common import OpslibOpInfo, TritonPath, _leaf_view, _make, _t
 
 # ---- scaled_dot_product_attention ----
 
@@ -201,6 +203,127 @@ def _attention_error_inputs() -> list[ErrorInput]:
     ]
 
 
+# ---- rotary_embedding ----
+
+
+def _native_rotary_embedding(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """transformers' apply_rotary_pos_emb for one tensor (its rotate_half: cat(-x₂, x₁))."""
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def _rotary_samples(device, dtype, requires_grad: bool) -> list[Sample]:
+    def make(shape, rg=requires_grad):
+        return _make(shape, device, dtype, rg)
+
+    def view(v, rg=requires_grad):
+        return _leaf_view(v, rg)
+
+    def hf_layout():
+        """q as transformers makes it: [B, L, H, D] projected, viewed as [B, H, L, D]."""
+        return view(torch.randn(2, 5, 3, 8, device=device, dtype=dtype).transpose(1, 2))
+
+    return [
+        Sample("hf-layout", (hf_layout(), make((2, 1, 5, 8)), make((2, 1, 5, 8)))),
+        Sample("cos[L,D]", (make((2, 3, 5, 8)), make((5, 8)), make((5, 8)))),
+        Sample("same-shape", (make((4, 6)), make((4, 6)), make((4, 6)))),
+        Sample("vector", (make((6,)), make((6,)), make((6,)))),
+        Sample("cos[D]", (make((3, 4)), make((4,)), make((4,)))),
+        Sample("empty", (make((0, 4)), make((4,)), make((4,)))),
+        Sample("cos[L,1]", (make((3, 5, 8)), make((5, 1)), make((5, 1)))),
+        Sample("cos-0-d", (make((3, 4)), make(()), make(()))),
+        Sample(
+            "strided-last-dim",
+            (view(torch.randn(3, 12, device=device, dtype=dtype)[:, ::2]), make((6,)), make((6,))),
+        ),
+        Sample(
+            "cos-sin-no-grad",
+            (make((2, 3, 5, 8)), make((5, 8), rg=False), make((5, 8), rg=False)),
+        ),
+        Sample("x-no-grad", (make((3, 5, 8), rg=False), make((5, 8)), make((5, 8)))),
+    ]
+
+
+def _rotary_batch(rows: int, device, dtype) -> tuple[Tensor, ...]:
+    """rows sequences of 4 heads × 6 positions × 8 dims, the cos and sin of the 6 positions."""
+    angles = torch.arange(6, device=device, dtype=dtype)[:, None] * torch.linspace(
+        0.1, 1.0, 4, device=device, dtype=dtype
+    )
+    angles = torch.cat((angles, angles), dim=-1)
+    return torch.randn(rows, 4, 6, 8, device=device, dtype=dtype), angles.cos(), angles.sin()
+
+
+def _rotary_property_inputs(draw: Callable, st: ModuleType, tensors: Callable) -> tuple:
+    lead = draw(st.lists(st.integers(0, 3), min_size=0, max_size=2))
+    shape = [*lead, 2 * draw(st.integers(1, 4))]
+    cos_shape = draw(st.sampled_from([shape, shape[-1:], [1] * (len(shape) - 1) + shape[-1:]]))
+    return (
+        draw(tensors(shape=shape)),
+        draw(tensors(shape=cos_shape)),
+        draw(tensors(shape=cos_shape)),
+    )
+
+
+def _rotary_extremes(x: Tensor) -> tuple:
+    """The extreme values as x (with a 1 after them if their count is odd: the rotation pairs
+    two halves), a plain angle's cos and sin."""
+    values = x.detach()
+    if values.numel() % 2:
+        values = torch.cat((values, values.new_ones(1)))
+    x = values.clone().requires_grad_(x.requires_grad)
+    cos = torch.full_like(x, 0.6).requires_grad_(x.requires_grad)
+    return x, cos, torch.full_like(x, 0.8).requires_grad_(x.requires_grad)
+
+
+def _rotary_error_inputs() -> list[ErrorInput]:
+    return [
+        ErrorInput(
+            "odd last dim",
+            lambda: (_t(4, 5), _t(5), _t(5)),
+            ValueError,
+            r"customgrad\.rotary_embedding: x of shape \[4, 5\] must have a last dim of even",
+        ),
+        ErrorInput(
+            "0-d x",
+            lambda: (_t(), _t(), _t()),
+            ValueError,
+            r"customgrad\.rotary_embedding: x of shape \[\] must have a last dim of even",
+        ),
+        ErrorInput(
+            "cos that enlarges x",
+            lambda: (_t(4, 6), _t(3, 4, 6), _t(6)),
+            ValueError,
+            r"customgrad\.rotary_embedding: cos of shape \[3, 4, 6\] does not broadcast to x's "
+            r"shape \[4, 6\]",
+        ),
+        ErrorInput(
+            "sin of another length",
+            lambda: (_t(4, 6), _t(6), _t(4)),
+            ValueError,
+            r"customgrad\.rotary_embedding: sin of shape \[4\] does not broadcast",
+        ),
+        ErrorInput(
+            "sin of another dtype",
+            lambda: (_t(4, 6), _t(6), _t(6).double()),
+            TypeError,
+            r"customgrad\.rotary_embedding: .*same dtype",
+        ),
+    ]
+
+
+def _rotary_triton_backward(g: Tensor, x: Tensor, cos: Tensor, sin: Tensor) -> tuple:
+    """dL/dx from the kernel; dL/dcos and dL/dsin in torch ops, as the op computes them."""
+    grad_x = cuda_path.kernels("rotary_embedding").rotate(g, cos, sin, True)
+    return grad_x, (g * x).sum_to_size(cos.shape), (g * rotate_half(x)).sum_to_size(sin.shape)
+
+
+_ROTARY_TRITON = TritonPath(
+    forward=lambda x, cos, sin: cuda_path.kernels("rotary_embedding").rotate(x, cos, sin, False),
+    backward=_rotary_triton_backward,
+    supports=lambda x, cos, sin: cuda_path.kernels("rotary_embedding").supports(x, cos, sin),
+)
+
+
 OPINFOS: list[OpslibOpInfo] = [
     OpslibOpInfo(
         op=torch.ops.customgrad.scaled_dot_product_attention,
@@ -225,5 +348,25 @@ OPINFOS: list[OpslibOpInfo] = [
             r"enable_gqa needs q's heads .* which must be equal",  # k and v: one head count
         ),
         float32_tol=(2e-5, 1e-5),
+    ),
+    OpslibOpInfo(
+        op=torch.ops.customgrad.rotary_embedding,
+        func=rotary_embedding,
+        reference=_native_rotary_embedding,
+        reference_text="x * cos + rotate_half(x) * sin",
+        formula=(
+            "y = x·c + R(x)·s, R(x) = [-x₂, x₁] ; dL/dx = g·c - R(g·s), dL/dc = Σ g·x, "
+            "dL/ds = Σ g·R(x)"
+        ),
+        sample_inputs=_rotary_samples,
+        batch_inputs=_rotary_batch,
+        extreme_inputs=_rotary_extremes,
+        property_inputs=_rotary_property_inputs,
+        error_inputs=_rotary_error_inputs,
+        deliberate_refusals=(
+            r"must have a last dim of even size",  # the rotation pairs the two halves
+            r"does not broadcast to x's shape",  # cos and sin are per position, never larger
+        ),
+        triton=_ROTARY_TRITON,
     ),
 ]
