@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from opslib.ops.conv import conv_flops, native_conv
@@ -130,6 +131,17 @@ def _linear_cross_entropy_bench(tokens: int, device, dtype) -> tuple:
         "mean",
         0.0,
     )
+
+
+def native_chunked_linear_cross_entropy(
+    x, weight, target, bias=None, ignore_index=-100, reduction="mean", label_smoothing=0.0
+) -> Tensor:
+    """torch's own fused loss (2.13+): F.linear_cross_entropy, chunked over the batch with
+    LinearCrossEntropyOptions() (its "auto" picks for the device and dtype)."""
+    return F.linear_cross_entropy(
+        x, weight, target, linear_bias=bias, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, options=torch.nn.LinearCrossEntropyOptions(),
+    )  # fmt: skip
 
 
 def _linear_cross_entropy_flops(tokens: int) -> float:
@@ -413,6 +425,11 @@ BENCH: dict[str, BenchInfo] = {
         forward_flops=_linear_cross_entropy_flops,
         size_unit="tokens",
         peak_memory_size=4096,  # 4096 tokens, hidden 1024, vocabulary 32768
+        baselines=(
+            {"chunked": native_chunked_linear_cross_entropy}
+            if hasattr(torch.nn, "LinearCrossEntropyOptions")
+            else {}
+        ),
         size_label=lambda n: "[1,4]x[4,4]" if n == 1 else f"[{n},1024]x[1024,32768]",
     ),
     "rotary_embedding": BenchInfo(

@@ -37,6 +37,7 @@ from opslib.ops import (
     swiglu,
     tanh,
 )
+from opslib.swap import swap_modules
 
 __version__ = "0.2.0"
 
@@ -83,6 +84,7 @@ __all__ = [
     "sigmoid",
     "softmax",
     "square",
+    "swap_modules",
     "swiglu",
     "tanh",
 ]
