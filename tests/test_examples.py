@@ -68,3 +68,38 @@ def test_digits_cnn_example_trains_compiled_and_runs_in_onnxruntime(tmp_path):
     assert "customgrad.conv2d.default" in out
     assert "same class as PyTorch on 360/360 test images" in out
     assert (tmp_path / "digits_cnn.onnx").stat().st_size > 0
+
+
+TINY_LM_SMALL = ("--corpus-mb", "1", "--vocab", "1024", "--layers", "2", "--hidden", "64",
+                 "--seq", "32", "--batch", "4")  # fmt: skip
+
+
+def _tiny_lm_figures(out: str) -> dict[str, str]:
+    return {line.split(" loss ")[0].strip(): line for line in out.splitlines() if " -> " in line}
+
+
+def test_tiny_lm_example_trains_both_models_alike_and_samples_from_onnx(tmp_path):
+    """examples/train_tiny_lm.py at a few steps and a small size: the tokenizer trained on the
+    standard library, the same loss for opslib and the twin at every printed point, the plot,
+    and the ONNX model (onnxruntime = PyTorch) sampled from."""
+    out, _ = run_example("examples/train_tiny_lm.py", "--steps", "4", "--compiled-steps", "0",
+                         *TINY_LM_SMALL, "--out", str(tmp_path))  # fmt: skip
+    assert "BPE vocabulary 1024" in out and "opslib.swap_modules replaced 25 modules" in out
+    figures = _tiny_lm_figures(out)
+    twin, ours = figures["twin eager"], figures["opslib eager"]
+    assert twin.split(",")[0].split("loss ")[1] == ours.split(",")[0].split("loss ")[1]
+    held_out = [line.split("held-out loss ")[1] for line in out.splitlines() if "held-out" in line]
+    assert len(held_out) == 2 and abs(float(held_out[0]) - float(held_out[1])) < 1e-3, out
+    assert (tmp_path / "train_tiny_lm.png").stat().st_size > 10_000
+    assert (tmp_path / "tiny_lm.onnx").stat().st_size > 0
+    difference = float(out.split("max |onnxruntime - PyTorch| ")[1].split(")")[0])
+    assert difference < 1e-4, out
+    assert "greedy sample after" in out
+
+
+@pytest.mark.slow
+def test_tiny_lm_example_trains_compiled(tmp_path):
+    """The compiled phase (fullgraph, both models): slow, a minute of compiling."""
+    out, _ = run_example("examples/train_tiny_lm.py", "--steps", "2", "--compiled-steps", "3",
+                         *TINY_LM_SMALL, "--out", str(tmp_path), timeout=900)  # fmt: skip
+    assert "opslib / twin, compiled" in out
