@@ -198,8 +198,20 @@ def define_mutating_op(
         with torch._C._AutoDispatchBelowAutograd():
             return op.default(*args)
 
+    def updated_tensor_list(args: tuple) -> list[Tensor]:
+        """updated_tensors without the names: once per call of an optimizer step over every
+        parameter, so kept to list operations (~0.2 ms for 400 tensors as a generator)."""
+        out: list[Tensor] = []
+        for i, _ in mutated:
+            value = args[i] if i < len(args) else None
+            if isinstance(value, (list, tuple)):
+                out.extend(t for t in value if isinstance(t, Tensor))
+            elif isinstance(value, Tensor):
+                out.append(value)
+        return out
+
     def inplace_or_view_kernel(keyset, *args: object) -> None:
-        torch.autograd.graph.increment_version([t for _, t in updated_tensors(args)])
+        torch.autograd.graph.increment_version(updated_tensor_list(args))
         return op.default.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, *args)
 
     lib.impl(name, autograd_kernel, "Autograd")

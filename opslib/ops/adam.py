@@ -191,9 +191,7 @@ def _update_with_torch_ops(
 
 
 def _cpu_kernel_takes(tensors: Sequence[Tensor]) -> bool:
-    return cpu_kernels.is_loaded() and all(
-        t.device.type == "cpu" and t.is_contiguous() for t in tensors
-    )
+    return cpu_kernels.is_loaded() and all(t.is_cpu and t.is_contiguous() for t in tensors)
 
 
 def _adam_step_kernel(
