@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
 import sys
 import sysconfig
@@ -120,12 +121,15 @@ def build_models(args, vocab: int):
 
 
 def twin_loss(model, ids: torch.Tensor) -> torch.Tensor:
-    """The twin's loss with native's fused, chunked loss (the logits are never made whole)."""
+    """The twin's loss with native's fused, chunked loss (the logits are never made whole).
+    Under torch.compile, native asks for ``allow_retain_graph=True`` (it warns and sets it
+    otherwise, which dynamo cannot trace)."""
     hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
     labels = F.pad(ids, (0, 1), value=-100)[:, 1:]
+    options = torch.nn.LinearCrossEntropyOptions(allow_retain_graph=torch.compiler.is_compiling())
     return F.linear_cross_entropy(
         hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, labels.reshape(-1),
-        ignore_index=-100, options=torch.nn.LinearCrossEntropyOptions(),
+        ignore_index=-100, options=options,
     )  # fmt: skip
 
 
@@ -154,11 +158,12 @@ def reset_high_water_mark() -> bool:
 
 def train(name: str, loss_fn, model, optimizer, data, steps: int, tokens_per_step: int):
     """``steps`` training steps; each step's loss and seconds, and the peak resident memory of
-    one step (the third) above what the process held before it."""
-    losses, seconds, peak = [], [], 0
+    a step above what the process held before it (the median over steps 3 to 7)."""
+    losses, seconds, peaks = [], [], []
+    measured = range(min(2, steps - 1), min(7, steps))
     for step in tqdm(range(steps), desc=name, leave=False, file=sys.stdout):
         ids = next(data)
-        measure = step == min(2, steps - 1) and reset_high_water_mark()
+        measure = step in measured and reset_high_water_mark()
         before = resident_bytes()
         start = time.perf_counter()
         loss = loss_fn(model, ids)
@@ -167,11 +172,11 @@ def train(name: str, loss_fn, model, optimizer, data, steps: int, tokens_per_ste
         optimizer.step()
         seconds.append(time.perf_counter() - start)
         if measure:
-            peak = resident_bytes("VmHWM") - before
+            peaks.append(resident_bytes("VmHWM") - before)
         losses.append(loss.item())
     timed = seconds[2:] or seconds  # the first steps warm up (and compile)
     return {"losses": losses, "tokens_per_s": tokens_per_step / statistics.median(timed),
-            "peak_bytes": peak}  # fmt: skip
+            "peak_bytes": statistics.median(peaks) if peaks else 0}  # fmt: skip
 
 
 def evaluate(loss_fn, model, tokens: torch.Tensor, seq: int) -> float:
@@ -242,6 +247,15 @@ def plot(results: dict, out: Path) -> Path:
     return path
 
 
+def with_fixed_mmap_threshold() -> None:
+    """Run this script again in a process where glibc returns large freed blocks to the OS
+    (``MALLOC_MMAP_THRESHOLD_``, 1 MiB, as benchmarks/peak_memory.py does): the resident
+    high-water mark of a step then measures that step, not the heap earlier steps left."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
+        environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -302,4 +316,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    with_fixed_mmap_threshold()
     main()

@@ -94,24 +94,23 @@ def _check_cos_sin(op: str, like: Tensor, cos: Tensor, sin: Tensor) -> None:
             )
 
 
-def _check_rotary_embedding(x: Tensor, cos: Tensor, sin: Tensor) -> None:
-    check_floating_input("rotary_embedding", "x", x)
+def _check_rotated(op: str, name: str, x: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """x (or grad_y) with an even last dim, cos and sin that broadcast to it."""
+    check_floating_input(op, name, x)
     if x.dim() == 0 or x.shape[-1] % 2:
         raise ValueError(
-            f"customgrad.rotary_embedding: x of shape {fmt_shape(x.shape)} must have a last "
-            f"dim of even size (the two halves rotated together)"
+            f"customgrad.{op}: {name} of shape {fmt_shape(x.shape)} must have a last dim of "
+            f"even size (the two halves rotated together)"
         )
-    _check_cos_sin("rotary_embedding", x, cos, sin)
+    _check_cos_sin(op, x, cos, sin)
+
+
+def _check_rotary_embedding(x: Tensor, cos: Tensor, sin: Tensor) -> None:
+    _check_rotated("rotary_embedding", "x", x, cos, sin)
 
 
 def _check_rotary_embedding_backward(grad_y: Tensor, cos: Tensor, sin: Tensor) -> None:
-    check_floating_input("rotary_embedding_backward", "grad_y", grad_y)
-    if grad_y.dim() == 0 or grad_y.shape[-1] % 2:
-        raise ValueError(
-            f"customgrad.rotary_embedding_backward: grad_y of shape {fmt_shape(grad_y.shape)} "
-            f"must have a last dim of even size"
-        )
-    _check_cos_sin("rotary_embedding_backward", grad_y, cos, sin)
+    _check_rotated("rotary_embedding_backward", "grad_y", grad_y, cos, sin)
 
 
 def rotate_half(x: Tensor) -> Tensor:
