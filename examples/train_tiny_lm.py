@@ -1,6 +1,7 @@
 """Train a small Llama-family language model on the Python standard library's own source, with
 opslib swapped in (``opslib.swap_modules``) and, from the same weights, its unmodified twin.
 
+    python3 -m pip install -e ".[examples,lm]"        # transformers and tokenizers
     python3 examples/train_tiny_lm.py                  # 200 steps of each, eager, then compiled
     python3 examples/train_tiny_lm.py --steps 20 --compiled-steps 0     # a quick look
 

@@ -136,7 +136,7 @@ def _build(folder: Path) -> None:
 
     print(
         f"opslib: building its C++ CPU kernels for this machine ({capability()}), once per "
-        f"torch version: 35-80 s on 2 cores...",
+        f"torch version: 35-90 s on 2 cores...",
         file=sys.stderr,
         flush=True,
     )
