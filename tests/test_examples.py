@@ -54,6 +54,7 @@ def test_digits_example_trains_to_95_percent_and_saves_an_exported_program(tmp_p
     assert "onnxruntime" in out and (tmp_path / "digits_classifier.onnx").stat().st_size > 0
 
 
+@pytest.mark.slow  # ~40 s (its ops are the op table's: conv2d, batch_norm, cross_entropy)
 def test_digits_cnn_example_trains_compiled_and_runs_in_onnxruntime(tmp_path):
     """The second example: conv2d, batch norm and cross_entropy, compiled without recompiles,
     exported (.pt2 and ONNX) and run in onnxruntime with the same predictions."""
