@@ -9,7 +9,8 @@ libraries (transformers' Llama family) are recognised by structure, and each ins
 only if, on a random probe input, the new forward gives what the old one gives: a look-alike that
 computes something else (Gemma's RMSNorm scales by 1 + weight) is left alone.
 
-transformers (tested: the installed 5.x, Llama): RMSNorm -> rms_norm; the gated MLP ->
+transformers (tested: the installed 5.x; Llama, and Qwen2 and Mistral, whose attention is left
+alone while it has a sliding window): RMSNorm -> rms_norm; the gated MLP ->
 swiglu; the attention module -> rotary_embedding for q and k, and opslib's
 scaled_dot_product_attention through transformers' public attention registry
 (``AttentionInterface`` / ``AttentionMaskInterface``, registered as "opslib", and
@@ -182,7 +183,13 @@ def _candidate_forward(module: torch.nn.Module) -> Callable | None:
     projections = ("q_proj", "k_proj", "v_proj", "o_proj")
     if all(has(p) for p in (*projections, "head_dim", "scaling", "config", "layer_idx")):
         family = sys.modules.get(type(module).__module__)
-        if not (has("q_norm") or has("k_norm")) and hasattr(family, "apply_rotary_pos_emb"):
+        # Left alone: q/k norms (Qwen3), sliding windows (Mistral, Qwen2 with them on: the
+        # window is an argument of the attention call this forward does not make)
+        windowed = getattr(module, "sliding_window", None) is not None or (
+            getattr(module.config, "sliding_window", None) is not None
+        )
+        plain = not (has("q_norm") or has("k_norm") or windowed)
+        if plain and hasattr(family, "apply_rotary_pos_emb"):
             return _attention_forward
     if name.endswith("ForCausalLM") and has("lm_head") and has("model"):
         if _is_linear(module.lm_head):

@@ -100,6 +100,37 @@ def test_look_alikes_that_compute_something_else_are_left_alone():
     assert_close_named(model(input_ids=ids).logits, reference(input_ids=ids).logits, "gemma")
 
 
+@pytest.mark.parametrize("family", ["qwen2", "mistral-sliding-window"])
+def test_other_llama_family_models_are_swapped_where_it_is_exact(family):
+    """Qwen2 (q/k/v biases, no sliding window): everything swapped, logits equal. Mistral with
+    its sliding window: the attention is left alone (the window is an argument the swapped
+    forward would not pass), the rest swapped, logits equal."""
+    common = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="sdpa",
+    )
+    if family == "qwen2":
+        config = transformers.Qwen2Config(**common, use_sliding_window=False)
+        build = transformers.Qwen2ForCausalLM
+    else:
+        config = transformers.MistralConfig(**common, sliding_window=6)
+        build = transformers.MistralForCausalLM
+    torch.manual_seed(0)
+    reference = build(config)
+    model = copy.deepcopy(reference)
+    swapped = set(opslib.swap_modules(model).values())
+    attention_swapped = any("Attention -> opslib" in v for v in swapped)
+    assert attention_swapped == (family == "qwen2"), swapped
+    assert any("MLP -> opslib" in v for v in swapped) and any("RMSNorm -> " in v for v in swapped)
+    ids = torch.randint(0, 256, (2, 12))  # longer than Mistral's window of 6
+    assert_close_named(model(input_ids=ids).logits, reference(input_ids=ids).logits, family)
+
+
 def test_convergence_twenty_adamw_steps_swapped_and_not():
     """The same 2-layer Llama, swapped and not, 20 AdamW steps on the same batches: every
     step's loss within 1e-5 relative and the final parameters within 1e-4 (float32; measured
