@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.every_op
+@pytest.mark.slow  # ~30 s: every op through bench.py --quick and report.py
 def test_quick_benchmark_writes_csvs_and_the_report_draws_them(tmp_path):
     run = subprocess.run(
         [sys.executable, "benchmarks/bench.py", "--quick", "--results", str(tmp_path)],
