@@ -32,7 +32,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from opslib.core.registration import only_plain_tensors
+from opslib.core.registration import in_layout_of, only_plain_tensors  # noqa: F401 (launchers')
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK = 1024  # elements per program of the elementwise kernels
@@ -89,10 +89,6 @@ def is_non_overlapping_and_dense(t: Tensor) -> bool:
 
 def dense(t: Tensor) -> Tensor:
     return t if is_non_overlapping_and_dense(t) else t.contiguous()
-
-
-def in_layout_of(t: Tensor, ref: Tensor) -> Tensor:
-    return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -65,6 +65,15 @@ def library(namespace: str) -> torch.library.Library:
     return _LIBRARIES[namespace]
 
 
+def in_layout_of(t: Tensor, like: Tensor) -> Tensor:
+    """t laid out as ``torch.empty_like(like)``: the layout an elementwise op's fake promises
+    (like's strides if it is dense, else contiguous). t itself when it already is."""
+    if t.stride() == like.stride():
+        return t
+    target = torch.empty_like(like)
+    return t if t.stride() == target.stride() else target.copy_(t)
+
+
 def only_plain_tensors(args: tuple) -> bool:
     """True when nothing but real computation could see this call: no TorchDispatchMode and no
     functorch transform (vmap/grad/jvp wrappers exist only inside one) is active, and every

@@ -69,6 +69,7 @@ from opslib.core.checks import (
 from opslib.core.precision import HALF_DTYPES, accumulation_dtype
 from opslib.core.registration import (
     define_op,
+    in_layout_of,
     only_plain_tensors,
     register_inductor_decomposition,
     register_onnx_translation,
@@ -157,9 +158,7 @@ def _learned_silu_backward_kernel(grad_y: Tensor, x: Tensor, slope: Tensor):
     # Laid out as the fake promises: grad_x like x (the C++ kernel already is), grad_slope like
     # slope.
     if fused is None or not x.is_cpu:
-        like_x = torch.empty_like(x)
-        if grad_x.stride() != like_x.stride():
-            grad_x = like_x.copy_(grad_x)
+        grad_x = in_layout_of(grad_x, x)
     return grad_x, grad_slope.reshape(slope.shape).contiguous()
 
 
@@ -172,19 +171,22 @@ def _learned_silu_backward_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
+def silu_derivatives(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """s = sigmoid(x), h = silu'(x) = s(1 + x(1 - s)) and dh/dx = silu''(x) =
+    s(1 - s)(2 + x(1 - 2s)), derived in the module docstring; in torch ops, so differentiable
+    (swiglu's double backward uses them too)."""
+    s = torch.sigmoid(x)
+    return s, s * (1 + x * (1 - s)), s * (1 - s) * (2 + x * (1 - 2 * s))
+
+
 def _learned_silu_double_backward(ctx, grad_grad_x: Tensor, grad_grad_slope: Tensor):
     """The derivation is in the module docstring (u = grad_grad_x, v = grad_grad_slope)."""
     grad_y, x, slope = ctx.saved_tensors
     needs_g, needs_x, needs_slope = input_grad_flags(ctx, 3)
     u, v = grad_grad_x, grad_grad_slope
-    s = torch.sigmoid(x)
-    h = s * (1 + x * (1 - s))
+    s, h, dh = silu_derivatives(x)
     dg = u * slope * h + v * x * s if needs_g else None
-    dx = (
-        u * grad_y * slope * (s * (1 - s) * (2 + x * (1 - 2 * s))) + v * grad_y * h
-        if needs_x
-        else None
-    )
+    dx = u * grad_y * slope * dh + v * grad_y * h if needs_x else None
     dslope = (u * grad_y * h).sum_to_size(slope.shape) if needs_slope else None
     return dg, dx, dslope
 

@@ -72,6 +72,7 @@ from opslib.core.checks import (
 from opslib.core.precision import HALF_DTYPES
 from opslib.core.registration import (
     define_op,
+    in_layout_of,
     only_plain_tensors,
     register_inductor_decomposition,
     register_onnx_translation,
@@ -145,12 +146,6 @@ def _triton_takes(x: Tensor, cos: Tensor, sin: Tensor) -> bool:
     )
 
 
-def _laid_out_like(t: Tensor, like: Tensor) -> Tensor:
-    """t laid out as ``empty_like(like)``, what the fakes promise."""
-    target = torch.empty_like(like)
-    return t if t.stride() == target.stride() else target.copy_(t)
-
-
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor, *, inverse: bool) -> Tensor:
     """The forward (inverse=False) or dL/dx (inverse=True, x = grad_y) on the fastest path."""
     if _triton_takes(x, cos, sin):  # CUDA: one Triton pass
@@ -159,8 +154,8 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, *, inverse: bool) -> Tensor:
         return torch.ops.opslib_cpu.rotary_embedding(x, cos, sin, inverse)
     formula = _backward_formula if inverse else _forward_formula
     if x.dtype in HALF_DTYPES:
-        return _laid_out_like(formula(x.float(), cos.float(), sin.float()).to(x.dtype), x)
-    return _laid_out_like(formula(x, cos, sin), x)
+        return in_layout_of(formula(x.float(), cos.float(), sin.float()).to(x.dtype), x)
+    return in_layout_of(formula(x, cos, sin), x)
 
 
 def _rotary_embedding_kernel(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -67,12 +67,14 @@ from opslib.core.checks import (
 from opslib.core.precision import HALF_DTYPES
 from opslib.core.registration import (
     define_op,
+    in_layout_of,
     only_plain_tensors,
     register_inductor_decomposition,
     register_onnx_translation,
     register_vmap,
 )
 from opslib.core.sharding import register_sharding_rule
+from opslib.ops.learned_silu import silu_derivatives
 
 CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -113,12 +115,6 @@ def _forward_formula(gate: Tensor, up: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
-def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
-    """t laid out as ``empty_like(like)``, what the fakes promise."""
-    target = torch.empty_like(like)
-    return t if t.stride() == target.stride() else target.copy_(t)
-
-
 def _swiglu_kernel(gate: Tensor, up: Tensor) -> Tensor:
     _check_swiglu(gate, up)
     if _triton_takes(gate, up):
@@ -126,8 +122,8 @@ def _swiglu_kernel(gate: Tensor, up: Tensor) -> Tensor:
     if cpu_kernel_takes(gate):
         return torch.ops.opslib_cpu.swiglu_forward(gate, up)  # one pass (csrc/swiglu.cpp)
     if gate.dtype in HALF_DTYPES:
-        return _in_layout_of(_forward_formula(gate.float(), up.float()).to(gate.dtype), gate)
-    return _in_layout_of(_forward_formula(gate, up), gate)
+        return in_layout_of(_forward_formula(gate.float(), up.float()).to(gate.dtype), gate)
+    return in_layout_of(_forward_formula(gate, up), gate)
 
 
 def _swiglu_fake(gate: Tensor, up: Tensor) -> Tensor:
@@ -155,7 +151,7 @@ def _swiglu_backward_kernel(grad_y: Tensor, gate: Tensor, up: Tensor) -> tuple[T
     if cpu_kernel_takes(gate):
         return torch.ops.opslib_cpu.swiglu_backward(grad_y, gate, up)  # one pass (csrc/)
     grad_gate, grad_up = _backward_formula(grad_y, gate, up)
-    return _in_layout_of(grad_gate, gate), _in_layout_of(grad_up, up)
+    return in_layout_of(grad_gate, gate), in_layout_of(grad_up, up)
 
 
 def _swiglu_backward_fake(grad_y: Tensor, gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,14 +168,9 @@ def _swiglu_double_backward(ctx, grad_grad_gate: Tensor, grad_grad_up: Tensor):
     grad_y, gate, up = ctx.saved_tensors
     needs_g, needs_gate, needs_up = input_grad_flags(ctx, 3)
     a, b = grad_grad_gate, grad_grad_up
-    s = torch.sigmoid(gate)
-    h = s * (1 + gate * (1 - s))
+    s, h, dh = silu_derivatives(gate)
     dg = a * up * h + b * gate * s if needs_g else None
-    dgate = (
-        a * grad_y * up * (s * (1 - s) * (2 + gate * (1 - 2 * s))) + b * grad_y * h
-        if needs_gate
-        else None
-    )
+    dgate = a * grad_y * up * dh + b * grad_y * h if needs_gate else None
     dup = a * grad_y * h if needs_up else None
     return dg, dgate, dup
 
