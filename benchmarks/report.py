@@ -1,7 +1,9 @@
 """Turn the benchmark CSVs into PNG plots and markdown tables (never typed by hand).
 
-python3 benchmarks/report.py            # latest run per device -> results/*.png, summary.md
-python3 benchmarks/report.py --readme   # ... and replace the README's benchmark section
+python3 benchmarks/report.py   # newest run of each op per device -> results/*.png, summary.md
+
+The documentation site's Benchmarks page and each op page's plot are drawn by these functions
+at build time (docs/_ext/opslib_pages.py).
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from bench_table import BENCH, elements_label
 
 from opslib.testing.opinfos import OPS_BY_NAME
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
 def read(path: Path) -> list[dict]:
@@ -28,15 +28,20 @@ def read(path: Path) -> list[dict]:
 
 
 def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
-    """The most recent float32 run of each device: {device: its rows}. (The tables compare
-    float32; a ``bench.py --dtype`` run of another dtype is read from its own folder.)"""
+    """Each op's most recent float32 run on each device: {device: its rows}, so that a run of
+    a few ops (``bench.py --ops``) adds to the tables instead of replacing them. (The tables
+    compare float32; a ``bench.py --dtype`` run of another dtype is read from its own folder.)
+    model.csv's rows have no op: one newest run per device."""
     rows = [r for r in rows if r.get("dtype") in ("float32", "", None)]  # none: model.csv
-    newest: dict[str, str] = {}
+    newest: dict[tuple[str, str], str] = {}
     for r in rows:
-        newest[r["device"]] = max(newest.get(r["device"], ""), r["run_id"])
-    return {
-        d: [r for r in rows if r["device"] == d and r["run_id"] == run] for d, run in newest.items()
-    }
+        key = (r["device"], r.get("op", ""))
+        newest[key] = max(newest.get(key, ""), r["run_id"])
+    runs: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["run_id"] == newest[(r["device"], r.get("op", ""))]:
+            runs.setdefault(r["device"], []).append(r)
+    return runs
 
 
 def size_label(op: str, size: int) -> str:
@@ -51,7 +56,7 @@ def plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     ops = list(dict.fromkeys(r["op"] for r in rows))
-    cols = 4
+    cols = min(4, len(ops))
     fig, axes = plt.subplots(
         (len(ops) + cols - 1) // cols,
         cols,
@@ -89,7 +94,8 @@ def plot(rows: list[dict], out: Path) -> None:
     r0 = rows[0]
     fig.suptitle(
         f"opslib / native time (lower is better; < 1 is faster than native) — "
-        f"{r0['device']}, {r0['threads']} threads, torch {r0['torch']}, {r0['commit']}"
+        f"{r0['device']}, {r0['threads']} threads, torch {r0['torch']}, {runs_label(rows)}",
+        fontsize=10 if len(ops) > 1 else 8,
     )
     fig.tight_layout()
     fig.savefig(out, dpi=90)
@@ -168,7 +174,15 @@ def model_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summary(results: Path, image_prefix: str) -> str:
+def runs_label(rows: list[dict]) -> str:
+    """The commits and run ids the rows come from, oldest first."""
+    runs = sorted({(r["run_id"], r["commit"]) for r in rows})
+    return "; ".join(f"commit {commit}, run {run}" for run, commit in runs)
+
+
+def summary(results: Path, image_prefix: str, images: Path | None = None) -> str:
+    """Markdown tables of the newest runs, with their plots drawn into ``images`` (default:
+    ``results``) and linked as ``image_prefix`` + file name."""
     timings = latest_runs(read(results / "timings.csv"))
     memory = latest_runs(read(results / "memory.csv"))
     model = latest_runs(read(results / "model.csv"))
@@ -176,11 +190,11 @@ def summary(results: Path, image_prefix: str) -> str:
     for device, rows in timings.items():
         r0 = rows[0]
         slug = "cpu" if device == "cpu" else "cuda"
-        png = results / f"ratios_{slug}.png"
+        png = (images or results) / f"ratios_{slug}.png"
         plot(rows, png)
         parts += [
-            f"#### {device} — {r0['machine']}, {r0['threads']} threads, torch {r0['torch']}, "
-            f"commit {r0['commit']}, run {r0['run_id']}"
+            f"## {device} — {r0['machine']}, {r0['threads']} threads, torch {r0['torch']}, "
+            f"{runs_label(rows)}"
             + (f", C++ CPU fast path: {r0['cpu_fast_path']}" if r0.get("cpu_fast_path") else ""),
             "",
             f"![opslib / native time per op]({image_prefix}{png.name})",
@@ -218,20 +232,10 @@ def summary(results: Path, image_prefix: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--readme", action="store_true", help="update README.md's section")
     args = parser.parse_args(argv)
     text = summary(args.results, "")
     (args.results / "summary.md").write_text(text + "\n")
     print(text)
-    if args.readme:
-        readme = ROOT / "README.md"
-        content = readme.read_text()
-        start, end = content.index(README_START), content.index(README_END)
-        rel = args.results.resolve().relative_to(ROOT)
-        section = summary(args.results, f"{rel}/")
-        readme.write_text(
-            content[: start + len(README_START)] + "\n" + section + "\n" + content[end:]
-        )
     return 0
 
 

@@ -90,3 +90,9 @@ def test_a_dtype_run_times_that_dtype_and_the_report_keeps_to_float32(tmp_path):
     undated = [{"device": "cpu", "run_id": "3"}, {"device": "cpu", "run_id": "4", "dtype": ""}]
     assert report.latest_runs(undated[:1]) == {"cpu": undated[:1]}  # model.csv: no dtype
     assert report.latest_runs(undated) == {"cpu": undated[1:]}  # a row older than the column
+    # each op's newest run: a run of a few ops (bench.py --ops) adds to the tables
+    by_op = [
+        {"device": "cpu", "run_id": run_id, "dtype": "float32", "op": op}
+        for run_id, op in (("5", "a"), ("5", "b"), ("6", "b"))
+    ]
+    assert report.latest_runs(by_op) == {"cpu": [by_op[0], by_op[2]]}

@@ -1,4 +1,4 @@
-"""``customgrad::adam_step_``: one Adam or AdamW update of a list of parameters, in place.
+r"""``customgrad::adam_step_``: one Adam or AdamW update of a list of parameters, in place.
 
 Schema (every tensor argument but the gradients is updated in place, hence ``(a!)``)::
 
@@ -12,53 +12,76 @@ scheduler changes is data, not a constant of the graph (a Python float would rec
 step at every new value). ``opslib.optim.Adam``/``AdamW`` call this op; ``adam_step_`` below
 takes floats or tensors.
 
-The update (Kingma & Ba, "Adam", 2015; the conventions of ``torch.optim.Adam``)
-    For each parameter θ with gradient g, first moment m, second moment v and step count t,
-    all updated in place:
+The update
+----------
+Kingma & Ba, "Adam", 2015; the conventions of ``torch.optim.Adam``. For each parameter θ with
+gradient g, first moment m, second moment v and step count t, all updated in place, with
+learning rate :math:`\gamma` (lr), weight decay :math:`\lambda` (wd):
 
-    t ← t + 1                                       the first update has t = 1
-    g ← -g                                          if maximize (ascend instead of descend)
-    θ ← θ · (1 - lr·wd)                             AdamW: decoupled weight decay
-    g ← g + wd·θ                                    Adam: the L2 penalty's gradient
-    m ← β1·m + (1-β1)·g                             computed as lerp(m, g, 1-β1)
-    v ← β2·v + (1-β2)·g²
-    v̄ ← max(v̄, v)                                   amsgrad; else v̄ is v
-    θ ← θ - lr/(1-β1ᵗ) · m / (√v̄ / √(1-β2ᵗ) + ε)
+.. math::
 
-    Why the bias corrections: m and v start at 0, so after t steps of a gradient with mean
-    E[g], E[m] = Σᵢ (1-β1)·β1^(t-i)·E[g] = (1-β1ᵗ)·E[g]: m is biased towards 0 by exactly the
-    factor 1-β1ᵗ, and v by 1-β2ᵗ. Dividing them out gives the estimates m̂ = m/(1-β1ᵗ) and
-    v̂ = v/(1-β2ᵗ), and the textbook update θ ← θ - lr·m̂/(√v̂ + ε). The line above is that
-    update rearranged as torch computes it: the step size lr/(1-β1ᵗ) is one number per
-    tensor, √v is divided by √(1-β2ᵗ) before ε is added (so ε is added to √v̂, as in the paper).
+    t &\leftarrow t + 1 && \text{the first update has } t = 1 \\
+    g &\leftarrow -g && \text{if maximize (ascend instead of descend)} \\
+    \theta &\leftarrow \theta\,(1 - \gamma\lambda) && \text{AdamW: decoupled weight decay} \\
+    g &\leftarrow g + \lambda\theta && \text{Adam: the L2 penalty's gradient} \\
+    m &\leftarrow \beta_1 m + (1 - \beta_1)\, g
+        && \text{computed as } \operatorname{lerp}(m, g, 1 - \beta_1) \\
+    v &\leftarrow \beta_2 v + (1 - \beta_2)\, g^2 \\
+    \bar v &\leftarrow \max(\bar v, v) && \text{amsgrad; else } \bar v \text{ is } v \\
+    \theta &\leftarrow \theta - \frac{\gamma}{1 - \beta_1^t} \cdot
+        \frac{m}{\sqrt{\bar v}/\sqrt{1 - \beta_2^t} + \varepsilon}
 
-    Adam's weight decay adds the gradient of the penalty (wd/2)·‖θ‖² to g, so it then goes
-    through the 1/√v̂ normalisation: parameters with large gradients are decayed less.
-    AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019) shrinks θ by
-    lr·wd directly, before the gradient step, independent of the gradient statistics.
+Why the bias corrections: m and v start at 0, so after t steps of a gradient with mean
+:math:`E[g]`,
 
-    AMSGrad (Reddi et al., 2018) divides by the largest second moment seen so far, v̄, so that
-    the effective step size never grows; torch keeps the maximum of the uncorrected v, as here.
+.. math::
 
-Rounding: each line above rounds where ``torch.optim.Adam(foreach=True)`` rounds, one foreach
-op per line (the torch-op kernel below is those ops, and bit-identical to it). The C++
-kernel's square root is correctly rounded where ATen's is an ulp off on ~1 element in 40,000,
-so after 200 training steps its float32 parameters are within 1e-6 of torch's (relative, per
-tensor), as far as torch's own fused kernel lands. The coefficients (1-β1ᵗ, lr/(1-β1ᵗ), √(1-β2ᵗ))
-are computed in double, as torch computes them in Python. float16 and bfloat16 parameters keep
-their moments in their own dtype, as torch does, and are computed in float32 and rounded once
-per stored tensor, as torch's fused kernel does (the foreach path rounds after every op).
+    E[m] = \sum_{i=1}^t (1 - \beta_1)\, \beta_1^{t - i}\, E[g] = (1 - \beta_1^t)\, E[g]:
 
-Kernels: CPU tensors go to the C++ kernel (``opslib/csrc/adam.cpp``: one vectorized,
-multi-threaded pass over p, g, m, v per tensor); CUDA tensors to a Triton kernel (one pass,
-float32 compute: ``opslib/ops/triton_kernels/adam.py``); anything else (float64 on CUDA,
-non-contiguous tensors, no C++ compiler) to the torch ops of ``_update_with_torch_ops``. Every
-tensor of every parameter is checked before the first one is updated, so a call that is
-refused changes nothing.
+m is biased towards 0 by exactly the factor :math:`1 - \beta_1^t`, and v by
+:math:`1 - \beta_2^t`. Dividing them out gives the estimates :math:`\hat m = m/(1 - \beta_1^t)`
+and :math:`\hat v = v/(1 - \beta_2^t)`, and the textbook update
+:math:`\theta \leftarrow \theta - \gamma\, \hat m/(\sqrt{\hat v} + \varepsilon)`. The last line
+above is that update rearranged as torch computes it: the step size
+:math:`\gamma/(1 - \beta_1^t)` is one number per tensor, :math:`\sqrt v` is divided by
+:math:`\sqrt{1 - \beta_2^t}` before ε is added (so ε is added to :math:`\sqrt{\hat v}`, as in
+the paper).
 
-No autograd: an update is not a differentiable function of its inputs here (torch's
-``differentiable=True`` optimizers are not supported). See ``define_mutating_op`` for what the
-op registers instead, and why it refuses tensors that require grad while grad mode is on.
+Adam's weight decay adds the gradient of the penalty :math:`(\lambda/2)\lVert\theta\rVert^2` to
+g, so it then goes through the :math:`1/\sqrt{\hat v}` normalisation: parameters with large
+gradients are decayed less. AdamW (Loshchilov & Hutter, "Decoupled Weight Decay
+Regularization", 2019) shrinks θ by :math:`\gamma\lambda` directly, before the gradient step,
+independent of the gradient statistics.
+
+AMSGrad (Reddi et al., 2018) divides by the largest second moment seen so far, :math:`\bar v`,
+so that the effective step size never grows; torch keeps the maximum of the uncorrected v, as
+here.
+
+Rounding
+--------
+Each line above rounds where ``torch.optim.Adam(foreach=True)`` rounds, one foreach op per line
+(the torch-op kernel below is those ops, and bit-identical to it). The C++ kernel's square root
+is correctly rounded where ATen's is an ulp off on ~1 element in 40,000, so after 200 training
+steps its float32 parameters are within 1e-6 of torch's (relative, per tensor), as far as
+torch's own fused kernel lands. The coefficients (:math:`1 - \beta_1^t`,
+:math:`\gamma/(1 - \beta_1^t)`, :math:`\sqrt{1 - \beta_2^t}`) are computed in double, as torch
+computes them in Python. float16 and bfloat16 parameters keep their moments in their own dtype,
+as torch does, and are computed in float32 and rounded once per stored tensor, as torch's fused
+kernel does (the foreach path rounds after every op).
+
+Kernels
+-------
+CPU tensors go to the C++ kernel (``opslib/csrc/adam.cpp``: one vectorized, multi-threaded pass
+over p, g, m, v per tensor); CUDA tensors to a Triton kernel (one pass, float32 compute:
+``opslib/ops/triton_kernels/adam.py``); anything else (float64 on CUDA, non-contiguous tensors,
+no C++ compiler) to the torch ops of ``_update_with_torch_ops``. Every tensor of every parameter
+is checked before the first one is updated, so a call that is refused changes nothing.
+
+No autograd
+-----------
+An update is not a differentiable function of its inputs here (torch's ``differentiable=True``
+optimizers are not supported). See ``define_mutating_op`` for what the op registers instead,
+and why it refuses tensors that require grad while grad mode is on.
 """
 
 from __future__ import annotations

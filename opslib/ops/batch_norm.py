@@ -1,4 +1,4 @@
-"""``opslib.batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+r"""``opslib.batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
 momentum=0.1, eps=1e-5)``: batch normalisation (Ioffe & Szegedy, 2015), as ``F.batch_norm``,
 made of two ops, because ``register_autograd`` refuses an op that mutates its inputs:
 
@@ -17,42 +17,67 @@ returns y. Under torch.compile the update is functionalised like any mutating op
 writes the buffers back in place; torch.export records it as a buffer mutation.
 
 x is ``[N, C]`` or ``[N, C, *]`` (BatchNorm1d/2d/3d); channel c's statistics are over every
-element of dim 1's slice c: M = N · ∏spatial elements.
+element of dim 1's slice c: :math:`M = N \cdot \prod \text{spatial}` elements.
 
-Forward (one channel: x_1..x_M; weight w and bias b, or 1 and 0)
-    training:  μ = (1/M) Σ_k x_k,  σ² = (1/M) Σ_k (x_k - μ)²   (the batch's)
-    eval:      μ, σ² = running_mean[c], running_var[c]
-    r = 1 / sqrt(σ² + eps),  x̂_k = (x_k - μ) r,  y_k = x̂_k w + b
+Forward
+-------
+One channel :math:`x_1 \dots x_M`; weight w and bias b, or 1 and 0. In training, the batch's
+statistics; in eval, :math:`\mu, \sigma^2 = \text{running\_mean}_c, \text{running\_var}_c`:
 
-Running statistics (training, native's rule: the variance unbiased, M/(M-1))
-    running_mean ← (1 - momentum) running_mean + momentum μ
-    running_var  ← (1 - momentum) running_var  + momentum σ² M/(M-1)
+.. math::
 
-Backward (g = dL/dy, u_k = w g_k)
-    training: μ and σ² depend on every x_k of the channel, exactly as layer_norm's row
-        statistics do on the row (derived in ``opslib/ops/layer_norm.py``):
-        dL/dx_k = r (u_k - (1/M) Σ_j u_j - x̂_k (1/M) Σ_j u_j x̂_j)
-    eval: μ and σ² are constants
-        dL/dx_k = r u_k
-    both: dL/dw = Σ_k g_k x̂_k,  dL/db = Σ_k g_k   (per channel)
-    The running statistics get no gradient (native refuses ones that require grad; so does
-    this op).
+    \text{training:}\quad \mu = \frac1M \sum_k x_k, \qquad
+        \sigma^2 = \frac1M \sum_k (x_k - \mu)^2 \\
+    r = \frac{1}{\sqrt{\sigma^2 + \varepsilon}}, \qquad
+    \hat x_k = (x_k - \mu)\, r, \qquad y_k = \hat x_k\, w + b
 
-Saved for backward: x, weight, and the statistics used ([C]: the batch's mean and
-1/sqrt(var + eps) in training, the running ones in eval): what native saves.
+Running statistics
+------------------
+In training, native's rule (the variance unbiased, :math:`M/(M-1)`), with momentum
+:math:`\alpha`:
 
-Kernels: the forward is ATen's ``native_batch_norm`` (native's own fused kernel: in training
-the mean, then the squared deviations from it, accumulated in double on CPU, and y; a
-hand-written torch-op version, ``var_mean`` over dims (0, 2, ...) and then the normalisation,
-measured 4.4x native's time at [4096, 4096]). The unbiased variance comes from the same kernel:
-given zeroed running statistics and momentum 1 it writes the batch's mean and unbiased variance
-into them, computed in double, rounded once. (Not var = invstd⁻² - eps: that cancels when the
-variance is small next to eps: 0.4% off at var = 1.4e-10 in float32.) A first-order backward is
-ATen's ``native_batch_norm_backward``, the formula above in one kernel. ``create_graph=True`` takes
-``_backward_formula``, the same math in differentiable torch ops (the statistics recomputed
-from x, so their dependence on x is differentiated again). float16/bfloat16 x: statistics in
-float32, as native (weight, bias and the running statistics then join in float32: ATen's
-mixed-precision rule).
+.. math::
+
+    \text{running\_mean} &\leftarrow (1 - \alpha)\,\text{running\_mean} + \alpha\,\mu \\
+    \text{running\_var} &\leftarrow (1 - \alpha)\,\text{running\_var}
+        + \alpha\,\sigma^2 \frac{M}{M - 1}
+
+Backward
+--------
+With :math:`g = \partial L/\partial y` and :math:`u_k = w g_k`. In training, μ and σ² depend
+on every :math:`x_k` of the channel, exactly as layer_norm's row statistics do on the row
+(derived on the :ref:`layer_norm <op-layer_norm>` page); in eval they are constants:
+
+.. math::
+
+    \text{training:}\quad \frac{\partial L}{\partial x_k} &= r\Bigl(u_k - \frac1M \sum_j u_j
+        - \hat x_k\, \frac1M \sum_j u_j \hat x_j\Bigr) \\
+    \text{eval:}\quad \frac{\partial L}{\partial x_k} &= r\, u_k \\
+    \text{both, per channel:}\quad \frac{\partial L}{\partial w} &= \sum_k g_k \hat x_k, \qquad
+        \frac{\partial L}{\partial b} = \sum_k g_k
+
+The running statistics get no gradient (native refuses ones that require grad; so does this
+op).
+
+Saved for backward
+------------------
+x, weight, and the statistics used (``[C]``: the batch's mean and 1/sqrt(var + eps) in
+training, the running ones in eval): what native saves.
+
+Kernels
+-------
+The forward is ATen's ``native_batch_norm`` (native's own fused kernel: in training the mean,
+then the squared deviations from it, accumulated in double on CPU, and y; a hand-written
+torch-op version, ``var_mean`` over dims (0, 2, ...) and then the normalisation, measured 4.4x
+native's time at ``[4096, 4096]``). The unbiased variance comes from the same kernel: given
+zeroed running statistics and momentum 1 it writes the batch's mean and unbiased variance into
+them, computed in double, rounded once. (Not :math:`\text{invstd}^{-2} - \varepsilon`: that
+cancels when the variance is small next to eps: 0.4% off at var = 1.4e-10 in float32.) A
+first-order backward is ATen's ``native_batch_norm_backward``, the formula above in one kernel.
+``create_graph=True`` takes ``_backward_formula``, the same math in differentiable torch ops
+(the statistics recomputed from x, so their dependence on x is differentiated again).
+float16/bfloat16 x: statistics in float32, as native (weight, bias and the running statistics
+then join in float32: ATen's mixed-precision rule).
 """
 
 from __future__ import annotations

@@ -1,56 +1,85 @@
-"""``customgrad::conv1d`` and ``customgrad::conv2d(Tensor x, Tensor weight, Tensor? bias=None,
+r"""``customgrad::conv1d`` and ``customgrad::conv2d(Tensor x, Tensor weight, Tensor? bias=None,
 int[2] stride=1, int[4] padding=0, int[2] dilation=1, int groups=1) -> Tensor``: convolution
 (cross-correlation, as every deep-learning library computes it), as ``F.conv1d``/``F.conv2d``.
 The two ops differ only in the number of spatial dims d (1 or 2), so they share this file.
 
-Shapes (d spatial dims; conv2d: [N, C, H, W])
-    x       [N, C, *in]   or unbatched [C, *in]
-    weight  [O, C/g, *k]  g = groups: input channels c·C/g.. and output channels o·O/g.. pair up
-    bias    None or [O]
-    y       [N, O, *out]  out = ⌊(in + p_begin + p_end - dil·(k - 1) - 1) / stride⌋ + 1
-    padding per dim as (begin, end) pairs in the op, [h_begin, h_end, w_begin, w_end]; the public
-    functions also take an int, one int per dim, "valid" (0) and "same" (dil·(k-1) split with
-    the odd one at the end, as native; stride 1 only).
+Shapes
+------
+d spatial dims; conv2d: ``[N, C, H, W]``. g = groups: input channels :math:`c \cdot C/g \dots`
+and output channels :math:`o \cdot O/g \dots` pair up.
 
-Forward, with x zero-padded (x_p) and one group (groups split the channels into independent
-convolutions):
-    y[n, o, i] = b[o] + Σ_c Σ_κ W[o, c, κ] · x_p[n, c, s·i + dil·κ]       (i, κ: d-dim indices)
+- ``x``: ``[N, C, *in]`` or unbatched ``[C, *in]``.
+- ``weight``: ``[O, C/g, *k]``.
+- ``bias``: None or ``[O]``.
+- ``y``: ``[N, O, *out]``, with, per spatial dim,
+  :math:`\text{out} = \bigl\lfloor (\text{in} + p_\text{begin} + p_\text{end}
+  - \text{dil}\,(k - 1) - 1) / \text{stride} \bigr\rfloor + 1`.
+- padding per dim as (begin, end) pairs in the op, ``[h_begin, h_end, w_begin, w_end]``; the
+  public functions also take an int, one int per dim, "valid" (0) and "same"
+  (:math:`\text{dil}\,(k - 1)` split with the odd one at the end, as native; stride 1 only).
 
-Backward (g = dL/dy), each from differentiating that sum:
-    dL/db[o]       = Σ_n Σ_i g[n, o, i]                                   the sum of dY
-    dL/dW[o, c, κ] = Σ_n Σ_i g[n, o, i] · x_p[n, c, s·i + dil·κ]          a correlation of X
-                     with dY: dY plays the kernel, dilated by the stride
-    dL/dx_p[n, c, j] = Σ_o Σ_{i, κ: s·i + dil·κ = j} g[n, o, i] · W[o, c, κ]
-                     = a transposed convolution of dY with W (stride s, dilation dil): dY
-                     scattered back through every position that read j
-    dL/dx = dL/dx_p without the padding (padding only adds zeros, whose gradient is dropped).
+Forward
+-------
+With x zero-padded (:math:`x_p`), stride s, dilation δ, and one group (groups split the channels
+into independent convolutions); i and κ are d-dim indices:
 
-    ATen computes the three with ``aten.convolution_backward`` (oneDNN/MKL on CPU, cuDNN on
-    CUDA), the same kernels as native; tests/test_conv.py checks its dX and dW against
-    ``F.conv_transpose2d`` and the correlation written above.
+.. math::
 
-Saved for backward: x if W needs a gradient, W if x does (as native).
+    y[n, o, i] = b[o] + \sum_c \sum_\kappa W[o, c, \kappa]\; x_p[n, c, s i + \delta\kappa]
 
-Double backward: ``aten.convolution_backward`` has its own derivative in ATen (each gradient is
-bilinear in g and one of x, W, so its derivative is again a convolution), so autograd
-differentiates the backward again; gradgradcheck runs over the op table's samples.
+Backward
+--------
+With :math:`g = \partial L/\partial y`, each from differentiating that sum:
 
-Asymmetric padding ("same" with an even kernel, or explicit pairs): ATen's convolution pads
-both sides alike, so the part of the padding beyond the smaller side is added first with
-``F.pad`` (as native's "same" does); its gradient is the slice of dL/dx_p.
+.. math::
 
-Half precision on CPU (float16, bfloat16) computes in float32 and rounds the results: oneDNN's
-half-precision convolutions, which native F.conv*d calls, crash the process for some small
-shapes (torch 2.13 on an AVX512 machine: segfaults and SIGFPE, with and without padding,
-not always on the same call: 150 of 20,000 random small float16 convolutions and 19 of 20,000
-bfloat16 ones, `python3 tests/search_conv_crashes.py`; tests/test_conv.py keeps six). Its
-float32 kernels ran 160,000 such calls without one. The float32 result rounded once is at
-least as accurate as native's; in bfloat16 it is slower than native's fast kernel (README).
+    \frac{\partial L}{\partial b[o]} &= \sum_n \sum_i g[n, o, i] \\
+    \frac{\partial L}{\partial W[o, c, \kappa]} &= \sum_n \sum_i g[n, o, i]\;
+        x_p[n, c, s i + \delta\kappa] \\
+    \frac{\partial L}{\partial x_p[n, c, j]} &= \sum_o \sum_{i, \kappa:\ s i + \delta\kappa = j}
+        g[n, o, i]\; W[o, c, \kappa]
 
-Kernels: ATen's ``convolution`` forward and ``convolution_backward`` for both gradients (the
-kernels native uses: oneDNN on CPU, cuDNN on CUDA), float16/bfloat16 on CPU computed in
-float32 and rounded (see above). No C++ kernel of opslib's own, no fast path, no Triton
-kernel.
+The bias gradient is the sum of dY; the weight gradient a correlation of X with dY (dY plays the
+kernel, dilated by the stride); the input gradient a transposed convolution of dY with W
+(stride s, dilation δ): dY scattered back through every position that read j.
+:math:`\partial L/\partial x` is :math:`\partial L/\partial x_p` without the padding (padding only
+adds zeros, whose gradient is dropped).
+
+ATen computes the three with ``aten.convolution_backward`` (oneDNN/MKL on CPU, cuDNN on CUDA),
+the same kernels as native; tests/test_conv.py checks its dX and dW against
+``F.conv_transpose2d`` and the correlation written above.
+
+Saved for backward
+------------------
+x if W needs a gradient, W if x does (as native).
+
+Double backward
+---------------
+``aten.convolution_backward`` has its own derivative in ATen (each gradient is bilinear in g
+and one of x, W, so its derivative is again a convolution), so autograd differentiates the
+backward again; gradgradcheck runs over the op table's samples.
+
+Asymmetric padding
+------------------
+"same" with an even kernel, or explicit pairs: ATen's convolution pads both sides alike, so the
+part of the padding beyond the smaller side is added first with ``F.pad`` (as native's "same"
+does); its gradient is the slice of :math:`\partial L/\partial x_p`.
+
+Half precision on CPU
+---------------------
+float16 and bfloat16 compute in float32 and round the results: oneDNN's half-precision
+convolutions, which native F.conv*d calls, crash the process for some small shapes (torch 2.13
+on an AVX512 machine: segfaults and SIGFPE, with and without padding, not always on the same
+call: 150 of 20,000 random small float16 convolutions and 19 of 20,000 bfloat16 ones,
+``python3 tests/search_conv_crashes.py``; tests/test_conv.py keeps six). Its float32 kernels ran
+160,000 such calls without one. The float32 result rounded once is at least as accurate as
+native's; in bfloat16 it is slower than native's fast kernel (see the benchmarks).
+
+Kernels
+-------
+ATen's ``convolution`` forward and ``convolution_backward`` for both gradients (the kernels
+native uses: oneDNN on CPU, cuDNN on CUDA), float16/bfloat16 on CPU computed in float32 and
+rounded (see above). No C++ kernel of opslib's own, no fast path, no Triton kernel.
 """
 
 from __future__ import annotations

@@ -1,53 +1,77 @@
-"""``customgrad::cross_entropy(Tensor input, Tensor target, Tensor? weight=None,
+r"""``customgrad::cross_entropy(Tensor input, Tensor target, Tensor? weight=None,
 int ignore_index=-100, str reduction="mean", float label_smoothing=0.0) -> Tensor``: the
 softmax cross-entropy of class-index targets, as ``F.cross_entropy``.
 
 input is ``[N, C]``, ``[C]`` (one sample) or ``[N, C, d1, ...]`` (a class score per position);
-target holds one class index per sample (per position): ``[N]``, ``[]``, ``[N, d1, ...]``,
-in any integer dtype. (Native takes int64 and uint8 only, "expected target dtype to be Long or
+target holds one class index per sample (per position): ``[N]``, ``[]``, ``[N, d1, ...]``, in
+any integer dtype. (Native takes int64 and uint8 only, "expected target dtype to be Long or
 Byte": its kernels are written for those two. A class index means the same in int8, int16 or
 int32, and the loss is the same exact value, so this op takes them: a deliberate superset,
 tested against native on the int64 copy. bool, floating-point and complex targets are refused.)
 weight ``[C]`` rescales each class; a target equal to ``ignore_index`` contributes nothing.
 
-Forward, per sample i with logits x_i1..x_iC, target t (ε = label_smoothing):
-    lse_i = log Σ_c e^(x_ic) = m + log Σ_c e^(x_ic - m),  m = max_c x_ic   (no overflow)
-    -log p_ic = lse_i - x_ic                          (p = softmax of the row)
-    ℓ_i = (1 - ε) · w_t · (lse_i - x_it)  +  (ε / C) · Σ_c w_c · (lse_i - x_ic)
-    (w ≡ 1 without weight; ℓ_i = 0 and w_t counts as 0 where t = ignore_index)
+Forward
+-------
+Per sample i with logits :math:`x_{i1} \dots x_{iC}`, target t, label smoothing ε, and
+:math:`m = \max_c x_{ic}` (no overflow); p is the softmax of the row:
 
-    The smoothed target is (1-ε)·onehot(t) + ε/C for every class, and ℓ_i its cross-entropy
-    against p (with class weights as native applies them: w_t on the one-hot part, w_c on the
-    uniform part).
-    reduction "none": [ℓ_i];  "sum": Σ_i ℓ_i;  "mean": Σ_i ℓ_i / Σ_i w_{t_i} (native's
-    weighted mean; nan when every target is ignored, as native).
+.. math::
 
-Backward (g = dL/d(result); s_i = g_i, g, or g / Σ w_t for none, sum, mean)
-    ∂lse_i/∂x_ic = p_ic
-    ∂ℓ_i/∂x_ic = (1 - ε) w_t (p_ic - δ_ct) + (ε/C) (W p_ic - w_c),   W = Σ_c w_c
-    dL/dx_ic = s_i · [ a_i p_ic - (ε/C) w_c - (1 - ε) w_t δ_ct ],   a_i = (1 - ε) w_t + (ε/C) W
+    \operatorname{lse}_i &= \log \sum_c e^{x_{ic}} = m + \log \sum_c e^{x_{ic} - m} \\
+    -\log p_{ic} &= \operatorname{lse}_i - x_{ic} \\
+    \ell_i &= (1 - \varepsilon)\, w_t\, (\operatorname{lse}_i - x_{it})
+        + \frac{\varepsilon}{C} \sum_c w_c\, (\operatorname{lse}_i - x_{ic})
 
-    One softmax per row and a subtraction at the target: the [C, C] Jacobian of the softmax is
-    never formed, and no [N, C] tensor is saved. dL/dx is 0 on ignored rows. target (integers)
-    gets no gradient, and neither does weight: native refuses a weight that requires grad, and
-    so does this op, with an error naming it.
+with :math:`w \equiv 1` without weight; :math:`\ell_i = 0` and :math:`w_t` counts as 0 where
+t = ignore_index. The smoothed target is :math:`(1 - \varepsilon)\operatorname{onehot}(t) +
+\varepsilon/C` for every class, and :math:`\ell_i` its cross-entropy against p (with class
+weights as native applies them: :math:`w_t` on the one-hot part, :math:`w_c` on the uniform
+part). Reduction "none": :math:`[\ell_i]`; "sum": :math:`\sum_i \ell_i`; "mean":
+:math:`\sum_i \ell_i / \sum_i w_{t_i}` (native's weighted mean; nan when every target is
+ignored, as native).
 
-Saved for backward: input, target and weight (the inputs: no copy). The row's lse is recomputed
-in backward, in the pass that computes p anyway. Native saves its [N, C] log-probabilities.
+Backward
+--------
+With :math:`g = \partial L/\partial(\text{result})` and :math:`s_i = g_i`, :math:`g`, or
+:math:`g / \sum w_t` for none, sum, mean; :math:`W = \sum_c w_c`:
 
-Double backward: under ``create_graph=True`` the backward is the torch-op formula
-``_backward_formula`` (softmax, scatter, products), which autograd differentiates again. A
-first-order backward calls the op ``customgrad::cross_entropy_backward`` (the C++ kernel on CPU,
-the formula elsewhere), so that a compiled backward calls the kernel too; its own backward
-differentiates the formula.
+.. math::
 
-Kernels: plain CPU calls on contiguous [N, C] or [C] inputs run the C++ kernels of
-``opslib/csrc/cross_entropy.cpp`` (forward: two sweeps over a row in cache, no [N, C] output;
-backward: one exp per element, written once); anything else (CUDA, [N, C, d...], other
-layouts, compile and export tracing) runs ``_forward_formula`` and ``_backward_formula``, the
-same math in torch ops (in float64 in eager mode, float32 for half types while tracing).
+    \frac{\partial \operatorname{lse}_i}{\partial x_{ic}} &= p_{ic} \\
+    \frac{\partial \ell_i}{\partial x_{ic}} &= (1 - \varepsilon)\, w_t\, (p_{ic} - \delta_{ct})
+        + \frac{\varepsilon}{C}\, (W p_{ic} - w_c) \\
+    \frac{\partial L}{\partial x_{ic}} &= s_i \Bigl[a_i\, p_{ic} - \frac{\varepsilon}{C} w_c
+        - (1 - \varepsilon)\, w_t\, \delta_{ct}\Bigr], \qquad
+        a_i = (1 - \varepsilon)\, w_t + \frac{\varepsilon}{C} W
+
+One softmax per row and a subtraction at the target: the ``[C, C]`` Jacobian of the softmax is
+never formed, and no ``[N, C]`` tensor is saved. :math:`\partial L/\partial x` is 0 on ignored
+rows. target (integers) gets no gradient, and neither does weight: native refuses a weight that
+requires grad, and so does this op, with an error naming it.
+
+Saved for backward
+------------------
+input, target and weight (the inputs: no copy). The row's lse is recomputed in backward, in the
+pass that computes p anyway. Native saves its ``[N, C]`` log-probabilities.
+
+Double backward
+---------------
+Under ``create_graph=True`` the backward is the torch-op formula ``_backward_formula``
+(softmax, scatter, products), which autograd differentiates again. A first-order backward calls
+the op ``customgrad::cross_entropy_backward`` (the C++ kernel on CPU, the formula elsewhere),
+so that a compiled backward calls the kernel too; its own backward differentiates the formula.
+
+Kernels
+-------
+Plain CPU calls on contiguous ``[N, C]`` or ``[C]`` inputs run the C++ kernels of
+``opslib/csrc/cross_entropy.cpp`` (forward: two sweeps over a row in cache, no ``[N, C]``
+output; backward: one exp per element, written once); anything else (CUDA, ``[N, C, d...]``,
+other layouts, compile and export tracing) runs ``_forward_formula`` and ``_backward_formula``,
+the same math in torch ops (in float64 in eager mode, float32 for half types while tracing).
 There is no Triton kernel: on CUDA this op runs torch ops.
 
+Extreme values
+--------------
 Targets out of range (neither in [0, C) nor ignore_index) raise an IndexError naming the op and
 the target, eager and compiled: the kernel checks them before computing (one pass over the
 integer targets; a device sync on CUDA), where native CPU raises and native CUDA asserts.

@@ -1,18 +1,40 @@
-"""``customgrad::cube(Tensor x) -> Tensor``: y = x³.
+r"""``customgrad::cube(Tensor x) -> Tensor``: :math:`y = x^3`, elementwise.
 
 Forward
-    y = x³ = pow(x, 3)                          elementwise; y has x's shape, dtype and layout
-                                                (one pass and one rounding; x·x·x is two of each)
+-------
+.. math::
 
-Backward (g = dL/dy)
-    dy/dx = 3x²                     =>  dL/dx = g · 3x²
+    y = x^3 = \operatorname{pow}(x, 3)
 
-Saved for backward: x, as native ``torch.pow(x, 3)`` saves it.
+elementwise; y has x's shape, dtype and layout (one pass and one rounding; x·x·x is two of
+each).
 
-Double backward: the backward is differentiable torch code on g and x:
-d(dL/dx)/dx = 6x·g and d(dL/dx)/dg = 3x².
+Backward
+--------
+With :math:`g = \partial L/\partial y`:
 
-Kernels (cube, code CUBE of the shared unary kernels): plain CPU calls without autograd,
+.. math::
+
+    \frac{\partial y}{\partial x} = 3x^2
+    \quad\Longrightarrow\quad
+    \frac{\partial L}{\partial x} = 3x^2 g
+
+Saved for backward
+------------------
+x, as native ``torch.pow(x, 3)`` saves it.
+
+Double backward
+---------------
+The backward is differentiable torch code on g and x:
+
+.. math::
+
+    \frac{\partial}{\partial x}\frac{\partial L}{\partial x} = 6x\, g, \qquad
+    \frac{\partial}{\partial g}\frac{\partial L}{\partial x} = 3x^2
+
+Kernels
+-------
+(cube, code CUBE of the shared unary kernels) Plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
 (``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """

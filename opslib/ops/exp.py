@@ -1,18 +1,41 @@
-"""``customgrad::exp(Tensor x) -> Tensor``: y = eˣ.
+r"""``customgrad::exp(Tensor x) -> Tensor``: :math:`y = e^x`, elementwise.
 
 Forward
-    y = exp(x)                                  elementwise; y has x's shape, dtype and layout
+-------
+.. math::
 
-Backward (g = dL/dy)
-    dy/dx = eˣ = y                  =>  dL/dx = g · y
+    y = \exp(x)
 
-Saved for backward: the output y, not x, exactly as native ``torch.exp`` does: the gradient is
-the output itself, so backward costs one multiply and no second exp.
+elementwise; y has x's shape, dtype and layout.
 
-Double backward: y is the op's own output, so autograd reaches x through it (dy/dx = y again):
-d(dL/dx)/dx = g · y and d(dL/dx)/dg = y.
+Backward
+--------
+With :math:`g = \partial L/\partial y`:
 
-Kernels (exp, code EXP of the shared unary kernels): plain CPU calls without autograd,
+.. math::
+
+    \frac{\partial y}{\partial x} = e^x = y
+    \quad\Longrightarrow\quad
+    \frac{\partial L}{\partial x} = g\, y
+
+Saved for backward
+------------------
+The output y, not x, exactly as native ``torch.exp`` does: the gradient is the output itself, so
+backward costs one multiply and no second exp.
+
+Double backward
+---------------
+y is the op's own output, so autograd reaches x through it (:math:`\partial y/\partial x = y`
+again):
+
+.. math::
+
+    \frac{\partial}{\partial x}\frac{\partial L}{\partial x} = g\, y, \qquad
+    \frac{\partial}{\partial g}\frac{\partial L}{\partial x} = y
+
+Kernels
+-------
+(exp, code EXP of the shared unary kernels) Plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
 (``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """

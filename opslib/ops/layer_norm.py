@@ -1,4 +1,4 @@
-"""``customgrad::layer_norm(Tensor x, int[] normalized_shape, Tensor? weight=None,
+r"""``customgrad::layer_norm(Tensor x, int[] normalized_shape, Tensor? weight=None,
 Tensor? bias=None, float eps=1e-05) -> Tensor``: layer normalisation (Ba et al., 2016), as
 ``F.layer_norm``.
 
@@ -6,37 +6,61 @@ A row is the trailing dims that ``normalized_shape`` names (``x.shape[-k:]``, N 
 every row is normalised to mean 0 and variance 1 (the biased variance, 1/N), then scaled and
 shifted per element.
 
-Forward (one row: x_1..x_N; weight w and bias b, or 1 and 0)
-    μ = (1/N) Σ_k x_k,   σ² = (1/N) Σ_k (x_k - μ)²,   r = 1 / sqrt(σ² + eps)
-    x̂_j = (x_j - μ) r,   y_j = x̂_j w_j + b_j
+Forward
+-------
+One row :math:`x_1 \dots x_N`; weight w and bias b, or 1 and 0:
 
-Backward (g = dL/dy, u_j = w_j g_j)
-    ∂μ/∂x_k = 1/N,   ∂σ²/∂x_k = (2/N)(x_k - μ)   (the Σ (x_j - μ) · (-1/N) terms sum to 0)
-    ∂r/∂x_k = -(1/2) r³ ∂σ²/∂x_k = -r³ (x_k - μ)/N = -r² x̂_k / N
-    ∂x̂_j/∂x_k = r (δ_jk - 1/N) + (x_j - μ) ∂r/∂x_k = r (δ_jk - 1/N - x̂_j x̂_k / N)
+.. math::
 
-    dL/dx_k = Σ_j u_j ∂x̂_j/∂x_k = r (u_k - (1/N) Σ_j u_j - x̂_k (1/N) Σ_j u_j x̂_j)
-    dL/dw_j = Σ over rows of g_j x̂_j,   dL/db_j = Σ over rows of g_j
+    \mu = \frac1N \sum_k x_k, \qquad
+    \sigma^2 = \frac1N \sum_k (x_k - \mu)^2, \qquad
+    r = \frac{1}{\sqrt{\sigma^2 + \varepsilon}} \\
+    \hat x_j = (x_j - \mu)\, r, \qquad y_j = \hat x_j\, w_j + b_j
 
-    Per row: two means (of u and of u·x̂) and one pass for dL/dx; no [N, N] Jacobian.
+Backward
+--------
+With :math:`g = \partial L/\partial y` and :math:`u_j = w_j g_j`. The
+:math:`\sum_j (x_j - \mu)\cdot(-1/N)` terms sum to 0, so:
 
-Saved for backward: x, weight and bias (bias only for its shape). μ and r are recomputed from
-x in backward, one sweep over a row that backward reads anyway, instead of saved: the op has
-one output (y, as ``F.layer_norm``), and an op's setup_context sees only its outputs. Native
-saves x, weight, bias and its [rows] mean and rstd; this saves less.
+.. math::
 
-Double backward: the backward is the torch-op formula ``_backward_formula``, which autograd
-differentiates again under ``create_graph=True``; only a plain first-order CPU backward runs
-the C++ kernel.
+    \frac{\partial \mu}{\partial x_k} &= \frac1N, \qquad
+    \frac{\partial \sigma^2}{\partial x_k} = \frac2N (x_k - \mu) \\
+    \frac{\partial r}{\partial x_k} &= -\tfrac12 r^3 \frac{\partial \sigma^2}{\partial x_k}
+        = -\frac{r^3 (x_k - \mu)}{N} = -\frac{r^2 \hat x_k}{N} \\
+    \frac{\partial \hat x_j}{\partial x_k} &= r\Bigl(\delta_{jk} - \frac1N\Bigr)
+        + (x_j - \mu) \frac{\partial r}{\partial x_k}
+        = r\Bigl(\delta_{jk} - \frac1N - \frac{\hat x_j \hat x_k}{N}\Bigr) \\[4pt]
+    \frac{\partial L}{\partial x_k} &= \sum_j u_j \frac{\partial \hat x_j}{\partial x_k}
+        = r\Bigl(u_k - \frac1N \sum_j u_j - \hat x_k\, \frac1N \sum_j u_j \hat x_j\Bigr) \\
+    \frac{\partial L}{\partial w_j} &= \sum_{\text{rows}} g_j \hat x_j, \qquad
+    \frac{\partial L}{\partial b_j} = \sum_{\text{rows}} g_j
 
-Kernels: plain CPU calls without autograd enter C++ at once through the fast path
-(``opslib/csrc/cpu_fast_path.cpp``), which runs the forward below; plain CPU calls on
-contiguous rows run the C++ kernels of ``opslib/csrc/layer_norm.cpp`` (one sweep per row
-forward and backward, as native's own fused CPU kernels); anything else (CUDA, other layouts,
-compile and export tracing) runs ``_forward_formula`` and ``_backward_formula``, the same math
-in torch ops (moments in float64, as the C++ kernels accumulate them). Under torch.compile
-inductor computes the forward from native's decomposition. There is no Triton kernel yet: on
-CUDA this op runs torch ops.
+Per row: two means (of u and of :math:`u \hat x`) and one pass for :math:`\partial L/\partial x`;
+no ``[N, N]`` Jacobian.
+
+Saved for backward
+------------------
+x, weight and bias (bias only for its shape). μ and r are recomputed from x in backward, one
+sweep over a row that backward reads anyway, instead of saved: the op has one output (y, as
+``F.layer_norm``), and an op's setup_context sees only its outputs. Native saves x, weight, bias
+and its ``[rows]`` mean and rstd; this saves less.
+
+Double backward
+---------------
+The backward is the torch-op formula ``_backward_formula``, which autograd differentiates again
+under ``create_graph=True``; only a plain first-order CPU backward runs the C++ kernel.
+
+Kernels
+-------
+Plain CPU calls without autograd enter C++ at once through the fast path
+(``opslib/csrc/cpu_fast_path.cpp``), which runs the forward below; plain CPU calls on contiguous
+rows run the C++ kernels of ``opslib/csrc/layer_norm.cpp`` (one sweep per row forward and
+backward, as native's own fused CPU kernels); anything else (CUDA, other layouts, compile and
+export tracing) runs ``_forward_formula`` and ``_backward_formula``, the same math in torch ops
+(moments in float64, as the C++ kernels accumulate them). Under torch.compile inductor computes
+the forward from native's decomposition. There is no Triton kernel yet: on CUDA this op runs
+torch ops.
 """
 
 from __future__ import annotations

@@ -1,55 +1,84 @@
-"""``customgrad::learned_silu(Tensor x, Tensor slope) -> Tensor``: y = slope · x · sigmoid(x).
+r"""``customgrad::learned_silu(Tensor x, Tensor slope) -> Tensor``:
+:math:`y = a \cdot x \cdot \sigma(x)`, a SiLU with a learned slope :math:`a`.
 
 Shapes
-    x      any shape
-    slope  any shape that broadcasts to x without enlarging it: [] or [1] (one learned slope),
-           [C] (one per channel of x's last dim), ...
-    y      x's shape
+------
+- ``x``: any shape.
+- ``slope`` (:math:`a`): any shape that broadcasts to x without enlarging it: ``[]`` or ``[1]``
+  (one learned slope), ``[C]`` (one per channel of x's last dim), ...
+- ``y``: x's shape.
 
-Forward (s = sigmoid(x))
-    y = slope · x · s
+Forward
+-------
+With :math:`s = \sigma(x) = 1/(1 + e^{-x})`:
 
-Backward (g = dL/dy)
-    dy/dx     = slope · (s + x · s(1 - s))   using ds/dx = s(1 - s)
-              = slope · s · (1 + x(1 - s))
-    dy/dslope = x · s
+.. math::
 
-    dL/dx     = g · slope · s · (1 + x(1 - s))
-    dL/dslope = (g · x · s) summed over every dim slope was broadcast along
-                (sum_to_size(slope.shape): all of them for a scalar slope, all but the last
-                for a per-channel [C] slope)
+    y = a\, x\, s
 
-    For large negative x (say -1e4) s is exactly 0 and both gradients are exactly 0, never nan;
-    for large positive x, 1 - s is exactly 0 and dy/dx = slope. At x = ±inf itself the formula
-    meets inf · 0 and gives nan, as native does.
+Backward
+--------
+With :math:`g = \partial L/\partial y`, and :math:`\mathrm{d}s/\mathrm{d}x = s(1 - s)`:
 
-    The first-order backward is an op of its own, ``customgrad::learned_silu_backward(grad_y,
-    x, slope) -> (grad_x, grad_slope)``, so that compile and export see the kernel it runs.
+.. math::
 
-Double backward (the backward of learned_silu_backward), with u = dL/d(grad_x) and
-v = dL/d(grad_slope) broadcast to x, h = s · (1 + x(1 - s)) = dy/dx / slope:
-    dh/dx          = s(1 - s) · (1 + x(1 - s)) + s · ((1 - s) - x · s(1 - s))
-                   = s(1 - s) · (2 + x(1 - 2s))
-    dL/dg          = u · slope · h + v · x · s
-    dL/dx          = u · g · slope · dh/dx + v · g · h      (d(x·s)/dx = h)
-    dL/dslope      = (u · g · h) summed to slope's shape
-    All torch ops, so autograd differentiates them again (third order and up).
+    \frac{\partial y}{\partial x} &= a\,\bigl(s + x\, s(1 - s)\bigr)
+        = a\, s\,\bigl(1 + x(1 - s)\bigr) \\
+    \frac{\partial y}{\partial a} &= x\, s \\[4pt]
+    \frac{\partial L}{\partial x} &= g\, a\, s\,\bigl(1 + x(1 - s)\bigr) \\
+    \frac{\partial L}{\partial a} &= \textstyle\sum g\, x\, s
+        \quad\text{over every dim the slope was broadcast along}
 
-Saved for backward: x (whenever a gradient is needed) and slope (only if x needs one); s is
-recomputed from x in backward. Native ``slope * x * torch.sigmoid(x)`` keeps slope, x, slope·x
-and sigmoid(x): three x-sized tensors where this op keeps one.
+The sum is ``sum_to_size(slope.shape)``: all dims for a scalar slope, all but the last for a
+per-channel ``[C]`` slope.
+
+The first-order backward is an op of its own, ``customgrad::learned_silu_backward(grad_y, x,
+slope) -> (grad_x, grad_slope)``, so that compile and export see the kernel it runs.
+
+Extreme values
+--------------
+For large negative x (say -1e4) s is exactly 0 and both gradients are exactly 0, never nan; for
+large positive x, :math:`1 - s` is exactly 0 and :math:`\partial y/\partial x = a`. At
+x = ±inf itself the formula meets inf · 0 and gives nan, as native does.
+
+Double backward
+---------------
+The backward of learned_silu_backward. With :math:`u = \partial L/\partial(\text{grad\_x})`
+and :math:`v = \partial L/\partial(\text{grad\_slope})` broadcast to x, and
+:math:`h = s\,(1 + x(1 - s)) = (\partial y/\partial x)/a`:
+
+.. math::
+
+    h' = \frac{\mathrm{d}h}{\mathrm{d}x} &= s(1 - s)\,\bigl(1 + x(1 - s)\bigr)
+          + s\,\bigl((1 - s) - x\, s(1 - s)\bigr)
+        = s(1 - s)\,\bigl(2 + x(1 - 2s)\bigr) \\[4pt]
+    \frac{\partial L}{\partial g} &= u\, a\, h + v\, x\, s \\
+    \frac{\partial L}{\partial x} &= u\, g\, a\, h' + v\, g\, h
+        \qquad \Bigl(\frac{\mathrm{d}(x s)}{\mathrm{d}x} = h\Bigr) \\
+    \frac{\partial L}{\partial a} &= \textstyle\sum u\, g\, h
+        \quad\text{summed to the slope's shape}
+
+All torch ops, so autograd differentiates them again (third order and up). ``silu_derivatives``
+below computes :math:`s`, :math:`h` and :math:`h'` (swiglu's double backward uses it too).
+
+Saved for backward
+------------------
+x (whenever a gradient is needed) and slope (only if x needs one); s is recomputed from x in
+backward. Native ``slope * x * torch.sigmoid(x)`` keeps slope, x, slope·x and sigmoid(x): three
+x-sized tensors where this op keeps one.
 
 Kernels
-    CPU: the forward and the backward each run as one vectorized, multi-threaded pass over
-         memory (``opslib/csrc/learned_silu.cpp``; native eager makes three passes forward and
-         about eight backward), for a single slope or one per channel of the last dim, in every
-         float dtype (float16/bfloat16 computed in float32, rounded once). The slope gradient is
-         summed in double: more accurate than native's float sum. Other slope forms, and
-         machines where the C++ kernels are not built, use the torch-op formulas below.
-    CUDA: one Triton kernel each (``opslib/ops/triton_kernels/learned_silu.py``).
-    Plain CPU calls without autograd enter the forward's C++ kernel at once through the fast
-    path (``opslib/csrc/cpu_fast_path.cpp``), without the trip into Python.
-    torch.compile with inductor: the forward and backward formulas, fused by inductor.
+-------
+- CPU: the forward and the backward each run as one vectorized, multi-threaded pass over memory
+  (``opslib/csrc/learned_silu.cpp``; native eager makes three passes forward and about eight
+  backward), for a single slope or one per channel of the last dim, in every float dtype
+  (float16/bfloat16 computed in float32, rounded once). The slope gradient is summed in double:
+  more accurate than native's float sum. Other slope forms, and machines where the C++ kernels
+  are not built, use the torch-op formulas below.
+- CUDA: one Triton kernel each (``opslib/ops/triton_kernels/learned_silu.py``).
+- Plain CPU calls without autograd enter the forward's C++ kernel at once through the fast path
+  (``opslib/csrc/cpu_fast_path.cpp``), without the trip into Python.
+- torch.compile with inductor: the forward and backward formulas, fused by inductor.
 """
 
 from __future__ import annotations

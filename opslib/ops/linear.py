@@ -1,44 +1,69 @@
-"""``customgrad::linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor``: y = x Wᵀ + b.
+r"""``customgrad::linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor``:
+:math:`y = x W^\top + b`.
 
 Shapes
-    x       [*, in]   (any number of leading dims, or a single vector [in])
-    weight  [out, in]
-    bias    None, or any shape that broadcasts to y without enlarging it:
-            [out], [1, out], [batch, out], ... (the original design used the last two)
-    y       [*, out]
+------
+- ``x``: ``[*, in]`` (any number of leading dims, or a single vector ``[in]``).
+- ``weight`` (:math:`W`): ``[out, in]``.
+- ``bias`` (:math:`b`): None, or any shape that broadcasts to y without enlarging it: ``[out]``,
+  ``[1, out]``, ``[batch, out]``, ... (the original design used the last two).
+- ``y``: ``[*, out]``.
 
 Forward
-    y[..., o] = Σ_i x[..., i] · W[o, i]  (+ b broadcast over y)
+-------
+.. math::
 
-Backward (g = dL/dy, shape [*, out])
-    dL/dx = g W                         [*, out] @ [out, in]  ->  [*, in]
-    dL/dW = Σ_batch gᵀ x                flatten the leading dims into rows: g2 [N, out],
-                                        x2 [N, in], dL/dW = g2ᵀ @ x2  ->  [out, in]
-    dL/db = g summed over every dim that b was broadcast along
-                                        g.sum_to_size(b.shape): for b [out] that sums the
-                                        leading dims; for b [1, out] it keeps the 1; for
-                                        b [batch, out] it sums nothing. (g.sum(0) is wrong
-                                        for the last two.)
+    y_{\dots,o} = \sum_i x_{\dots,i}\, W_{o,i} \;+\; b \text{ (broadcast over } y\text{)}
 
-Saved for backward: x only if W needs a gradient, W only if x needs one; never y. Native
-``F.linear`` saves the same two tensors.
+Backward
+--------
+With :math:`g = \partial L/\partial y`, shape ``[*, out]``. Flattening the leading dims into
+rows, :math:`g_2` ``[N, out]`` and :math:`x_2` ``[N, in]``:
 
-Sharding (DTensor, one mesh dim; ``_linear_sharding``), the splits tensor parallelism uses:
-    batch       x Shard(d) for a leading dim d, W Replicate    -> y Shard(d)
-    column-wise x Replicate, W Shard(0) (rows = outputs), b Shard -> y Shard(-1)
-    row-wise    x Shard(-1), W Shard(1) (the contraction)      -> y Partial: each rank's
-                x_r W_rᵀ is a partial sum of y. The bias must be added once in that sum, not
-                once per rank: the rule asks for b as Partial too, which DTensor makes from a
-                replicated bias as b / ranks on each rank (Σ_r (x_r W_rᵀ + b/R) = x Wᵀ + b).
+.. math::
+
+    \frac{\partial L}{\partial x} &= g\, W
+        && [*, \text{out}] \times [\text{out}, \text{in}] \to [*, \text{in}] \\
+    \frac{\partial L}{\partial W} &= \textstyle\sum_{\text{rows}} g^\top x = g_2^\top x_2
+        && [\text{out}, N] \times [N, \text{in}] \to [\text{out}, \text{in}] \\
+    \frac{\partial L}{\partial b} &= g \text{ summed over every dim } b
+        \text{ was broadcast along}
+
+The bias gradient is ``g.sum_to_size(b.shape)``: for b ``[out]`` that sums the leading dims; for
+b ``[1, out]`` it keeps the 1; for b ``[batch, out]`` it sums nothing (``g.sum(0)`` is wrong for
+the last two).
+
+Saved for backward
+------------------
+x only if W needs a gradient, W only if x needs one; never y. Native ``F.linear`` saves the same
+two tensors.
+
+Sharding
+--------
+DTensor, one mesh dim (``_linear_sharding``), the splits tensor parallelism uses:
+
+- batch: x ``Shard(d)`` for a leading dim d, W ``Replicate`` → y ``Shard(d)``;
+- column-wise: x ``Replicate``, W ``Shard(0)`` (rows = outputs), b ``Shard`` → y ``Shard(-1)``;
+- row-wise: x ``Shard(-1)``, W ``Shard(1)`` (the contraction) → y ``Partial``: each rank's
+  :math:`x_r W_r^\top` is a partial sum of y. The bias must be added once in that sum, not once
+  per rank: the rule asks for b as ``Partial`` too, which DTensor makes from a replicated bias as
+  :math:`b/R` on each of the R ranks, so that
+  :math:`\sum_r (x_r W_r^\top + b/R) = x W^\top + b`.
+
 The backward's matmuls and sums are ATen ops, which DTensor shards by its own rules.
 
-Double backward: all three gradients are matmuls, reshapes and sums of g, x and W, which
-autograd differentiates again (for example d(dL/dx)/dW contracts the incoming gradient with g).
+Double backward
+---------------
+All three gradients are matmuls, reshapes and sums of g, x and W, which autograd differentiates
+again (for example the derivative of :math:`\partial L/\partial x` in W contracts the incoming
+gradient with g).
 
-Kernels: a plain CPU call without autograd, in its common forms, is computed in C++ by the
-fast path (``opslib/csrc/cpu_fast_path.cpp``: the same ATen matmul as the Python kernel, without
-the trip into Python); every other call runs the torch ops of this file (ATen's matmul and
-addmm). No Triton kernel: a matmul is cuBLAS's job on CUDA.
+Kernels
+-------
+A plain CPU call without autograd, in its common forms, is computed in C++ by the fast path
+(``opslib/csrc/cpu_fast_path.cpp``: the same ATen matmul as the Python kernel, without the trip
+into Python); every other call runs the torch ops of this file (ATen's matmul and addmm).
+No Triton kernel: a matmul is cuBLAS's job on CUDA.
 """
 
 from __future__ import annotations

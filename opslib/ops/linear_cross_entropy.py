@@ -1,53 +1,80 @@
-"""``customgrad::linear_cross_entropy(Tensor x, Tensor weight, Tensor target, Tensor? bias=None,
+r"""``customgrad::linear_cross_entropy(Tensor x, Tensor weight, Tensor target, Tensor? bias=None,
 int ignore_index=-100, str reduction="mean", float label_smoothing=0.0,
 bool grad_x_in_forward=False, bool grad_weight_in_forward=False,
 bool grad_bias_in_forward=False) -> (Tensor, Tensor, Tensor, Tensor)``: the cross-entropy of a
 linear layer's logits, ``F.cross_entropy(F.linear(x, weight, bias), target, ...)``, that never
-holds the [N, V] logits or their gradient.
+holds the ``[N, V]`` logits or their gradient.
 
 x is ``[*, H]`` (hidden states), weight ``[V, H]`` (an output projection, V classes: a
 vocabulary), bias ``[V]``, target ``[*]`` class indices. ``opslib.linear_cross_entropy`` returns
 the loss alone, as the composite does.
 
-Forward, over chunks of rows (tokens) of x, each chunk's logits held at once (``CHUNK_ELEMENTS``
-of them, 32 MB in float32, whatever N and V are):
-    z = x_c Wᵀ + b                                      [n_c, V], this chunk only
-    ℓ_i = cross_entropy's per-row loss of z_i (derived in ``opslib/ops/cross_entropy.py``)
-    "sum": L = Σ_i ℓ_i;  "mean": L = Σ_i ℓ_i / (number of targets not ignored);  "none": [ℓ_i]
+Forward
+-------
+Over chunks of rows (tokens) of x, each chunk's logits held at once (``CHUNK_ELEMENTS`` of
+them, 32 MB in float32, whatever N and V are). For a chunk :math:`x_c` of :math:`n_c` rows:
 
-Backward (g = dL/dL_out; s_i = g, g / count, or g_i as for cross_entropy)
-    dz_i = s_i · dℓ_i/dz_i          (cross_entropy's row gradient: s_i (p_i - onehot(t_i)) when
-                                      unsmoothed, 0 for ignored rows)
-    dL/dx_c = dz Wᵀᵀ = dz W,   dL/dW = Σ_chunks dzᵀ x_c,   dL/db = Σ_chunks Σ_rows dz
+.. math::
 
-    A chunk's rows are whole rows of logits, so its softmax, loss and dz are exact at once; no
-    chunk needs another (the vocabulary is not split, so no running logsumexp across chunks).
+    z = x_c W^\top + b \qquad [n_c, V]\text{, this chunk only}
 
-Why the gradients are computed in the forward: for "mean" and "sum" the loss is a scalar, so
-dz for g = 1 is all that backward needs, scaled by g: computing dL/dx, dL/dW, dL/db while each
-chunk's logits are at hand costs the three matmuls native makes (forward, dx, dW) instead of
-four (recomputing the logits in backward would be a fourth). They are the op's extra outputs
-(``grad_*_in_forward`` say which: three bools, not a ``bool[]``, which ``torch.jit.trace``
-cannot record; the public function asks for those of inputs that require grad, when grad mode
-is on and nothing is exporting), saved for backward, marked
-non-differentiable. "none" (per-row g_i) and calls without them recompute the chunks in
-backward: four matmuls, the same memory.
+:math:`\ell_i` is cross_entropy's per-row loss of :math:`z_i` (derived on the
+:ref:`cross_entropy <op-cross_entropy>` page). "sum": :math:`L = \sum_i \ell_i`; "mean":
+:math:`L = \sum_i \ell_i / (\text{number of targets not ignored})`; "none": :math:`[\ell_i]`.
 
-Saved for backward: x, weight, bias, target (inputs), and the precomputed gradients (the size of
-x, weight and bias; eagerly kept on ctx and consumed by the first backward, which scales them
-in place: no second W-sized buffer). Native saves x, weight and its [N, V] log-probabilities.
+Backward
+--------
+With :math:`g = \partial L/\partial L_\text{out}` and :math:`s_i = g`, :math:`g/\text{count}`, or
+:math:`g_i` as for cross_entropy:
 
-Double backward (``create_graph=True``): the backward recomputes the loss as
+.. math::
+
+    \mathrm{d}z_i &= s_i \frac{\partial \ell_i}{\partial z_i}
+        \qquad \bigl(s_i\,(p_i - \operatorname{onehot}(t_i)) \text{ when unsmoothed, 0 for
+        ignored rows}\bigr) \\
+    \frac{\partial L}{\partial x_c} &= \mathrm{d}z\, (W^\top)^\top = \mathrm{d}z\, W, \qquad
+    \frac{\partial L}{\partial W} = \sum_\text{chunks} \mathrm{d}z^\top x_c, \qquad
+    \frac{\partial L}{\partial b} = \sum_\text{chunks} \sum_\text{rows} \mathrm{d}z
+
+A chunk's rows are whole rows of logits, so its softmax, loss and dz are exact at once; no chunk
+needs another (the vocabulary is not split, so no running logsumexp across chunks).
+
+Why the gradients are computed in the forward
+---------------------------------------------
+For "mean" and "sum" the loss is a scalar, so dz for g = 1 is all that backward needs, scaled
+by g: computing :math:`\partial L/\partial x`, :math:`\partial L/\partial W`,
+:math:`\partial L/\partial b` while each chunk's logits are at hand costs the three matmuls
+native makes (forward, dx, dW) instead of four (recomputing the logits in backward would be a
+fourth). They are the op's extra outputs (``grad_*_in_forward`` say which: three bools, not a
+``bool[]``, which ``torch.jit.trace`` cannot record; the public function asks for those of
+inputs that require grad, when grad mode is on and nothing is exporting), saved for backward,
+marked non-differentiable. "none" (per-row :math:`g_i`) and calls without them recompute the
+chunks in backward: four matmuls, the same memory.
+
+Saved for backward
+------------------
+x, weight, bias, target (inputs), and the precomputed gradients (the size of x, weight and
+bias; eagerly kept on ctx and consumed by the first backward, which scales them in place: no
+second W-sized buffer). Native saves x, weight and its ``[N, V]`` log-probabilities.
+
+Double backward
+---------------
+With ``create_graph=True`` the backward recomputes the loss as
 ``cross_entropy(linear(x, weight, bias), ...)`` from customgrad's twice-differentiable ops and
-differentiates that (it holds the [N, V] logits: memory is saved on the first-order path only).
+differentiates that (it holds the ``[N, V]`` logits: memory is saved on the first-order path
+only).
 
-dtypes: float16/bfloat16 inputs get float16/bfloat16 logits (as F.linear computes them) and a
-loss accumulated in float64 per row; the op returns it in float32 and ``linear_cross_entropy``
+dtypes
+------
+float16/bfloat16 inputs get float16/bfloat16 logits (as F.linear computes them) and a loss
+accumulated in float64 per row; the op returns it in float32 and ``linear_cross_entropy``
 rounds it to x's dtype, or keeps float32 under autocast (native's float32 policy for
 cross_entropy, after a linear in the autocast dtype: the public function casts x, weight and
 bias to it, as autocast does for F.linear).
 
-Kernels: the chunks' matmuls are ATen's (``addmm``, ``mm``); their softmax, loss and dz are
+Kernels
+-------
+The chunks' matmuls are ATen's (``addmm``, ``mm``); their softmax, loss and dz are
 cross_entropy's C++ kernels on CPU, its torch-op formula elsewhere (CUDA). No Triton kernel.
 """
 

@@ -1,27 +1,47 @@
-"""``customgrad::log_softmax(Tensor x, int dim) -> Tensor``: y = x - log Σ exp(x) along ``dim``.
+r"""``customgrad::log_softmax(Tensor x, int dim) -> Tensor``:
+:math:`y = x - \log \sum e^{x}` along ``dim``.
 
 The same call and result as ``torch.log_softmax(x, dim)`` (any dim, negative too).
 
-Forward (along dim)
-    y_i = log(e^(x_i) / Σ_j e^(x_j)) = (x_i - m) - log Σ_j e^(x_j - m),   m = max_j x_j
+Forward
+-------
+Along dim, with :math:`m = \max_j x_j`:
 
-    The log of the softmax, computed without forming it: softmax underflows to 0 for x_i far
-    below the maximum, where log_softmax is still a finite, accurate number (x_i - m - ...).
+.. math::
 
-Backward (g = dL/dy)
-    ∂y_i/∂x_k = δ_ik - softmax_k = δ_ik - e^(y_k)
-    dL/dx_k = Σ_i g_i (δ_ik - e^(y_k)) = g_k - e^(y_k) Σ_i g_i
+    y_i = \log \frac{e^{x_i}}{\sum_j e^{x_j}} = (x_i - m) - \log \sum_j e^{x_j - m}
 
-    One sum of g per row and the saved output (softmax = e^y). Computed by
-    ``aten._log_softmax_backward_data(g, y, dim, dtype)``, exactly this formula in one pass (the
-    CUDA path: one Triton kernel per row).
+The log of the softmax, computed without forming it: softmax underflows to 0 for :math:`x_i`
+far below the maximum, where log_softmax is still a finite, accurate number
+(:math:`x_i - m - \dots`).
 
-Saved for backward: the output y, as native ``torch.log_softmax`` saves it.
+Backward
+--------
+With :math:`g = \partial L/\partial y`, and :math:`\operatorname{softmax}(x)_k = e^{y_k}`:
 
-Double backward: dL/dx is linear in g, and e^y is differentiable through y (this op's output);
-``_log_softmax_backward_data`` has its derivatives registered in ATen.
+.. math::
 
-Kernels: a plain CPU call without autograd is computed in C++ by the fast path
+    \frac{\partial y_i}{\partial x_k} &= \delta_{ik} - \operatorname{softmax}(x)_k
+        = \delta_{ik} - e^{y_k} \\
+    \frac{\partial L}{\partial x_k} &= \sum_i g_i\,(\delta_{ik} - e^{y_k})
+        = g_k - e^{y_k} \sum_i g_i
+
+One sum of g per row and the saved output. Computed by
+``aten._log_softmax_backward_data(g, y, dim, dtype)``, exactly this formula in one pass (the
+CUDA path: one Triton kernel per row).
+
+Saved for backward
+------------------
+The output y, as native ``torch.log_softmax`` saves it.
+
+Double backward
+---------------
+:math:`\partial L/\partial x` is linear in g, and :math:`e^y` is differentiable through y (this
+op's output); ``_log_softmax_backward_data`` has its derivatives registered in ATen.
+
+Kernels
+-------
+A plain CPU call without autograd is computed in C++ by the fast path
 (``opslib/csrc/cpu_fast_path.cpp``: native's kernel, as the Python kernel calls it, without the
 trip into Python); a CUDA call in float32, float16 or bfloat16 runs one Triton kernel per row
 forward and backward (``opslib/ops/triton_kernels/softmax.py``); every other call runs the

@@ -1,27 +1,45 @@
-"""``customgrad::relu(Tensor x) -> Tensor``: y = max(x, 0).
+r"""``customgrad::relu(Tensor x) -> Tensor``: :math:`y = \max(x, 0)`, elementwise.
 
 Forward
-    y = x where x > 0, else 0                   elementwise; nan stays nan (as torch.relu)
+-------
+.. math::
 
-Backward (g = dL/dy)
-    dy/dx = 1 where x > 0, else 0   =>  dL/dx = where(y <= 0, 0, g)
+    y = \begin{cases} x & x > 0 \\ 0 & \text{otherwise} \end{cases}
 
-    y <= 0 exactly where x <= 0, so the mask is read from the output. It is a select, not
-    g · mask: g · 0 would turn an infinite g into nan where native relu gives 0. At x = 0 the
-    derivative is taken as 0, the subgradient native relu uses. The test is written "y <= 0"
-    rather than "y > 0" so that, as in native relu, the gradient passes through where x is nan
-    (both comparisons are false for nan).
+elementwise; nan stays nan (as ``torch.relu``).
 
-    Computed by ``aten.threshold_backward(g, y, 0)``, which is exactly where(y <= 0, 0, g) in
-    one pass (torch.where would first write a bool mask: 1.5x the memory traffic).
+Backward
+--------
+With :math:`g = \partial L/\partial y`:
 
-Saved for backward: the output y, as native ``torch.relu`` saves it.
+.. math::
 
-Double backward: dL/dx is linear in g (d/dg = the same mask); the mask itself is piecewise
-constant in x, so the second derivative with respect to x is 0 wherever it exists
-(threshold_backward has exactly these derivatives registered).
+    \frac{\partial y}{\partial x} = \begin{cases} 1 & x > 0 \\ 0 & \text{otherwise} \end{cases}
+    \quad\Longrightarrow\quad
+    \frac{\partial L}{\partial x} = \operatorname{where}(y \le 0,\ 0,\ g)
 
-Kernels (relu, code RELU of the shared unary kernels): plain CPU calls without autograd,
+:math:`y \le 0` exactly where :math:`x \le 0`, so the mask is read from the output. It is a
+select, not :math:`g \cdot \text{mask}`: :math:`g \cdot 0` would turn an infinite g into nan
+where native relu gives 0. At x = 0 the derivative is taken as 0, the subgradient native relu
+uses. The test is written :math:`y \le 0` rather than :math:`y > 0` so that, as in native relu,
+the gradient passes through where x is nan (both comparisons are false for nan).
+
+Computed by ``aten.threshold_backward(g, y, 0)``, which is exactly where(y <= 0, 0, g) in one
+pass (torch.where would first write a bool mask: 1.5x the memory traffic).
+
+Saved for backward
+------------------
+The output y, as native ``torch.relu`` saves it.
+
+Double backward
+---------------
+:math:`\partial L/\partial x` is linear in g (its derivative in g is the same mask); the mask
+itself is piecewise constant in x, so the second derivative with respect to x is 0 wherever it
+exists (threshold_backward has exactly these derivatives registered).
+
+Kernels
+-------
+(relu, code RELU of the shared unary kernels) Plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
 (``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """

@@ -1,39 +1,59 @@
-"""``customgrad::rms_norm(Tensor x, int[] normalized_shape, Tensor? weight=None, float? eps=None)
+r"""``customgrad::rms_norm(Tensor x, int[] normalized_shape, Tensor? weight=None, float? eps=None)
 -> Tensor``: root-mean-square normalisation (Zhang & Sennrich, 2019), as ``F.rms_norm``.
 
 A row is the trailing dims that ``normalized_shape`` names (``x.shape[-k:]``, N elements);
 every row is normalised by its own root mean square. ``eps=None`` means the epsilon of the
 dtype the row is computed in (float32 for float16/bfloat16 x, as native).
 
-Forward (one row: x_1..x_N, weight w_1..w_N or all 1)
-    r   = 1 / sqrt(m + eps),   m = (1/N) Σ_k x_k²
-    y_j = x_j · r · w_j
+Forward
+-------
+One row :math:`x_1 \dots x_N`, weight :math:`w_1 \dots w_N` (or all 1):
 
-Backward (g = dL/dy, u_j = w_j · g_j)
-    ∂r/∂x_k = -(1/2)(m + eps)^(-3/2) · (2 x_k / N) = -r³ x_k / N
-    ∂y_j/∂x_k = w_j (δ_jk r + x_j ∂r/∂x_k) = w_j (δ_jk r - r³ x_j x_k / N)
+.. math::
 
-    dL/dx_k = Σ_j g_j ∂y_j/∂x_k = r u_k - (r³ / N) x_k Σ_j u_j x_j
-    dL/dw_j = Σ over rows of g_j x_j r
+    m = \frac{1}{N} \sum_k x_k^2, \qquad
+    r = \frac{1}{\sqrt{m + \varepsilon}}, \qquad
+    y_j = x_j\, r\, w_j
 
-    Per row: two sums (Σ x², Σ u·x) and one pass for dL/dx; no [N, N] Jacobian. r is
-    recomputed from x (one sum per row, over data that backward reads anyway) instead of saved.
+Backward
+--------
+With :math:`g = \partial L/\partial y` and :math:`u_j = w_j g_j`:
 
-Saved for backward: x and weight. Native saves more: its composite forward keeps x, r and
-x·r for its own backward.
+.. math::
 
-Double backward: the backward is the torch-op formula ``_backward_formula`` (sums, products,
-rsqrt), which autograd differentiates again under ``create_graph=True``; only a plain
-first-order CPU backward runs the C++ kernel.
+    \frac{\partial r}{\partial x_k} &= -\tfrac12 (m + \varepsilon)^{-3/2}\,\frac{2 x_k}{N}
+        = -\frac{r^3 x_k}{N} \\
+    \frac{\partial y_j}{\partial x_k}
+        &= w_j\Bigl(\delta_{jk}\, r + x_j \frac{\partial r}{\partial x_k}\Bigr)
+        = w_j\Bigl(\delta_{jk}\, r - \frac{r^3 x_j x_k}{N}\Bigr) \\[4pt]
+    \frac{\partial L}{\partial x_k} &= \sum_j g_j \frac{\partial y_j}{\partial x_k}
+        = r\, u_k - \frac{r^3}{N}\, x_k \sum_j u_j x_j \\
+    \frac{\partial L}{\partial w_j} &= \sum_{\text{rows}} g_j\, x_j\, r
 
-Kernels: plain CPU calls without autograd enter C++ at once through the fast path
+Per row: two sums (:math:`\sum x^2`, :math:`\sum u x`) and one pass for
+:math:`\partial L/\partial x`; no ``[N, N]`` Jacobian. r is recomputed from x (one sum per row,
+over data that backward reads anyway) instead of saved.
+
+Saved for backward
+------------------
+x and weight. Native saves more: its composite forward keeps x, r and x·r for its own backward.
+
+Double backward
+---------------
+The backward is the torch-op formula ``_backward_formula`` (sums, products, rsqrt), which
+autograd differentiates again under ``create_graph=True``; only a plain first-order CPU backward
+runs the C++ kernel.
+
+Kernels
+-------
+Plain CPU calls without autograd enter C++ at once through the fast path
 (``opslib/csrc/cpu_fast_path.cpp``), which runs the forward below; plain CPU calls on contiguous
-rows run the C++ kernels of ``opslib/csrc/rms_norm.cpp``
-(one pass per row forward and backward; native eager makes about five passes forward and ten
-backward); anything else (CUDA, other layouts, compile and export tracing) runs
-``_forward_formula`` and ``_backward_formula``, the same math in torch ops (mean(x²) in float64,
-as the C++ kernels accumulate it). Under torch.compile inductor computes the forward from
-native's composite. There is no Triton kernel yet: on CUDA this op runs torch ops.
+rows run the C++ kernels of ``opslib/csrc/rms_norm.cpp`` (one pass per row forward and backward;
+native eager makes about five passes forward and ten backward); anything else (CUDA, other
+layouts, compile and export tracing) runs ``_forward_formula`` and ``_backward_formula``, the
+same math in torch ops (mean(x²) in float64, as the C++ kernels accumulate it). Under
+torch.compile inductor computes the forward from native's composite. There is no Triton kernel
+yet: on CUDA this op runs torch ops.
 """
 
 from __future__ import annotations

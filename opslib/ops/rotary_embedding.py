@@ -1,59 +1,86 @@
-"""``customgrad::rotary_embedding(Tensor x, Tensor cos, Tensor sin) -> Tensor``: rotary position
-embedding, y = x · cos + rotate_half(x) · sin, in the Llama/GPT-NeoX convention that
-transformers' ``apply_rotary_pos_emb`` uses.
+r"""``customgrad::rotary_embedding(Tensor x, Tensor cos, Tensor sin) -> Tensor``: rotary position
+embedding, :math:`y = x \cdot \cos + \operatorname{rotate\_half}(x) \cdot \sin`, in the
+Llama/GPT-NeoX convention that transformers' ``apply_rotary_pos_emb`` uses.
 
 Shapes
-    x         [..., D], D even: transformers passes q or k as [B, H, L, D], often the transposed
-              view of a [B, L, H, D] projection (any strides are taken)
-    cos, sin  any shape that broadcasts to x without enlarging it: [B, 1, L, D] as transformers
-              passes them, [L, D], [D], x's own shape
-    y         x's shape, laid out like x
+------
+- ``x``: ``[..., D]``, D even: transformers passes q or k as ``[B, H, L, D]``, often the
+  transposed view of a ``[B, L, H, D]`` projection (any strides are taken).
+- ``cos``, ``sin``: any shape that broadcasts to x without enlarging it: ``[B, 1, L, D]`` as
+  transformers passes them, ``[L, D]``, ``[D]``, x's own shape.
+- ``y``: x's shape, laid out like x.
 
-Forward. Split the last dim in halves, x = [x₁, x₂], and likewise c = [c₁, c₂], s = [s₁, s₂]:
-    rotate_half(x) = [-x₂, x₁]
-    y₁ = x₁ · c₁ - x₂ · s₁
-    y₂ = x₂ · c₂ + x₁ · s₂
-    With cos = cos(θ), sin = sin(θ) repeated over both halves (c₁ = c₂, s₁ = s₂, as every model
-    builds them), each pair (x₁ⱼ, x₂ⱼ) is rotated by the angle θⱼ of its position.
+Forward
+-------
+Split the last dim in halves, :math:`x = [x_1, x_2]`, and likewise :math:`c = [c_1, c_2]`
+(cos), :math:`s = [s_1, s_2]` (sin):
 
-Backward (g = dL/dy = [g₁, g₂]). Write R(v) = rotate_half(v) = [-v₂, v₁], a linear map. Its
-transpose: ⟨u, R(v)⟩ = -u₁·v₂ + u₂·v₁ = ⟨[u₂, -u₁], v⟩, so Rᵀ(u) = [u₂, -u₁] = -R(u).
-    y = x · c + R(x) · s
-    dL/dx   = g · c + Rᵀ(g · s) = g · c - R(g · s)
-            dL/dx₁ = g₁ · c₁ + g₂ · s₂
-            dL/dx₂ = g₂ · c₂ - g₁ · s₁
-            (with c₁ = c₂, s₁ = s₂: the rotation by -θ, the inverse rotation, as expected of
-            the transpose of a rotation)
-    dL/dcos = g · x            summed over every dim cos was broadcast along (sum_to_size)
-    dL/dsin = g · R(x)         summed likewise
+.. math::
 
-    dL/dx is an op of its own, ``customgrad::rotary_embedding_backward(grad_y, cos, sin) ->
-    grad_x``, so that compile and export see the kernel it runs. dL/dcos and dL/dsin are torch
-    ops, computed only when cos or sin require grad (transformers' do not: they come from a
-    buffer of inverse frequencies).
+    \operatorname{rotate\_half}(x) &= [-x_2,\ x_1] \\
+    y_1 &= x_1 c_1 - x_2 s_1 \\
+    y_2 &= x_2 c_2 + x_1 s_2
 
-Double backward (the backward of rotary_embedding_backward, b(g, c, s) = g · c + Rᵀ(g · s)),
-with a = dL/d(grad_x):
-    dL/dg = a · c + R(a) · s = rotary_embedding(a, c, s)     (⟨a, Rᵀ(g·s)⟩ = ⟨R(a) · s, g⟩)
-    dL/dc = a · g              summed to cos's shape
-    dL/ds = g · R(a)           summed to sin's shape
-    The forward op and its backward op are each other's gradient; every other term is torch
-    ops, so autograd differentiates them again (third order and up).
+With :math:`c = \cos\theta`, :math:`s = \sin\theta` repeated over both halves
+(:math:`c_1 = c_2`, :math:`s_1 = s_2`, as every model builds them), each pair
+:math:`(x_{1j}, x_{2j})` is rotated by the angle :math:`\theta_j` of its position.
 
-Saved for backward: cos and sin when x requires grad, x only when cos or sin do (native's
+Backward
+--------
+With :math:`g = \partial L/\partial y = [g_1, g_2]`. Write
+:math:`R(v) = \operatorname{rotate\_half}(v) = [-v_2, v_1]`, a linear map. Its transpose:
+:math:`\langle u, R(v)\rangle = -u_1 \cdot v_2 + u_2 \cdot v_1 = \langle [u_2, -u_1], v\rangle`,
+so :math:`R^\top(u) = [u_2, -u_1] = -R(u)`. Then, from :math:`y = x c + R(x)\, s`:
+
+.. math::
+
+    \frac{\partial L}{\partial x} &= g c + R^\top(g s) = g c - R(g s), \quad\text{that is}\quad
+    \frac{\partial L}{\partial x_1} = g_1 c_1 + g_2 s_2, \quad
+    \frac{\partial L}{\partial x_2} = g_2 c_2 - g_1 s_1 \\
+    \frac{\partial L}{\partial \cos} &= g\, x
+        \quad\text{summed over every dim cos was broadcast along (sum\_to\_size)} \\
+    \frac{\partial L}{\partial \sin} &= g\, R(x) \quad\text{summed likewise}
+
+With :math:`c_1 = c_2`, :math:`s_1 = s_2`, :math:`\partial L/\partial x` is the rotation by
+:math:`-\theta`, the inverse rotation, as expected of the transpose of a rotation.
+
+:math:`\partial L/\partial x` is an op of its own,
+``customgrad::rotary_embedding_backward(grad_y, cos, sin) -> grad_x``, so that compile and
+export see the kernel it runs. The cos and sin gradients are torch ops, computed only when cos
+or sin require grad (transformers' do not: they come from a buffer of inverse frequencies).
+
+Double backward
+---------------
+The backward of rotary_embedding_backward, :math:`b(g, c, s) = g c + R^\top(g s)`, with
+:math:`a = \partial L/\partial(\text{grad\_x})`; since
+:math:`\langle a, R^\top(g s)\rangle = \langle R(a)\, s, g\rangle`:
+
+.. math::
+
+    \frac{\partial L}{\partial g} &= a c + R(a)\, s = \operatorname{rotary\_embedding}(a, c, s) \\
+    \frac{\partial L}{\partial c} &= a\, g \quad\text{summed to cos's shape} \\
+    \frac{\partial L}{\partial s} &= g\, R(a) \quad\text{summed to sin's shape}
+
+The forward op and its backward op are each other's gradient; every other term is torch ops,
+so autograd differentiates them again (third order and up).
+
+Saved for backward
+------------------
+cos and sin when x requires grad, x only when cos or sin do (native's
 ``x * cos + rotate_half(x) * sin`` saves the same).
 
 Kernels
-    CPU, float32 and float64: one vectorized, multi-threaded pass over x for the forward and
-         over g for dL/dx (``opslib/csrc/rotary_embedding.cpp``; native eager makes six passes
-         forward: a product, two slices copied by cat, a negation, a product, a sum). x and g
-         in any layout whose last dim is contiguous, cos and sin read through their broadcast.
-         float16/bfloat16 and machines where the C++ kernels are not built use the torch-op
-         formulas below (half precision computed in float32, rounded once).
-    CUDA: one Triton kernel, forward and for dL/dx
-         (``opslib/ops/triton_kernels/rotary_embedding.py``), for up to 4-d x with a contiguous
-         last dim; others, torch ops.
-    torch.compile with inductor: the formulas, fused by inductor.
+-------
+- CPU, float32 and float64: one vectorized, multi-threaded pass over x for the forward and over
+  g for :math:`\partial L/\partial x` (``opslib/csrc/rotary_embedding.cpp``; native eager makes
+  six passes forward: a product, two slices copied by cat, a negation, a product, a sum). x and
+  g in any layout whose last dim is contiguous, cos and sin read through their broadcast.
+  float16/bfloat16 and machines where the C++ kernels are not built use the torch-op formulas
+  below (half precision computed in float32, rounded once).
+- CUDA: one Triton kernel, forward and for :math:`\partial L/\partial x`
+  (``opslib/ops/triton_kernels/rotary_embedding.py``), for up to 4-d x with a contiguous last
+  dim; others, torch ops.
+- torch.compile with inductor: the formulas, fused by inductor.
 """
 
 from __future__ import annotations

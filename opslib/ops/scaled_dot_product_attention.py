@@ -1,74 +1,124 @@
-"""``customgrad::scaled_dot_product_attention(Tensor q, Tensor k, Tensor v, Tensor? attn_mask=None,
+r"""``customgrad::scaled_dot_product_attention(Tensor q, Tensor k, Tensor v, Tensor? attn_mask=None,
 float dropout_p=0.0, bool is_causal=False, float? scale=None, bool enable_gqa=False)
 -> (Tensor out, Tensor lse)``: softmax attention, as ``F.scaled_dot_product_attention``, with a
 backward that recomputes the attention probabilities block by block instead of saving them.
 
-Shapes (the leading dims ``...`` broadcast, as native's)
-    q     [..., Hq, L, E]      L queries
-    k     [..., Hk, S, E]      S keys
-    v     [..., Hk, S, Ev]
-    mask  None; bool (True: attend) or q's float dtype (added to the scores), broadcasting to
-          [..., Hq, L, S]
-    out   [..., Hq, L, Ev]     (the public function returns this)
-    lse   [..., Hq, L]         the rows' log-sum-exp, in float64 (float32 for half inputs): at
-                               scores of 1e4 a float32 lse is off by up to ulp(1e4)/2 = 5e-4,
-                               and e^(s - lse) would carry that into every p of the row
-    Without enable_gqa the head dims broadcast like the others; with it, Hq = G·Hk and query
-    head h reads key/value head h // G (grouped-query attention: k and v repeat_interleave'd).
+Shapes
+------
+The leading dims ``...`` broadcast, as native's.
 
-Forward, per row i (one query) of one (batch, head):
-    s_ij = scale · q_i·k_j + m_ij          scale = 1/√E unless given; m: the float mask, or
-                                           -inf where a bool mask is False or j > i (is_causal:
-                                           aligned top-left, row i sees keys 0..i, as native)
-    lse_i = log Σ_j e^(s_ij)               (torch.logsumexp: no overflow)
-    p_ij = e^(s_ij - lse_i)                the softmax of the row
-    o_i = Σ_j p_ij v_j
+- ``q``: ``[..., Hq, L, E]``, L queries.
+- ``k``: ``[..., Hk, S, E]``, S keys.
+- ``v``: ``[..., Hk, S, Ev]``.
+- ``attn_mask``: None; bool (True: attend) or q's float dtype (added to the scores),
+  broadcasting to ``[..., Hq, L, S]``.
+- ``out``: ``[..., Hq, L, Ev]`` (the public function returns this).
+- ``lse``: ``[..., Hq, L]``, the rows' log-sum-exp, in float64 (float32 for half inputs): at
+  scores of 1e4 a float32 lse is off by up to ulp(1e4)/2 = 5e-4, and :math:`e^{s - \text{lse}}`
+  would carry that into every p of the row.
 
-    A fully masked row has lse_i = -inf; it gets p = 0, so o_i = 0 and zero gradients, as
-    native 2.13 gives (the softmax of a row of -inf would be 0/0).
+Without enable_gqa the head dims broadcast like the others; with it, :math:`H_q = G H_k` and
+query head h reads key/value head h // G (grouped-query attention: k and v repeat_interleave'd).
 
-Backward (dO = dL/dout, g = dL/dlse, usually 0; d·(a) means dL/da)
-    o_i = Σ_j p_ij v_j            =>  dV_j = Σ_i p_ij dO_i                dV = Pᵀ dO
-                                      dP_ij = dO_i · v_j                  dP = dO Vᵀ
-    p_ij = e^(s_ij - lse_i), ∂lse_i/∂s_ij = p_ij
-        =>  dS_ij = p_ij (dP_ij - Σ_k p_ik dP_ik) + p_ij g_i              (the softmax Jacobian)
-    and Σ_k p_ik dP_ik = Σ_k p_ik dO_i·v_k = dO_i · o_i, so with
-        D_i = rowsum(dO ⊙ O)_i - g_i:      dS = P ⊙ (dP - D)
-    s_ij = scale · q_i·k_j + m_ij =>  dQ = scale · dS K,   dK = scale · dSᵀ Q,   dm = dS
-    Each gradient is then summed over the dims its tensor was broadcast along (sum_to_size),
-    and dK, dV over the G query heads that share a key/value head.
+Forward
+-------
+Per row i (one query) of one (batch, head); :math:`\text{scale} = 1/\sqrt{E}` unless given;
+:math:`m` is the float mask, or :math:`-\infty` where a bool mask is False or :math:`j > i`
+(is_causal: aligned top-left, row i sees keys 0..i, as native):
 
-    D needs only O and dO, never a full row of P; so P can be recomputed a block of query rows
-    at a time from q and k (one more matmul, Q Kᵀ; flash-attention uses e^(s - lse), this op
-    the block's softmax, whose rows are whole here: the forward's p exactly, with the saved lse
-    marking fully masked rows), and no [L, S] matrix is held for all rows at once: the memory
-    of flash-attention's backward, O(L), in torch ops.
-    In floating point the code combines both forms of D (see _softmax_jacobian).
+.. math::
 
-Kernels, two of them for the same math:
-- C++ (opslib/csrc/attention.cpp), for float32/float64 CPU calls without a mask, with finite
-  inputs and more than one tile per head (_cpu_kernel_takes): flash-attention's tiling. The
-  forward runs the online softmax over tiles of CPP_FORWARD_TILE scores, rescaling
-  the running output when a row's maximum grows (m' = max(m, max s), l ← l·e^(m - m') +
-  Σ e^(s - m')); the backward takes p = e^(s - lse) tile by tile and D = rowsum(dO ⊙ O) - g as
-  derived above (a row whose keys all fit in one tile: its own softmax and the re-summed D, as
-  below). A tile stays in the L2 cache from the matmul that writes it to the one that reads
-  it: that makes it about as fast as native's fused kernel (the README has the figures).
-- torch ops (everything else: masks, half precision, broadcast heads, non-finite inputs,
-  heads of one tile, CUDA, and the double backward): forward and backward loop over blocks of
-  query rows, each holding the scores of at most BLOCK_SCORES elements (across every batch and
+    s_{ij} &= \text{scale}\cdot q_i \cdot k_j + m_{ij} \\
+    \operatorname{lse}_i &= \log \sum_j e^{s_{ij}}
+        \qquad (\texttt{torch.logsumexp}\text{: no overflow}) \\
+    p_{ij} &= e^{s_{ij} - \operatorname{lse}_i} \qquad \text{the softmax of the row} \\
+    o_i &= \sum_j p_{ij}\, v_j
+
+A fully masked row has :math:`\operatorname{lse}_i = -\infty`; it gets p = 0, so
+:math:`o_i = 0` and zero gradients, as native 2.13 gives (the softmax of a row of :math:`-\infty`
+would be 0/0).
+
+Backward
+--------
+With :math:`\mathrm{d}O = \partial L/\partial\,\text{out}`, :math:`g = \partial L/\partial\,
+\text{lse}` (usually 0), and :math:`\mathrm{d}a` meaning :math:`\partial L/\partial a`. From
+:math:`o_i = \sum_j p_{ij} v_j`:
+
+.. math::
+
+    \mathrm{d}V_j = \sum_i p_{ij}\, \mathrm{d}O_i \;\Rightarrow\; \mathrm{d}V = P^\top \mathrm{d}O,
+    \qquad
+    \mathrm{d}P_{ij} = \mathrm{d}O_i \cdot v_j \;\Rightarrow\; \mathrm{d}P = \mathrm{d}O\, V^\top
+
+From :math:`p_{ij} = e^{s_{ij} - \operatorname{lse}_i}` and
+:math:`\partial \operatorname{lse}_i/\partial s_{ij} = p_{ij}` (the softmax Jacobian):
+
+.. math::
+
+    \mathrm{d}S_{ij} = p_{ij}\Bigl(\mathrm{d}P_{ij} - \sum_k p_{ik}\, \mathrm{d}P_{ik}\Bigr)
+        + p_{ij}\, g_i
+
+and :math:`\sum_k p_{ik}\, \mathrm{d}P_{ik} = \sum_k p_{ik}\, \mathrm{d}O_i \cdot v_k =
+\mathrm{d}O_i \cdot o_i`, so with :math:`D_i = \operatorname{rowsum}(\mathrm{d}O \odot O)_i - g_i`:
+
+.. math::
+
+    \mathrm{d}S = P \odot (\mathrm{d}P - D)
+
+and from :math:`s_{ij} = \text{scale}\cdot q_i \cdot k_j + m_{ij}`:
+
+.. math::
+
+    \mathrm{d}Q = \text{scale}\cdot \mathrm{d}S\, K, \qquad
+    \mathrm{d}K = \text{scale}\cdot \mathrm{d}S^\top Q, \qquad
+    \mathrm{d}m = \mathrm{d}S
+
+Each gradient is then summed over the dims its tensor was broadcast along (sum_to_size), and
+dK, dV over the G query heads that share a key/value head.
+
+D needs only O and dO, never a full row of P; so P can be recomputed a block of query rows at a
+time from q and k (one more matmul, :math:`Q K^\top`; flash-attention uses
+:math:`e^{s - \text{lse}}`, this op the block's softmax, whose rows are whole here: the
+forward's p exactly, with the saved lse marking fully masked rows), and no ``[L, S]`` matrix is
+held for all rows at once: the memory of flash-attention's backward, O(L), in torch ops. In
+floating point the code combines both forms of D (see ``_softmax_jacobian``).
+
+Kernels
+-------
+Two of them for the same math:
+
+- C++ (``opslib/csrc/attention.cpp``), for float32/float64 CPU calls without a mask, with finite
+  inputs and more than one tile per head (``_cpu_kernel_takes``): flash-attention's tiling. The
+  forward runs the online softmax over tiles of ``CPP_FORWARD_TILE`` scores, rescaling the
+  running output when a row's maximum grows (:math:`m' = \max(m, \max s)`,
+  :math:`l \leftarrow l\, e^{m - m'} + \sum e^{s - m'}`); the backward takes
+  :math:`p = e^{s - \text{lse}}` tile by tile and
+  :math:`D = \operatorname{rowsum}(\mathrm{d}O \odot O) - g` as derived above (a row whose keys
+  all fit in one tile: its own softmax and the re-summed D, as below). A tile stays in the L2
+  cache from the matmul that writes it to the one that reads it: that makes it about as fast as
+  native's fused kernel (see the benchmarks).
+- torch ops (everything else: masks, half precision, broadcast heads, non-finite inputs, heads
+  of one tile, CUDA, and the double backward): forward and backward loop over blocks of query
+  rows, each holding the scores of at most ``BLOCK_SCORES`` elements (across every batch and
   head). Small calls are one block. Each row is whole in its block, so p is ATen's softmax of
   the row.
+
 Either way memory is O(L + S) whatever L and S are. The matmuls are ATen's (MKL/oneDNN on CPU,
 cuBLAS on CUDA); there is no Triton kernel.
 
-Saved for backward: q, k, v (the inputs: no copy), the output and lse (O(L)), and the mask if
-any: what native's CPU flash kernel saves; its math path saves the [L, S] probabilities.
+Saved for backward
+------------------
+q, k, v (the inputs: no copy), the output and lse (O(L)), and the mask if any: what native's
+CPU flash kernel saves; its math path saves the ``[L, S]`` probabilities.
 
-Double backward: the first-order backward is the op ``customgrad::scaled_dot_product_attention_
-backward`` (so compile and export see it), whose own backward differentiates the same torch-op
-formula with ``torch.func.vjp``. Its graph holds every block: O(L·S) memory, for second order.
+Double backward
+---------------
+The first-order backward is the op ``customgrad::scaled_dot_product_attention_backward`` (so
+compile and export see it), whose own backward differentiates the same torch-op formula with
+``torch.func.vjp``. Its graph holds every block: O(L·S) memory, for second order.
 
+Dropout
+-------
 dropout_p > 0 is refused with an error: attention dropout draws a random mask that would have to
 be regenerated identically in backward (flash-attention keeps the RNG state); this op does not
 implement that. Use dropout_p=0 (nn.MultiheadAttention's default) or dropout on the output.

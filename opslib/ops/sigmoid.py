@@ -1,25 +1,48 @@
-"""``customgrad::sigmoid(Tensor x) -> Tensor``: y = 1 / (1 + e⁻ˣ).
+r"""``customgrad::sigmoid(Tensor x) -> Tensor``: :math:`y = 1/(1 + e^{-x})`, elementwise.
 
 Forward
-    y = sigmoid(x)                              elementwise; in (0, 1), never nan for finite x
+-------
+.. math::
 
-Backward (g = dL/dy)
-    dy/dx = e⁻ˣ / (1 + e⁻ˣ)² = y · (1 - y)
-                                    =>  dL/dx = g · y · (1 - y)
+    y = \sigma(x) = \frac{1}{1 + e^{-x}}
 
-    Computed by ``aten.sigmoid_backward(g, y)``: this formula, g · (1 - y) · y, in one pass
-    (three torch multiplies would read and write memory three times).
+elementwise; in (0, 1), never nan for finite x.
 
-    Written in y, the gradient never overflows: for x = -1e4, e⁻ˣ is inf but y is 0 and the
-    gradient is exactly 0 (the e⁻ˣ form would give inf/inf = nan).
+Backward
+--------
+With :math:`g = \partial L/\partial y`:
 
-Saved for backward: the output y, as native ``torch.sigmoid`` saves it.
+.. math::
 
-Double backward: sigmoid_backward is differentiable (its derivatives are registered), and y is
-the op's output, so autograd reaches x through dy/dx = y(1 - y):
-d(dL/dx)/dx = g · (1 - 2y) · y(1 - y) and d(dL/dx)/dg = y(1 - y).
+    \frac{\partial y}{\partial x} = \frac{e^{-x}}{(1 + e^{-x})^2} = y\,(1 - y)
+    \quad\Longrightarrow\quad
+    \frac{\partial L}{\partial x} = g\, y\,(1 - y)
 
-Kernels (sigmoid, code SIGMOID of the shared unary kernels): plain CPU calls without autograd,
+Computed by ``aten.sigmoid_backward(g, y)``: this formula, g · (1 - y) · y, in one pass (three
+torch multiplies would read and write memory three times).
+
+Extreme values
+--------------
+Written in y, the gradient never overflows: for x = -1e4, :math:`e^{-x}` is inf but y is 0 and
+the gradient is exactly 0 (the :math:`e^{-x}` form would give inf/inf = nan).
+
+Saved for backward
+------------------
+The output y, as native ``torch.sigmoid`` saves it.
+
+Double backward
+---------------
+sigmoid_backward is differentiable (its derivatives are registered), and y is the op's output,
+so autograd reaches x through :math:`\partial y/\partial x = y(1 - y)`:
+
+.. math::
+
+    \frac{\partial}{\partial x}\frac{\partial L}{\partial x} = g\,(1 - 2y)\, y\,(1 - y), \qquad
+    \frac{\partial}{\partial g}\frac{\partial L}{\partial x} = y\,(1 - y)
+
+Kernels
+-------
+(sigmoid, code SIGMOID of the shared unary kernels) Plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
 (``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """

@@ -1,29 +1,48 @@
-"""``customgrad::softmax(Tensor x, int dim) -> Tensor``: y = exp(x) / Σ exp(x) along ``dim``.
+r"""``customgrad::softmax(Tensor x, int dim) -> Tensor``:
+:math:`y = e^{x} / \sum e^{x}` along ``dim``.
 
 The same call and result as ``torch.softmax(x, dim)`` (any dim, negative too; a 0-d x takes
 dim 0 or -1 and gives 1).
 
-Forward (along dim; the other dims are independent rows)
-    y_i = e^(x_i) / Σ_j e^(x_j) = e^(x_i - m) / Σ_j e^(x_j - m),   m = max_j x_j
+Forward
+-------
+Along dim; the other dims are independent rows. With :math:`m = \max_j x_j`:
 
-    Subtracting the row's maximum changes nothing mathematically (the factor e^-m cancels) and
-    keeps every exponential in (0, 1]: no overflow, and the sum is at least 1.
+.. math::
 
-Backward (g = dL/dy)
-    ∂y_i/∂x_k = y_i (δ_ik - y_k)          (the softmax Jacobian: diag(y) - y yᵀ)
-    dL/dx_k = Σ_i g_i ∂y_i/∂x_k = y_k g_k - y_k Σ_i g_i y_i
-            = y_k (g_k - Σ_i g_i y_i)
+    y_i = \frac{e^{x_i}}{\sum_j e^{x_j}} = \frac{e^{x_i - m}}{\sum_j e^{x_j - m}}
 
-    So backward needs only the output and one sum per row: the [C, C] Jacobian is never formed.
-    Computed by ``aten._softmax_backward_data(g, y, dim, dtype)``, which is exactly this formula
-    in one pass (the CUDA path: one Triton kernel per row).
+Subtracting the row's maximum changes nothing mathematically (the factor :math:`e^{-m}`
+cancels) and keeps every exponential in (0, 1]: no overflow, and the sum is at least 1.
 
-Saved for backward: the output y, as native ``torch.softmax`` saves it.
+Backward
+--------
+With :math:`g = \partial L/\partial y`; the softmax Jacobian is
+:math:`\operatorname{diag}(y) - y y^\top`:
 
-Double backward: dL/dx is bilinear in g and y, and y is the op's output (differentiable through
-this op again); ``_softmax_backward_data`` has both derivatives registered in ATen.
+.. math::
 
-Kernels: a plain CPU call without autograd is computed in C++ by the fast path
+    \frac{\partial y_i}{\partial x_k} &= y_i\,(\delta_{ik} - y_k) \\
+    \frac{\partial L}{\partial x_k} &= \sum_i g_i \frac{\partial y_i}{\partial x_k}
+        = y_k g_k - y_k \sum_i g_i y_i
+        = y_k \Bigl(g_k - \sum_i g_i y_i\Bigr)
+
+So backward needs only the output and one sum per row: the ``[C, C]`` Jacobian is never formed.
+Computed by ``aten._softmax_backward_data(g, y, dim, dtype)``, which is exactly this formula in
+one pass (the CUDA path: one Triton kernel per row).
+
+Saved for backward
+------------------
+The output y, as native ``torch.softmax`` saves it.
+
+Double backward
+---------------
+:math:`\partial L/\partial x` is bilinear in g and y, and y is the op's output (differentiable
+through this op again); ``_softmax_backward_data`` has both derivatives registered in ATen.
+
+Kernels
+-------
+A plain CPU call without autograd is computed in C++ by the fast path
 (``opslib/csrc/cpu_fast_path.cpp``: native's kernel, as the Python kernel calls it, without the
 trip into Python); a CUDA call in float32, float16 or bfloat16 runs one Triton kernel per row
 forward and backward (``opslib/ops/triton_kernels/softmax.py``); every other call runs the

@@ -1,17 +1,40 @@
-"""``customgrad::square(Tensor x) -> Tensor``: y = x².
+r"""``customgrad::square(Tensor x) -> Tensor``: :math:`y = x^2`, elementwise.
 
 Forward
-    y = x * x                                   elementwise; y has x's shape, dtype and layout
+-------
+.. math::
 
-Backward (g = dL/dy, same shape as y)
-    dy/dx = 2x                      =>  dL/dx = g · 2x
+    y = x \cdot x
 
-Saved for backward: x, as native ``torch.square`` saves it (y alone cannot give the sign of x).
+elementwise; y has x's shape, dtype and layout.
 
-Double backward: the backward is ordinary differentiable torch code on g and the saved x, so
-autograd differentiates it again: d(dL/dx)/dx = 2g and d(dL/dx)/dg = 2x.
+Backward
+--------
+With :math:`g = \partial L/\partial y` (same shape as y):
 
-Kernels (square, code SQUARE of the shared unary kernels): plain CPU calls without autograd,
+.. math::
+
+    \frac{\partial y}{\partial x} = 2x
+    \quad\Longrightarrow\quad
+    \frac{\partial L}{\partial x} = 2x\, g
+
+Saved for backward
+------------------
+x, as native ``torch.square`` saves it (y alone cannot give the sign of x).
+
+Double backward
+---------------
+The backward is ordinary differentiable torch code on g and the saved x, so autograd
+differentiates it again:
+
+.. math::
+
+    \frac{\partial}{\partial x}\frac{\partial L}{\partial x} = 2g, \qquad
+    \frac{\partial}{\partial g}\frac{\partial L}{\partial x} = 2x
+
+Kernels
+-------
+(square, code SQUARE of the shared unary kernels) Plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
 (``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """

@@ -1,54 +1,81 @@
-"""``customgrad::swiglu(Tensor gate, Tensor up) -> Tensor``: y = silu(gate) · up, the gated
-activation of a Llama-family MLP, ``down_proj(silu(gate_proj(x)) * up_proj(x))``.
+r"""``customgrad::swiglu(Tensor gate, Tensor up) -> Tensor``:
+:math:`y = \operatorname{silu}(\text{gate}) \cdot \text{up}`, the gated activation of a
+Llama-family MLP, ``down_proj(silu(gate_proj(x)) * up_proj(x))``.
 
 Shapes
-    gate, up  one shape (the public function ``swiglu`` broadcasts them first, as native's
-              ``F.silu(gate) * up`` does, and expand's backward sums the gradients back)
-    y         that shape
+------
+- ``gate``, ``up``: one shape (the public function ``swiglu`` broadcasts them first, as native's
+  ``F.silu(gate) * up`` does, and expand's backward sums the gradients back).
+- ``y``: that shape.
 
-Forward (s = sigmoid(gate))
-    y = gate · s · up
+Forward
+-------
+With :math:`s = \sigma(\text{gate})`:
 
-Backward (g = dL/dy)
-    silu(z)  = z · s(z)
-    silu'(z) = s + z · s(1 - s)          using ds/dz = s(1 - s)
-             = s · (1 + z(1 - s))
+.. math::
 
-    dL/dup   = g · silu(gate)    = g · gate · s
-    dL/dgate = g · up · silu'(gate) = g · up · s · (1 + gate(1 - s))
+    y = \text{gate}\cdot s \cdot \text{up}
 
-    For large negative gate (-1e4) s is exactly 0 and both gradients are exactly 0, never nan;
-    for large positive gate, 1 - s is exactly 0 and silu'(gate) = 1. At gate = ±inf the formula
-    meets inf · 0 and gives nan, as native does.
+Backward
+--------
+With :math:`g = \partial L/\partial y`, and :math:`\mathrm{d}s/\mathrm{d}z = s(1 - s)`:
 
-    The first-order backward is an op of its own, ``customgrad::swiglu_backward(grad_y, gate,
-    up) -> (grad_gate, grad_up)``, so that compile and export see the kernel it runs.
+.. math::
 
-Double backward (the backward of swiglu_backward), with a = dL/d(grad_gate), b = dL/d(grad_up),
-h = silu'(gate) and
-    h' = d/dz [s · (1 + z(1 - s))] = s(1 - s) · (1 + z(1 - s)) + s · ((1 - s) - z · s(1 - s))
-       = s(1 - s) · (2 + z(1 - 2s)):
-    dL/dg    = a · up · h + b · gate · s
-    dL/dgate = a · g · up · h' + b · g · h       (d(gate · s)/dgate = h)
-    dL/dup   = a · g · h
-    All torch ops, so autograd differentiates them again (third order and up).
+    \operatorname{silu}(z) &= z\, s(z) \\
+    \operatorname{silu}'(z) &= s + z\, s(1 - s) = s\,\bigl(1 + z(1 - s)\bigr) \\[4pt]
+    \frac{\partial L}{\partial\,\text{up}} &= g \operatorname{silu}(\text{gate})
+        = g\cdot\text{gate}\cdot s \\
+    \frac{\partial L}{\partial\,\text{gate}}
+        &= g\cdot\text{up}\cdot\operatorname{silu}'(\text{gate})
+        = g\cdot\text{up}\cdot s\,\bigl(1 + \text{gate}\,(1 - s)\bigr)
 
-Saved for backward: gate and up (s is recomputed from gate). Native ``F.silu(gate) * up``
-keeps gate, up and silu(gate): three tensors of y's size where this op keeps two.
+The first-order backward is an op of its own, ``customgrad::swiglu_backward(grad_y, gate, up)
+-> (grad_gate, grad_up)``, so that compile and export see the kernel it runs.
 
-A GELU-gated variant (GEGLU, gelu(gate) · up) does not belong in this op: its derivative is
-gelu's (erf or tanh form, an ``approximate`` argument), a different formula and kernel; it
-would be an op of its own, ``geglu(gate, up, approximate)``. No Llama-family model uses it, so
-it is not built.
+Extreme values
+--------------
+For large negative gate (-1e4) s is exactly 0 and both gradients are exactly 0, never nan; for
+large positive gate, :math:`1 - s` is exactly 0 and :math:`\operatorname{silu}'(\text{gate}) = 1`.
+At gate = ±inf the formula meets inf · 0 and gives nan, as native does.
+
+Double backward
+---------------
+The backward of swiglu_backward. With :math:`a = \partial L/\partial(\text{grad\_gate})`,
+:math:`b = \partial L/\partial(\text{grad\_up})`, :math:`h = \operatorname{silu}'(\text{gate})`
+and its derivative :math:`h' = s(1 - s)\,(2 + z(1 - 2s))` (derived in learned_silu, whose
+``silu_derivatives`` computes both):
+
+.. math::
+
+    \frac{\partial L}{\partial g} &= a\cdot\text{up}\cdot h + b\cdot\text{gate}\cdot s \\
+    \frac{\partial L}{\partial\,\text{gate}} &= a\, g\cdot\text{up}\cdot h' + b\, g\, h
+        \qquad \Bigl(\frac{\mathrm{d}(\text{gate}\cdot s)}{\mathrm{d}\,\text{gate}} = h\Bigr) \\
+    \frac{\partial L}{\partial\,\text{up}} &= a\, g\, h
+
+All torch ops, so autograd differentiates them again (third order and up).
+
+Saved for backward
+------------------
+gate and up (s is recomputed from gate). Native ``F.silu(gate) * up`` keeps gate, up and
+silu(gate): three tensors of y's size where this op keeps two.
+
+A GELU-gated variant?
+---------------------
+GEGLU, :math:`\operatorname{gelu}(\text{gate})\cdot\text{up}`, does not belong in this op: its
+derivative is gelu's (erf or tanh form, an ``approximate`` argument), a different formula and
+kernel; it would be an op of its own, ``geglu(gate, up, approximate)``. No Llama-family model
+uses it, so it is not built.
 
 Kernels
-    CPU, float32 and float64: the forward and the backward each one vectorized, multi-threaded
-         pass over memory (``opslib/csrc/swiglu.cpp``; native eager makes two passes forward
-         and four backward). float16/bfloat16 and machines where the C++ kernels are not built
-         use the torch-op formulas below (half precision computed in float32, rounded once).
-    CUDA: one Triton kernel forward and one backward (``opslib/ops/triton_kernels/swiglu.py``)
-         for contiguous float32/float16/bfloat16 tensors; others, the torch-op formulas.
-    torch.compile with inductor: the forward and backward formulas, fused by inductor.
+-------
+- CPU, float32 and float64: the forward and the backward each one vectorized, multi-threaded
+  pass over memory (``opslib/csrc/swiglu.cpp``; native eager makes two passes forward and four
+  backward). float16/bfloat16 and machines where the C++ kernels are not built use the torch-op
+  formulas below (half precision computed in float32, rounded once).
+- CUDA: one Triton kernel forward and one backward (``opslib/ops/triton_kernels/swiglu.py``) for
+  contiguous float32/float16/bfloat16 tensors; others, the torch-op formulas.
+- torch.compile with inductor: the forward and backward formulas, fused by inductor.
 """
 
 from __future__ import annotations

@@ -1,22 +1,47 @@
-"""``customgrad::tanh(Tensor x) -> Tensor``: y = tanh(x).
+r"""``customgrad::tanh(Tensor x) -> Tensor``: :math:`y = \tanh(x)`, elementwise.
 
 Forward
-    y = (eˣ - e⁻ˣ) / (eˣ + e⁻ˣ)                  elementwise; in (-1, 1), saturates to ±1
+-------
+.. math::
 
-Backward (g = dL/dy)
-    dy/dx = 1 - tanh²(x) = 1 - y²   =>  dL/dx = g · (1 - y²)
+    y = \frac{e^x - e^{-x}}{e^x + e^{-x}}
 
-    Computed by ``aten.tanh_backward(g, y)``: this formula, g · (1 - y²), in one pass.
+elementwise; in (-1, 1), saturates to ±1.
 
-    In saturation (|x| > ~20 in float32) y is exactly ±1 and the gradient exactly 0, as native.
+Backward
+--------
+With :math:`g = \partial L/\partial y`:
 
-Saved for backward: the output y, as native ``torch.tanh`` saves it.
+.. math::
 
-Double backward: tanh_backward is differentiable (its derivatives are registered), and y is the
-op's output, so autograd reaches x through dy/dx = 1 - y²:
-d(dL/dx)/dx = g · (-2y) · (1 - y²) and d(dL/dx)/dg = 1 - y².
+    \frac{\partial y}{\partial x} = 1 - \tanh^2(x) = 1 - y^2
+    \quad\Longrightarrow\quad
+    \frac{\partial L}{\partial x} = g\,(1 - y^2)
 
-Kernels (tanh, code TANH of the shared unary kernels): plain CPU calls without autograd,
+Computed by ``aten.tanh_backward(g, y)``: this formula in one pass.
+
+Extreme values
+--------------
+In saturation (:math:`|x| >` ~20 in float32) y is exactly ±1 and the gradient exactly 0, as
+native.
+
+Saved for backward
+------------------
+The output y, as native ``torch.tanh`` saves it.
+
+Double backward
+---------------
+tanh_backward is differentiable (its derivatives are registered), and y is the op's output, so
+autograd reaches x through :math:`\partial y/\partial x = 1 - y^2`:
+
+.. math::
+
+    \frac{\partial}{\partial x}\frac{\partial L}{\partial x} = -2y\,(1 - y^2)\, g, \qquad
+    \frac{\partial}{\partial g}\frac{\partial L}{\partial x} = 1 - y^2
+
+Kernels
+-------
+(tanh, code TANH of the shared unary kernels) Plain CPU calls without autograd,
 ``opslib/csrc/cpu_fast_path.cpp``; CUDA calls in float32/float16/bfloat16, a Triton kernel
 (``opslib/ops/triton_kernels/unary.py``); others, the torch ops below (``opslib/ops/__init__.py``).
 """
