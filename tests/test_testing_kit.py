@@ -1,5 +1,6 @@
-"""opslib.testing on an op that is not opslib's: the README's example, run from outside the
-repository, passes every family; seven typical bugs each fail the family that should catch them.
+"""opslib.testing on an op that is not opslib's: the tutorial's example
+(docs/guides/testing-your-op.md), run from outside the repository, passes every family;
+seven typical bugs each fail the family that should catch them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ THIRD_PARTY = Path(__file__).parent / "third_party"
 sys.path.insert(0, str(THIRD_PARTY))
 
 import faults  # noqa: E402
-import test_my_op  # noqa: E402  (the README's example)
+import test_my_op  # noqa: E402  (the tutorial's example)
 
 FAULTS = faults.define_all()
 # The family that must name each bug (others may too: a wrong backward fails reference as well).
@@ -55,14 +56,19 @@ def test_the_readme_example_passes_every_family_from_outside_the_repository(tmp_
     assert ran == set(FAMILIES)
 
 
-def test_readme_and_the_module_docstring_show_the_example_as_it_is_tested():
+def test_the_tutorial_and_the_module_docstring_show_the_example_as_it_is_tested():
     import textwrap
 
     import opslib.testing
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    # the docs tutorial includes the tested files themselves (tests/test_docs.py builds it)
+    guide = Path(__file__).parents[1] / "docs" / "guides" / "testing-your-op.md"
+    included = re.findall(r"```\{literalinclude\} (\S+)", guide.read_text())
+    assert {(guide.parent / path).resolve() for path in included} == {
+        (THIRD_PARTY / "test_my_op.py").resolve(),
+        (THIRD_PARTY / "mylib.py").resolve(),
+    }
     example = (THIRD_PARTY / "test_my_op.py").read_text().strip()
-    assert example in readme
     indented = textwrap.indent(example, "    ")  # a literal block of the docstring
     assert indented in opslib.testing.__doc__
 

@@ -6,6 +6,7 @@ life in a real program. Describe the op once with an ``OpInfo`` (only ``op``, ``
 ``sample_inputs`` are required), then run ``check_op(info)`` or, under pytest, one test per
 family and sample. The families:
 
+=============== ============================================================================
 ``opcheck``      torch.library.opcheck's five checks (schema, autograd registration, the fake
                  against the kernel's shapes/strides/dtypes, AOT dispatch static and dynamic)
 ``reference``    values, dtypes and gradients against the reference in float32 and float64;
@@ -20,6 +21,7 @@ family and sample. The families:
 ``autocast``     under CPU autocast, native's dtypes for outputs and gradients
 ``torchscript``  torch.jit.trace keeps the op; saved, loaded, run as eager
 ``extremes``     ±inf, nan, ±1e4 give native's values and gradients (``extreme_inputs``)
+=============== ============================================================================
 
 Every sample with a matrix also runs laid out transposed in memory (same values), so a fake
 that ignores the kernel's strides, or a kernel that reads strides wrongly, is caught even where

@@ -11,7 +11,8 @@ bias form, and inputs with and without ``requires_grad``. Arguments that are not
 ints, bools, lists, None) are passed as they are, in samples and batches alike, with values
 other than their defaults where the op has them.
 
-``python3 -m opslib.testing.opinfos`` prints the README's op table.
+``python3 -m opslib.testing.opinfos`` prints the README's op table (the documentation site
+builds its own, with the schemas, from the same entries).
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ __all__ = [
 
 
 def markdown_table() -> str:
-    """The README's op table, generated from OP_TABLE (a test keeps the README in sync)."""
+    """The README's op table, generated from OP_TABLE (a test keeps the README in sync): each
+    op links to its page of the documentation site (built into ``docs/_build/html``) and to
+    its op file, where the derivation is written."""
     rows = [
-        "| op | schema | forward ; gradient | native reference |",
+        "| op | forward ; gradient (g = dL/dy) | native counterpart | derivation |",
         "|---|---|---|---|",
     ]
     for info in [*OP_TABLE, *UPDATE_OP_TABLE]:
+        module = info.func.__module__.replace(".", "/")
         rows.append(
-            f"| `{info.name}` | `{info.op._schema}` | {info.formula} | `{info.reference_text}` |"
+            f"| [`{info.name}`](docs/_build/html/ops/{info.name}.html) | {info.formula} | "
+            f"`{info.reference_text}` | [{module}.py]({module}.py) |"
         )
     return "\n".join(rows)
