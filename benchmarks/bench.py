@@ -3,7 +3,7 @@
     python3 benchmarks/bench.py             # full run (CPU, 2 threads: about 64 minutes)
     python3 benchmarks/bench.py --quick     # seconds: the CI smoke test
     python3 benchmarks/bench.py --ops conv2d --dtype bfloat16 --sizes 8 32 --results <folder>
-    python3 benchmarks/report.py            # CSV -> PNG plots and the README tables
+    python3 benchmarks/report.py            # CSV -> PNG plots and summary.md
 
 For each op: forward, backward and full (forward + backward) time, eager and under
 torch.compile, at sizes from 16 elements (per-call overhead) to 16M (linear: up to
@@ -13,10 +13,10 @@ for backward, and the example classifier's training step against its torch.nn tw
 machine the same command measures the GPU (Timer synchronises).
 
 Rows are appended to benchmarks/results/{timings,memory,model}.csv, each row carrying the
-machine, device, torch version, thread count, git commit and run id. Column meanings: README.md
-beside this file. ``--dtype`` times another dtype (float32 by default) for the ops whose op-table
-entry lists it, and skips the training step (a float32 model); report.py's tables read float32
-runs only, so give such a run its own ``--results`` folder.
+machine, device, torch version, thread count, git commit and run id (column meanings:
+docs/guides/performance.md). ``--dtype`` times another dtype (float32 by default) for the ops
+whose op-table entry lists it, and skips the training step (a float32 model); report.py's tables
+read float32 runs only, so give such a run its own ``--results`` folder.
 """
 
 from __future__ import annotations

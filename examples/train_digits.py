@@ -34,8 +34,8 @@ from opslib import onnx as opslib_onnx
 from opslib.models import DigitsCNN, MLPClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
-# What the first compile took, measured on 2 CPU cores (see the README): with a cold inductor
-# cache, and with one that already holds this model's graphs.
+# What the first compile took, measured on 2 CPU cores (docs/guides/quickstart.md): with a
+# cold inductor cache, and with one that already holds this model's graphs.
 COMPILE_SECONDS_COLD, COMPILE_SECONDS_WARM = 20, 4
 
 

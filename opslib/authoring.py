@@ -1,6 +1,6 @@
 """The public API for writing an op the way opslib's own are written: what ``opslib/ops/<name>.py``
 imports from the machinery (``opslib/core``), in one place with one ``__all__``. Everything else
-in ``opslib.core`` is internal and may change.
+in ``opslib.core`` is internal and may change. For example::
 
     from opslib.authoring import check_floating_input, define_op, register_pointwise_vmap
 
@@ -8,9 +8,9 @@ in ``opslib.core`` is internal and may change.
                              kernel=..., fake=..., setup_context=..., backward=...)
     register_pointwise_vmap(_scaled_tanh)
 
-``tests/extra_op.py`` is a whole op written with it (the README's "Adding an op" example). ONNX
-translations build with ``opslib.onnx.opset`` and ``opslib.onnx.constant`` (the ``onnx`` extra),
-and register with ``register_onnx_translation``.
+``tests/extra_op.py`` is a whole op written with it (the "Adding an op" example of
+docs/guides/contributing.md). ONNX translations build with ``opslib.onnx.opset`` and
+``opslib.onnx.constant`` (the ``onnx`` extra), and register with ``register_onnx_translation``.
 """
 
 from opslib.core.checks import (

@@ -38,7 +38,7 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 
 # onnxruntime vs PyTorch eager, max |a - b| <= atol + rtol * |b| per element. Why these:
 # - float64: both compute in float64; the translations contain no Python float literals (the
-#   exporter stores those as float32 constants, see the README), so the only differences are
+#   exporter stores those as float32 constants: docs/guides/using.md), so the differences are
 #   summation order in MatMul and last-ulp differences of exp/tanh/sigmoid: ~1e-15.
 # - float32: the same, at float32's epsilon (1.2e-7) over 64-term dot products: ~1e-6.
 # - float16: onnxruntime runs several ops in float32 behind inserted casts and rounds once;

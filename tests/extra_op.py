@@ -1,4 +1,4 @@
-"""An op written the way the README's "Adding an op" says, to prove that it is enough.
+"""An op written the way docs/guides/contributing.md says, to prove that it is enough.
 
 ``opslib_test::scaled_tanh(Tensor x, float alpha=1.0) -> Tensor``: y = alpha · tanh(x), an op
 with a float argument. It lives in its own namespace, so it never joins opslib's ops; the tests

@@ -255,7 +255,7 @@ def judge(
     problems = []
     for index, (name, o, n, e) in enumerate(zip(names, ours, native, exact, strict=True)):
         if o.shape != n.shape and o.numel() == n.numel() == 0 and o.dtype == n.dtype:
-            continue  # no values: native's empty shapes follow no one rule (attention: README)
+            continue  # no values: native's empty shapes follow no one rule (docs/guides/limits.md)
         if o.shape != n.shape or o.dtype != n.dtype:
             problems.append((name, f"shape/dtype {list(o.shape)} {o.dtype}, native "
                                    f"{list(n.shape)} {n.dtype}"))  # fmt: skip

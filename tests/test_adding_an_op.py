@@ -1,7 +1,7 @@
 """Adding an op is its file, one OpInfo and its exports: proven on an op that is not opslib's.
 
 ``tests/extra_op.py`` writes ``opslib_test::scaled_tanh(Tensor x, float alpha)`` exactly as the
-README's "Adding an op" says, with the same ``define_op``; here it gets one ``OpInfo``
+contributing guide says, with the same ``define_op``; here it gets one ``OpInfo``
 (``SCALED_TANH``) and joins a copy of the op table. The kit (``opslib.testing``) runs the
 contract's families on it: opcheck, values and gradients against the reference in every dtype,
 gradcheck and gradgradcheck, extreme values, compile, export, ONNX, bad calls, vmap, autocast,

@@ -211,9 +211,9 @@ def test_cpp_kernels_output_and_dv_error_at_scores_of_1e4_is_natives(monkeypatch
     float32 lse, e^(s - lse) carried lse's rounding, up to 5e-4, into every p: dV was more than
     2x native's error in 35 of 60 such calls, up to 160x).
 
-    Not bounded here, a known gap (README, Robustness): dQ and dK of nearly one-hot rows over
+    Not bounded here, a known gap (docs/guides/limits.md): dQ and dK of nearly one-hot rows over
     several tiles, where D = rowsum(dO ⊙ O) and the tile's dP round differently (dQ in 15, dK
-    in 14 of 40 such calls more than 2x native's error, native's in 8: README, Robustness);
+    in 14 of 40 such calls more than 2x native's error, native's in 8: docs/guides/limits.md);
     rows within one tile re-sum D and are even with native."""
     monkeypatch.setattr(attention_module, "CPP_FORWARD_TILE", (32, 64))
     monkeypatch.setattr(attention_module, "CPP_BACKWARD_TILE", (32, 64))

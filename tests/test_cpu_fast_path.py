@@ -248,7 +248,7 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_import(tmp_path, monkey
 
 
 def test_the_prebuild_command_reports_the_library_loaded():
-    """``python3 -m opslib.core.cpu_kernels`` (the README's build-ahead-of-time command) exits 0
+    """``python3 -m opslib.core.cpu_kernels`` (the quick start's build-ahead command) exits 0
     and says so when the library loads (here it is already built: the tests imported it)."""
     run = subprocess.run(
         [sys.executable, "-m", "opslib.core.cpu_kernels"],

@@ -97,7 +97,7 @@ def test_tensor_parallel_training_matches_one_process(tmp_path):
     [pytest.param("ddp", marks=pytest.mark.slow), "fsdp2"],  # ~22 s each
 )
 def test_the_torchrun_example_trains_the_digits_model(mode):
-    """The README's command (torchrun --nproc-per-node=2 ...), 3 epochs: both ranks finish,
+    """The using guide's command (torchrun --nproc-per-node=2 ...), 3 epochs: both ranks finish,
     and the model learns (one process reaches ~94% after 3 epochs)."""
     script = Path(__file__).resolve().parents[1] / "examples" / "train_digits_distributed.py"
     command = [

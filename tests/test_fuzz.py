@@ -17,7 +17,7 @@ from opslib.testing.opinfos import OPS_BY_NAME
 @pytest.mark.parametrize("info", op_params())
 def test_quick_fuzz_seed_finds_nothing(info):
     """60 valid calls (about 3 compiled too) and 20 bad calls of every op, seed 0: no failure.
-    The long run is ``python3 tests/fuzz.py`` (README, Reliability)."""
+    The long run is ``python3 tests/fuzz.py`` (docs/guides/limits.md, Robustness)."""
     campaign = Campaign(compiled_share=0.05)
     run_op(campaign, info, calls=60, bad=20, seed_value=0)
     counts = campaign.counts[info.name]

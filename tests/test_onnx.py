@@ -198,7 +198,7 @@ class _ScaledTanh(torch.nn.Module):
 
 @pytest.mark.parametrize("as_buffer", [False, True], ids=["python-literal", "float64-buffer"])
 def test_float_literals_limit_float64_parity_and_buffers_do_not(as_buffer, tmp_path):
-    """README: the exporter stores Python float literals as float32 constants."""
+    """docs/guides/using.md: the exporter stores Python float literals as float32 constants."""
     model = _ScaledTanh(as_buffer)
     x = torch.randn(64, 8, dtype=torch.float64)
     opslib_onnx.export(model, (x,), tmp_path / "s.onnx")

@@ -153,7 +153,7 @@ def test_readme_op_table_is_generated_from_the_op_table():
 
 def test_the_authoring_api_is_one_documented_all_that_the_example_op_uses():
     """opslib.authoring: every name in its __all__ exists and is documented (the dtypes tuple
-    aside), nothing public of it is left out of __all__, and the README's example op
+    aside), nothing public of it is left out of __all__, and the example op of "Adding an op"
     (tests/extra_op.py) imports from it, not from opslib.core; the package ships py.typed."""
     import ast
     from pathlib import Path

@@ -114,7 +114,7 @@ def test_autocast_cpu_follows_native(info, dtype):
         )
 
 
-# Known upstream limits (README "Known limits"). Each test asserts the *correct* behaviour and is
+# Known upstream limits (docs/guides/limits.md). Each test asserts the *correct* behaviour and is
 # expected to fail today; strict=True makes a PyTorch fix show up as an unexpected pass.
 
 

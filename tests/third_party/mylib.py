@@ -1,6 +1,6 @@
 """A third-party op written with plain ``torch.library`` (no opslib): ``mylib::scaled_tanh``.
 
-``tests/test_testing_kit.py`` copies this file and ``test_my_op.py`` (the README's example of
+``tests/test_testing_kit.py`` copies this file and ``test_my_op.py`` (the tutorial's example of
 ``opslib.testing``) out of the repository and runs the kit on the op there.
 
 Forward (t = tanh(x)): y = alpha · t. Backward (g = dL/dy): dL/dx = g · alpha · (1 - t²), in

@@ -1,5 +1,5 @@
 """Shared pieces of opslib's op table: the project's OpInfo (the kit's, with the fields only
-opslib's own tests, fuzzer and README use) and the sample helpers every family of ops uses.
+opslib's own tests, fuzzer and op table use) and the sample helpers every family of ops uses.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _never(args: tuple) -> bool:
 
 @dataclass(frozen=True)
 class OpslibOpInfo(OpInfo):
-    """The kit's ``OpInfo`` with what only opslib's own suite, fuzzer and README use."""
+    """The kit's ``OpInfo`` with what only opslib's own suite, fuzzer and op table use."""
 
     # Property tests and the fuzzer (tests/fuzz.py): the op's arguments, drawn with
     # hypothesis's ``draw`` from its strategies module ``st`` and the fuzzer's
@@ -60,7 +60,7 @@ class OpslibOpInfo(OpInfo):
     cpu_fast_path: Callable[..., bool] | None = None
     # Bytes saved for backward may be at most this fraction of native's (a fused op's claim).
     saved_fraction_of_native: float = 1.0
-    # For the README's op table: how the reference reads, and forward and gradient in a line.
+    # For the op table (README, docs): how the reference reads, and forward and gradient in a line.
     reference_text: str = ""
     formula: str = ""
 
