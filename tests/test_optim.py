@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-import opslib.ops.adam
+from opslib.core import cpu_kernels
 from opslib.optim import Adam, AdamW
 
 pytestmark = pytest.mark.ops("adam_step_")
@@ -73,7 +73,7 @@ def test_200_steps_match_torch_foreach(cls, options):
 @pytest.mark.parametrize("cls", [Adam, AdamW], ids=lambda c: c.__name__)
 def test_torch_op_path_is_bit_identical_to_torch_foreach(cls, monkeypatch):
     """Without the C++ kernel, the op's torch ops are foreach's ops, in its order."""
-    monkeypatch.setattr(opslib.ops.adam, "_cpu_kernel_takes", lambda tensors: False)
+    monkeypatch.setattr(cpu_kernels, "_loaded", False)  # no C++ kernel: torch ops
     ours, native = small_model(), small_model()
     options = dict(amsgrad=True, weight_decay=0.1)
     train(ours, cls(ours.parameters(), lr=1e-2, **options), 50)
@@ -290,3 +290,43 @@ def test_compiled_step_with_a_scheduler_has_no_graph_break_and_no_recompile(cls)
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def _cpp_adam_step(args: tuple) -> bool:
+    """The C++ kernel on the tensor lists and flags of an ``adam_step_`` call, with the
+    hyperparameters it would be given (floats)."""
+    lists, hyperparameters, flags = args[:6], args[6:11], args[11:]
+    return torch.ops.opslib_cpu.adam_step_(*lists, *(float(h) for h in hyperparameters), *flags)
+
+
+def _copies_of_tensors(args: tuple) -> list[torch.Tensor]:
+    tensors = [t for lst in args[:6] for t in lst]
+    return [t.to_dense().clone() if t.layout != torch.strided else t.clone() for t in tensors]
+
+
+@pytest.mark.skipif(not cpu_kernels.is_loaded(), reason="needs opslib's C++ kernels")
+def test_cpp_kernel_refuses_by_itself_every_call_whose_tensors_python_refuses():
+    """On the usual path the C++ kernel checks the tensors itself (``takes`` in
+    opslib/csrc/adam.cpp) in place of ``_check_tensors``: the two are kept in step here. Every
+    bad call of the op table that ``_check_tensors`` refuses, the C++ kernel refuses too,
+    returning False with nothing changed; every sample it takes exactly when all its tensors
+    are contiguous (the others go to the per-parameter paths)."""
+    from opslib.ops.adam import _check_tensors
+    from opslib.testing.opinfos import UPDATE_OP_TABLE
+
+    info = next(i for i in UPDATE_OP_TABLE if i.name == "adam_step_")
+    refused = 0
+    for case in info.error_inputs():
+        args = case.args()
+        try:
+            _check_tensors(*args[:6], args[11])
+        except ValueError:
+            before = _copies_of_tensors(args)
+            assert not _cpp_adam_step(args), case.name
+            for old, new in zip(before, _copies_of_tensors(args), strict=True):
+                assert torch.equal(old, new), case.name
+            refused += 1
+    assert refused >= 8  # all but the bad hyperparameter (a Python check, before the kernel)
+    for sample in info.sample_inputs("cpu", torch.float32):
+        contiguous = all(t.is_contiguous() for lst in sample.args[:6] for t in lst)
+        assert _cpp_adam_step(sample.args) == contiguous, sample.name
