@@ -16,10 +16,11 @@ as transformers computes it, with native's best parts: ``torch.optim.AdamW(fused
 linear, linear_cross_entropy) and ``opslib.optim.AdamW``.
 Both train on the same batches, eager, for --steps steps; then --compiled-steps more steps of each
 under ``torch.compile(fullgraph=True)``. Printed: loss, tokens/s (median step), peak memory of a
-training step above the model and optimizer state (the process's resident high-water mark, as
-benchmarks/peak_memory.py measures it). Saved under --out: a plot of both loss curves with the
-throughputs, and the opslib model exported to ONNX (standard operators only), from which the
-script samples a continuation of a prompt in onnxruntime.
+training step: the most tensor memory it allocates and holds at once (activations, gradients,
+temporaries), summed from the allocator's events that torch.profiler records. Saved under
+--out: a plot of both loss curves with the throughputs, and the opslib model exported to ONNX
+(standard operators only), from which the script samples a continuation of a prompt in
+onnxruntime.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import statistics
 import sys
 import sysconfig
@@ -141,43 +141,49 @@ def opslib_loss(model, ids: torch.Tensor) -> torch.Tensor:
 # ---- measuring ----
 
 
-def resident_bytes(field: str = "VmRSS") -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    return 0
+def peak_tensor_bytes(run) -> tuple[int, object]:
+    """The most bytes of tensor memory that ``run()`` holds at once, of what it allocates, and
+    its result. Torch's CPU allocator reports each allocation and free to the profiler
+    (``profile_memory=True``); the running sum of those events is exact, where the process's
+    resident high-water mark is coarse at this size (glibc's heap keeps freed blocks)."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-def reset_high_water_mark() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        result = run()
+    events = [e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak, result
 
 
 def train(name: str, loss_fn, model, optimizer, data, steps: int, tokens_per_step: int):
-    """``steps`` training steps; each step's loss and seconds, and the peak resident memory of
-    a step above what the process held before it (the median over steps 3 to 7)."""
-    losses, seconds, peaks = [], [], []
-    measured = range(min(2, steps - 1), min(7, steps))
-    for step in tqdm(range(steps), desc=name, leave=False, file=sys.stdout):
-        ids = next(data)
-        measure = step in measured and reset_high_water_mark()
-        before = resident_bytes()
-        start = time.perf_counter()
-        loss = loss_fn(model, ids)
+    """``steps`` training steps; each step's loss and seconds (but for one step, the fourth,
+    run under the profiler to measure its peak tensor memory, and not timed)."""
+    losses, seconds, peak = [], [], 0
+    measured = min(3, steps - 1)
+
+    def step(ids):
         optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model, ids)
         loss.backward()
         optimizer.step()
-        seconds.append(time.perf_counter() - start)
-        if measure:
-            peaks.append(resident_bytes("VmHWM") - before)
+        return loss
+
+    for index in tqdm(range(steps), desc=name, leave=False, file=sys.stdout):
+        ids = next(data)
+        if index == measured:
+            optimizer.zero_grad(set_to_none=True)  # the last step's gradients: not this one's
+            peak, loss = peak_tensor_bytes(lambda: step(ids))  # noqa: B023
+        else:
+            start = time.perf_counter()
+            loss = step(ids)
+            seconds.append(time.perf_counter() - start)
         losses.append(loss.item())
     timed = seconds[2:] or seconds  # the first steps warm up (and compile)
     return {"losses": losses, "tokens_per_s": tokens_per_step / statistics.median(timed),
-            "peak_bytes": statistics.median(peaks) if peaks else 0}  # fmt: skip
+            "peak_bytes": peak}  # fmt: skip
 
 
 def evaluate(loss_fn, model, tokens: torch.Tensor, seq: int) -> float:
@@ -248,15 +254,6 @@ def plot(results: dict, out: Path) -> Path:
     return path
 
 
-def with_fixed_mmap_threshold() -> None:
-    """Run this script again in a process where glibc returns large freed blocks to the OS
-    (``MALLOC_MMAP_THRESHOLD_``, 1 MiB, as benchmarks/peak_memory.py does): the resident
-    high-water mark of a step then measures that step, not the heap earlier steps left."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
-        environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -317,5 +314,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    with_fixed_mmap_threshold()
     main()

@@ -89,6 +89,8 @@ def test_tiny_lm_example_trains_both_models_alike_and_samples_from_onnx(tmp_path
     figures = _tiny_lm_figures(out)
     twin, ours = figures["twin eager"], figures["opslib eager"]
     assert twin.split(",")[0].split("loss ")[1] == ours.split(",")[0].split("loss ")[1]
+    for line in (twin, ours):  # the profiled step's peak tensor memory: a step's worth, at least
+        assert float(line.split("peak ")[1].split(" MiB")[0].replace(",", "")) > 0, line
     held_out = [line.split("held-out loss ")[1] for line in out.splitlines() if "held-out" in line]
     assert len(held_out) == 2 and abs(float(held_out[0]) - float(held_out[1])) < 1e-3, out
     assert (tmp_path / "train_tiny_lm.png").stat().st_size > 10_000

@@ -4,6 +4,7 @@ not from the same weights, with the same losses and parameters (the convergence 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -166,3 +167,43 @@ def test_convergence_twenty_adamw_steps_swapped_and_not():
     loss.backward()
     eager = model(input_ids=batches[0], labels=batches[0], use_cache=False).loss
     assert_close_named(loss, eager, "compiled swapped Llama loss")
+
+
+def _live_bytes_after(run) -> int:
+    """Bytes of tensor memory that ``run()`` allocated and still holds when it returns (the
+    allocator's events, as torch.profiler records them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        run()
+    return sum(e.nbytes() for e in profiler.profiler.kineto_results.events()
+               if e.name() == "[memory]")  # fmt: skip
+
+
+def test_the_swapped_gated_mlp_recomputes_its_product_instead_of_keeping_it(monkeypatch):
+    """The swapped MLP keeps gate and up (swiglu's saved inputs) but not h = swiglu(gate, up),
+    which down_proj would save: the graph after its forward holds exactly h's bytes fewer than
+    with h kept, and h made again in backward gives the original MLP's gradients, to second
+    order (float64, gradcheck and gradgradcheck of the swapped module)."""
+    import opslib.swap
+
+    original = _tiny_llama().model.layers[0].mlp.double()
+    swapped = copy.deepcopy(original)
+    opslib.swap_modules(swapped)
+    assert type(swapped).__name__ == "OpslibLlamaMLP"
+    x = torch.randn(3, 16, 64, dtype=torch.float64, requires_grad=True)
+    outputs = []
+    recomputing = _live_bytes_after(lambda: outputs.append(swapped(x)))
+    monkeypatch.setattr(opslib.swap, "_recomputed_when_saved", lambda *a: contextlib.nullcontext())
+    keeping = _live_bytes_after(lambda: outputs.append(swapped(x)))
+    monkeypatch.undo()
+    h_bytes = 3 * 16 * 176 * 8
+    assert keeping - recomputing == h_bytes, (keeping, recomputing)
+
+    grads = torch.autograd.grad(swapped(x).square().sum(), [x, *swapped.parameters()])
+    expected = torch.autograd.grad(original(x).square().sum(), [x, *original.parameters()])
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    small = torch.randn(2, 3, 64, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(swapped, (small,))
+    assert torch.autograd.gradgradcheck(swapped, (small,))

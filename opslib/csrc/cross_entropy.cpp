@@ -213,6 +213,27 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& scale, const at::Tensor&
   return grad_x;
 }
 
+// The same, written over x itself: for logits that are not needed after (a chunk of
+// linear_cross_entropy's), so that no second [N, C] buffer is held. Each row is read before it
+// is written, element by element, so the result is the out-of-place one.
+void cross_entropy_backward_inplace_cpu(const at::Tensor& scale, const at::Tensor& x,
+                                        const at::Tensor& target,
+                                        const std::optional<at::Tensor>& weight,
+                                        int64_t ignore_index, double label_smoothing) {
+  check_rows("cross_entropy_backward_", x, target, weight);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(0) &&
+                  scale.scalar_type() == at::kDouble && scale.is_contiguous(),
+              "opslib_cpu.cross_entropy_backward_: scale must be [N] contiguous double");
+  const at::Tensor t = target.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ce_bwd_", [&] {
+    backward_rows<scalar_t>(scale.const_data_ptr<double>(), x.const_data_ptr<scalar_t>(),
+                            t.const_data_ptr<int64_t>(),
+                            weight ? weight->const_data_ptr<scalar_t>() : nullptr,
+                            x.data_ptr<scalar_t>(), x.size(0), x.size(1), ignore_index,
+                            label_smoothing);
+  });
+}
+
 }  // namespace opslib
 
 TORCH_LIBRARY_FRAGMENT(opslib_cpu, m) {
@@ -222,9 +243,13 @@ TORCH_LIBRARY_FRAGMENT(opslib_cpu, m) {
   m.def(
       "cross_entropy_backward(Tensor scale, Tensor x, Tensor target, Tensor? weight, "
       "int ignore_index, float label_smoothing) -> Tensor");
+  m.def(
+      "cross_entropy_backward_(Tensor scale, Tensor(a!) x, Tensor target, Tensor? weight, "
+      "int ignore_index, float label_smoothing) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(opslib_cpu, CPU, m) {
   m.impl("cross_entropy_forward", &opslib::cross_entropy_forward_cpu);
   m.impl("cross_entropy_backward", &opslib::cross_entropy_backward_cpu);
+  m.impl("cross_entropy_backward_", &opslib::cross_entropy_backward_inplace_cpu);
 }

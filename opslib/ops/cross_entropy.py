@@ -403,11 +403,24 @@ def row_losses(logits: Tensor, target: Tensor, ignore_index: int, label_smoothin
 
 
 def row_loss_gradient(
-    scale: Tensor, logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: float
+    scale: Tensor,
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    *,
+    overwrite_logits: bool = False,
 ) -> Tensor:
     """s_i · dℓ_i/dlogits for rows of logits [n, C] and per-row scales s [n] (float64), in
-    logits' dtype: the C++ kernel where it computes, else the torch-op formula."""
+    logits' dtype: the C++ kernel where it computes, else the torch-op formula. With
+    ``overwrite_logits``, the C++ kernel writes it over the logits, a temporary the caller no
+    longer needs (one [n, C] buffer instead of two); the formula makes a new tensor."""
     if cpu_kernel_takes(logits, None) and only_plain_tensors((scale, logits)):
+        if overwrite_logits:
+            torch.ops.opslib_cpu.cross_entropy_backward_(
+                scale.contiguous(), logits, target, None, ignore_index, label_smoothing
+            )
+            return logits
         return torch.ops.opslib_cpu.cross_entropy_backward(
             scale.contiguous(), logits, target, None, ignore_index, label_smoothing
         )

@@ -184,8 +184,11 @@ def _chunked_pass(
         losses[r0:r1] = row_losses(z, t_c, ignore_index, label_smoothing)
         if scale is None:
             continue
-        dz = row_loss_gradient(scale[r0:r1], z, t_c, ignore_index, label_smoothing)
-        del z  # the chunk's logits, before the next chunk's are made
+        # dz over z where the C++ kernel computes it (the logits are not needed after): one
+        # chunk-sized buffer at a time
+        dz = row_loss_gradient(scale[r0:r1], z, t_c, ignore_index, label_smoothing,
+                               overwrite_logits=True)  # fmt: skip
+        del z
         # ignored rows' dz is 0, and so is their every gradient term, even where 0·W or 0·x
         # would be nan (an inf weight or hidden state): the loss does not depend on them
         ignored = t_c == ignore_index
@@ -199,6 +202,7 @@ def _chunked_pass(
             grad_w.addmm_(dz.t(), x_w) if wide == x.dtype else grad_w.add_(dz.t() @ x_w)
         if grad_b is not None:
             grad_b += dz.sum(0, dtype=wide)
+        del dz  # before the next chunk's logits are made
     grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
     grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
     return losses, grad_x, grad_w, grad_b
