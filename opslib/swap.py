@@ -18,6 +18,11 @@ scaled_dot_product_attention through transformers' public attention registry
 hidden states and the LM head when labels are given (the [tokens, vocabulary] logits are never
 made: the output's ``logits`` is None then, as Liger-Kernel's fused loss returns it).
 
+Two copies that a linear of a swapped layer would save for its weight's gradient are remade in
+backward instead (``_recomputed_when_saved``, through torch's public ``saved_tensors_hooks``;
+eager only): the MLP's swiglu output and the attention output merged to [B, L, H·D], each
+from tensors the graph keeps anyway.
+
 A swapped model is pickled through its ``state_dict`` (its classes are made at run time).
 """
 
@@ -85,7 +90,7 @@ def _gated_mlp_forward(self, x: Tensor) -> Tensor:
     """down_proj(swiglu(gate_proj(x), up_proj(x))), where the gated activation h that down_proj
     saves for its weight's gradient is not kept: swiglu keeps gate and up anyway, and h is
     computed again from them when the backward needs it (one elementwise pass, ~1% of a step of
-    examples/train_tiny_lm.py, which this saves 11 MiB of its 85)."""
+    examples/train_tiny_lm.py; 11 MiB less at its peak)."""
     gate, up = self.gate_proj(x), self.up_proj(x)
     h = swiglu(gate, up)
     with _recomputed_when_saved(h, lambda: swiglu(gate, up)):
@@ -124,7 +129,8 @@ def opslib_attention(module, query, key, value, attention_mask, dropout=0.0, sca
                      is_causal=None, **kwargs) -> tuple[Tensor, None]:  # fmt: skip
     """An attention function for transformers' registry (``AttentionInterface``), as its "sdpa"
     one, on opslib's scaled_dot_product_attention: q, k, v [B, H, L, D], GQA through
-    enable_gqa, causal without a mask where transformers passes none."""
+    enable_gqa, causal without a mask where transformers passes none; the output [B, L, H, D]
+    (a transposed view, where "sdpa" returns a contiguous copy)."""
     for unsupported in ("softcap", "sliding_window", "position_bias", "s_aux"):
         if kwargs.get(unsupported) is not None:
             raise ValueError(f"opslib attention: {unsupported} is not supported")
@@ -137,7 +143,10 @@ def opslib_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=causal,
         scale=scaling, enable_gqa=getattr(module, "num_key_value_groups", 1) > 1,
     )  # fmt: skip
-    return out.transpose(1, 2).contiguous(), None
+    # [B, L, H, D] as a view: its caller's reshape to [B, L, H·D] makes the one copy needed
+    # (transformers' attention modules and opslib's swapped one, which recomputes that copy
+    # in backward rather than keep it: see _attention_forward)
+    return out.transpose(1, 2), None
 
 
 def _attention_forward(self, hidden_states: Tensor, position_embeddings=None,
@@ -156,13 +165,16 @@ def _attention_forward(self, hidden_states: Tensor, position_embeddings=None,
         key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
     eager = sys.modules[type(self).__mro__[1].__module__].eager_attention_forward
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager)
-    out, weights = attention(
+    heads, weights = attention(
         self, query, key, value, attention_mask,
         dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling,
         **kwargs,
     )  # fmt: skip
-    out = self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous())
-    return out, weights
+    shape = (*hidden_states.shape[:-1], -1)
+    merged = heads.reshape(shape).contiguous()  # [B, L, H·D]: opslib's [B, H, L, D] copied
+    # o_proj would save that copy for its weight's gradient; the attention keeps its output
+    with _recomputed_when_saved(merged, lambda: heads.reshape(shape).contiguous()):
+        return self.o_proj(merged), weights
 
 
 def _causal_lm_forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
@@ -290,7 +302,8 @@ def _agrees(module: torch.nn.Module, forward: Callable) -> bool:
     finally:
         module.train(was_training)
     tol = 1e-4 if want.dtype in (torch.float32, torch.float64) else 2e-2
-    return got.shape == want.shape and torch.allclose(got, want, atol=tol, rtol=tol)
+    # in want's dtype: transformers computes a float64 model's loss in float32, opslib in float64
+    return got.shape == want.shape and torch.allclose(got.to(want.dtype), want, atol=tol, rtol=tol)
 
 
 def _register_attention() -> None:

@@ -207,3 +207,42 @@ def test_the_swapped_gated_mlp_recomputes_its_product_instead_of_keeping_it(monk
     small = torch.randn(2, 3, 64, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(swapped, (small,))
     assert torch.autograd.gradgradcheck(swapped, (small,))
+
+
+def test_the_swapped_llama_keeps_no_copy_it_can_remake(monkeypatch):
+    """In the whole swapped model, each layer's two cheap copies that a linear would save (the
+    MLP's swiglu output, the attention output merged to [B, L, H·D] for o_proj) are remade in
+    backward instead: the graph after the forward holds exactly their bytes fewer than with
+    them kept, and the gradients are the unswapped model's."""
+    import opslib.swap
+
+    reference = _tiny_llama()
+    model = copy.deepcopy(reference)
+    opslib.swap_modules(model)
+    ids = torch.randint(0, 512, (2, 12))
+    losses = []
+    recomputing = _live_bytes_after(lambda: losses.append(model(input_ids=ids, labels=ids).loss))
+    with monkeypatch.context() as patch:
+        patch.setattr(opslib.swap, "_recomputed_when_saved", lambda *a: contextlib.nullcontext())
+        keeping = _live_bytes_after(lambda: losses.append(model(input_ids=ids, labels=ids).loss))
+    layers, tokens, hidden, intermediate = 2, 2 * 12, 64, 176
+    assert keeping - recomputing == layers * tokens * (intermediate + hidden) * 4
+    got = torch.autograd.grad(losses[0], list(model.parameters()))
+    want = torch.autograd.grad(reference(input_ids=ids, labels=ids).loss,
+                               list(reference.parameters()))  # fmt: skip
+    for (name, _), g, w in zip(model.named_parameters(), got, want, strict=True):
+        assert_close_named(g, w, f"gradient of {name}")
+
+
+def test_a_float64_llama_is_swapped_whole_and_gives_the_same_loss():
+    """transformers computes the loss of a float64 model in float32 (it upcasts logits with
+    .float()); opslib's in float64: the probe compares in transformers' dtype, so the model is
+    still swapped, and the losses agree to float32's precision."""
+    reference = _tiny_llama().double()
+    model = copy.deepcopy(reference)
+    replaced = opslib.swap_modules(model)
+    assert "LlamaForCausalLM -> opslib.swap.OpslibLlamaForCausalLM" in replaced.values()
+    ids = torch.randint(0, 512, (2, 12))
+    got, want = model(input_ids=ids, labels=ids).loss, reference(input_ids=ids, labels=ids).loss
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got.float(), want, rtol=1e-6, atol=1e-6)
