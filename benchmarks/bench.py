@@ -1,6 +1,6 @@
 """Benchmark every op of the op table against native PyTorch, as data.
 
-    python3 benchmarks/bench.py             # full run (CPU, 2 threads: about 64 minutes)
+    python3 benchmarks/bench.py             # full run (CPU: ~64 minutes when it ran on one thread)
     python3 benchmarks/bench.py --quick     # seconds: the CI smoke test
     python3 benchmarks/bench.py --ops conv2d --dtype bfloat16 --sizes 8 32 --results <folder>
     python3 benchmarks/report.py            # CSV -> PNG plots and summary.md
@@ -139,8 +139,15 @@ class Stats:
         self.p80 = float(np.percentile(samples, 80))
 
 
+def _timer(fn: Callable[[], object]) -> Timer:
+    """torch.utils.benchmark's Timer for ``fn()`` at this process's thread count. Its default is
+    one thread: until 2026-12-06 every timing here ran on one thread while its row said 2 (those
+    rows' ``threads`` now say 1; see docs/guides/performance.md)."""
+    return Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+
+
 def _calls_per_sample(fn: Callable[[], object], target_s: float) -> int:
-    once = Timer("fn()", globals={"fn": fn}).timeit(1).median
+    once = _timer(fn).timeit(1).median
     return max(1, int(target_s / max(once, 1e-9)))
 
 
@@ -152,8 +159,8 @@ def measure_pair(
         for _ in range(3):
             fn()
     numbers = [_calls_per_sample(fn, target_s) for fn in (ours, native)]
-    timers = [Timer("fn()", globals={"fn": fn}) for fn in (ours, native)]
-    if min(numbers) == 1 and Timer("fn()", globals={"fn": ours}).timeit(1).median > 0.05:
+    timers = [_timer(fn) for fn in (ours, native)]
+    if min(numbers) == 1 and _timer(ours).timeit(1).median > 0.05:
         samples = min(samples, 7)  # seconds-long calls: 7 samples keep a large run bounded
     times: list[list[float]] = [[], []]
     for i in range(samples):

@@ -94,7 +94,7 @@ def plot(rows: list[dict], out: Path) -> None:
     r0 = rows[0]
     fig.suptitle(
         f"opslib / native time (lower is better; < 1 is faster than native) — "
-        f"{r0['device']}, {r0['threads']} threads, torch {r0['torch']}, {runs_label(rows)}",
+        f"{r0['device']}, torch {r0['torch']}, {runs_label(rows)}",
         fontsize=10 if len(ops) > 1 else 8,
     )
     fig.tight_layout()
@@ -175,9 +175,12 @@ def model_table(rows: list[dict]) -> str:
 
 
 def runs_label(rows: list[dict]) -> str:
-    """The commits and run ids the rows come from, oldest first."""
-    runs = sorted({(r["run_id"], r["commit"]) for r in rows})
-    return "; ".join(f"commit {commit}, run {run}" for run, commit in runs)
+    """The commits, run ids and thread counts of the runs the rows come from, oldest first."""
+    runs = sorted({(r["run_id"], r["commit"], r["threads"]) for r in rows})
+    return "; ".join(
+        f"commit {commit}, run {run}, {threads} thread{'s' * (threads != '1')}"
+        for run, commit, threads in runs
+    )
 
 
 def summary(results: Path, image_prefix: str, images: Path | None = None) -> str:
@@ -193,7 +196,7 @@ def summary(results: Path, image_prefix: str, images: Path | None = None) -> str
         png = (images or results) / f"ratios_{slug}.png"
         plot(rows, png)
         parts += [
-            f"## {device} — {r0['machine']}, {r0['threads']} threads, torch {r0['torch']}, "
+            f"## {device} — {r0['machine']}, torch {r0['torch']}, "
             f"{runs_label(rows)}"
             + (f", C++ CPU fast path: {r0['cpu_fast_path']}" if r0.get("cpu_fast_path") else ""),
             "",
