@@ -1,6 +1,6 @@
 """Benchmark every op of the op table against native PyTorch, as data.
 
-    python3 benchmarks/bench.py             # full run (CPU: ~64 minutes when it ran on one thread)
+    python3 benchmarks/bench.py             # full run (CPU, 2 threads: ~48 minutes)
     python3 benchmarks/bench.py --quick     # seconds: the CI smoke test
     python3 benchmarks/bench.py --ops conv2d --dtype bfloat16 --sizes 8 32 --results <folder>
     python3 benchmarks/report.py            # CSV -> PNG plots and summary.md
