@@ -186,7 +186,7 @@ bool is_dense_cpu_contiguous(const at::Tensor& t) {
 }
 
 // Whether this kernel takes the whole call: every check of the Python kernel's
-// _check_adam_step (opslib/ops/adam.py) on the tensors passes, and every tensor is a dense,
+// _check_tensors (opslib/ops/adam.py) passes, and every tensor is a dense,
 // contiguous CPU tensor. Done before any tensor is updated, in C++ because an optimizer step
 // passes hundreds of tensors, whose checks took ~0.3 ms a step in Python; a call refused here
 // goes back to the Python kernel, which names the problem or takes another path.

@@ -192,46 +192,48 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(
   return {losses, weights};
 }
 
-// dL/dx for per-row scales s = dL/dloss_i ([N] double).
-at::Tensor cross_entropy_backward_cpu(const at::Tensor& scale, const at::Tensor& x,
-                                      const at::Tensor& target,
-                                      const std::optional<at::Tensor>& weight,
-                                      int64_t ignore_index, double label_smoothing) {
-  check_rows("cross_entropy_backward", x, target, weight);
+namespace {
+
+// dL/dx for per-row scales s = dL/dloss_i ([N] double), written into out: a new tensor, or x
+// itself (each row is read before it is written, element by element, so the result is the
+// same).
+void backward_into(const char* name, const at::Tensor& scale, const at::Tensor& x,
+                   const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                   int64_t ignore_index, double label_smoothing, const at::Tensor& out) {
+  check_rows(name, x, target, weight);
   TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(0) &&
                   scale.scalar_type() == at::kDouble && scale.is_contiguous(),
-              "opslib_cpu.cross_entropy_backward: scale must be [N] contiguous double");
-  at::Tensor grad_x = at::empty_like(x);
+              "opslib_cpu.", name, ": scale must be [N] contiguous double");
   const at::Tensor t = target.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ce_bwd", [&] {
     backward_rows<scalar_t>(scale.const_data_ptr<double>(), x.const_data_ptr<scalar_t>(),
                             t.const_data_ptr<int64_t>(),
                             weight ? weight->const_data_ptr<scalar_t>() : nullptr,
-                            grad_x.data_ptr<scalar_t>(), x.size(0), x.size(1), ignore_index,
+                            out.data_ptr<scalar_t>(), x.size(0), x.size(1), ignore_index,
                             label_smoothing);
   });
+}
+
+}  // namespace
+
+at::Tensor cross_entropy_backward_cpu(const at::Tensor& scale, const at::Tensor& x,
+                                      const at::Tensor& target,
+                                      const std::optional<at::Tensor>& weight,
+                                      int64_t ignore_index, double label_smoothing) {
+  at::Tensor grad_x = at::empty_like(x);
+  backward_into("cross_entropy_backward", scale, x, target, weight, ignore_index,
+                label_smoothing, grad_x);
   return grad_x;
 }
 
 // The same, written over x itself: for logits that are not needed after (a chunk of
-// linear_cross_entropy's), so that no second [N, C] buffer is held. Each row is read before it
-// is written, element by element, so the result is the out-of-place one.
+// linear_cross_entropy's), so that no second [N, C] buffer is held.
 void cross_entropy_backward_inplace_cpu(const at::Tensor& scale, const at::Tensor& x,
                                         const at::Tensor& target,
                                         const std::optional<at::Tensor>& weight,
                                         int64_t ignore_index, double label_smoothing) {
-  check_rows("cross_entropy_backward_", x, target, weight);
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(0) &&
-                  scale.scalar_type() == at::kDouble && scale.is_contiguous(),
-              "opslib_cpu.cross_entropy_backward_: scale must be [N] contiguous double");
-  const at::Tensor t = target.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ce_bwd_", [&] {
-    backward_rows<scalar_t>(scale.const_data_ptr<double>(), x.const_data_ptr<scalar_t>(),
-                            t.const_data_ptr<int64_t>(),
-                            weight ? weight->const_data_ptr<scalar_t>() : nullptr,
-                            x.data_ptr<scalar_t>(), x.size(0), x.size(1), ignore_index,
-                            label_smoothing);
-  });
+  backward_into("cross_entropy_backward_", scale, x, target, weight, ignore_index,
+                label_smoothing, x);
 }
 
 }  // namespace opslib

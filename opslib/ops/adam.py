@@ -111,22 +111,6 @@ def _fail(message: str) -> None:
     raise ValueError(f"{label(OP)}: {message}")
 
 
-def _check_adam_step(
-    params: Sequence[Tensor],
-    grads: Sequence[Tensor],
-    exp_avgs: Sequence[Tensor],
-    exp_avg_sqs: Sequence[Tensor],
-    max_exp_avg_sqs: Sequence[Tensor],
-    steps: Sequence[Tensor],
-    hyperparameters: Sequence[Tensor],
-    amsgrad: bool,
-) -> None:
-    """Everything that could make the update fail or be wrong, checked for every tensor before
-    any is updated. Runs on real and fake tensors alike (shapes, dtypes, devices, layouts)."""
-    _check_hyperparameters(hyperparameters)
-    _check_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad)
-
-
 def _check_hyperparameters(hyperparameters: Sequence[Tensor]) -> None:
     for name, value in zip(HYPERPARAMETERS, hyperparameters, strict=True):
         if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
@@ -142,7 +126,9 @@ def _check_tensors(
     steps: Sequence[Tensor],
     amsgrad: bool,
 ) -> None:
-    """The checks of the parameters and their state. The C++ kernel makes the same ones itself
+    """Everything about the parameters and their state that could make the update fail or be
+    wrong, checked for every tensor before any is updated; on real and fake tensors alike
+    (shapes, dtypes, devices, layouts). The C++ kernel makes the same checks itself
     before it takes a call (``takes`` in opslib/csrc/adam.cpp), so this runs only on calls it
     does not take: to name the problem, or to pass those that take another path."""
     n = len(params)
@@ -281,10 +267,8 @@ def _adam_step_fake(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2,
     weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
 ) -> None:  # fmt: skip
-    _check_adam_step(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-        (lr, beta1, beta2, weight_decay, eps), amsgrad,
-    )  # fmt: skip
+    _check_hyperparameters((lr, beta1, beta2, weight_decay, eps))
+    _check_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad)
 
 
 _adam_step = define_mutating_op(
@@ -316,8 +300,8 @@ def check_adam_step(*lists: list[Tensor], amsgrad: bool = False, **options: obje
     updates any (``opslib.optim``)."""
     defaults = {"beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "eps": 1e-8}
     values = {**defaults, **options}
-    hyperparameters = [_as_tensor(values[name]) for name in HYPERPARAMETERS]
-    _check_adam_step(*lists, hyperparameters, amsgrad)
+    _check_hyperparameters([_as_tensor(values[name]) for name in HYPERPARAMETERS])
+    _check_tensors(*lists, amsgrad)
 
 
 def adam_step_(
