@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import opslib
+from opslib.testing.support import tensor_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,23 +142,6 @@ def opslib_loss(model, ids: torch.Tensor) -> torch.Tensor:
 # ---- measuring ----
 
 
-def peak_tensor_bytes(run) -> tuple[int, object]:
-    """The most bytes of tensor memory that ``run()`` holds at once, of what it allocates, and
-    its result. Torch's CPU allocator reports each allocation and free to the profiler
-    (``profile_memory=True``); the running sum of those events is exact, where the process's
-    resident high-water mark is coarse at this size (glibc's heap keeps freed blocks)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        result = run()
-    events = [e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak, result
-
-
 def train(name: str, loss_fn, model, optimizer, data, steps: int, tokens_per_step: int):
     """``steps`` training steps; each step's loss and seconds (but for one step, the fourth,
     run under the profiler to measure its peak tensor memory, and not timed)."""
@@ -175,7 +159,7 @@ def train(name: str, loss_fn, model, optimizer, data, steps: int, tokens_per_ste
         ids = next(data)
         if index == measured:
             optimizer.zero_grad(set_to_none=True)  # the last step's gradients: not this one's
-            peak, loss = peak_tensor_bytes(lambda: step(ids))  # noqa: B023
+            peak, _, loss = tensor_memory(lambda: step(ids))  # noqa: B023
         else:
             start = time.perf_counter()
             loss = step(ids)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import opslib
-from opslib.testing.support import assert_close_named
+from opslib.testing.support import assert_close_named, tensor_memory
 
 pytestmark = pytest.mark.ops("linear", "rms_norm", "swiglu", "rotary_embedding",
                              "scaled_dot_product_attention", "linear_cross_entropy")  # fmt: skip
@@ -170,14 +170,8 @@ def test_convergence_twenty_adamw_steps_swapped_and_not():
 
 
 def _live_bytes_after(run) -> int:
-    """Bytes of tensor memory that ``run()`` allocated and still holds when it returns (the
-    allocator's events, as torch.profiler records them)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        run()
-    return sum(e.nbytes() for e in profiler.profiler.kineto_results.events()
-               if e.name() == "[memory]")  # fmt: skip
+    """Bytes of tensor memory that ``run()`` allocated and still holds when it returns."""
+    return tensor_memory(run)[1]
 
 
 def test_the_swapped_gated_mlp_recomputes_its_product_instead_of_keeping_it(monkeypatch):

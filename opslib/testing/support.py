@@ -89,3 +89,22 @@ def assert_error_in_chain(raised: BaseException, error: type[Exception]) -> None
 def max_error(values: torch.Tensor, exact: torch.Tensor) -> float:
     """max |values - exact| in float64 (0 for empty tensors)."""
     return (values.double() - exact).abs().max().item() if exact.numel() else 0.0
+
+
+def tensor_memory(run: Callable[[], Any]) -> tuple[int, int, Any]:
+    """``(peak, held, result)`` of ``run()``: the most bytes of tensor memory it held at once of
+    what it allocated, the bytes of that still held when it returned, and what it returned.
+    Torch's CPU allocator reports each allocation and free to the profiler
+    (``profile_memory=True``); the running sum of those events is exact, where the process's
+    resident high-water mark is coarse (glibc's heap keeps freed blocks). Allocations made on
+    other threads than the caller's are not seen (autograd runs CPU work on the caller's)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        result = run()
+    events = [e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
+    held = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak, held, result
