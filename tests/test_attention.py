@@ -129,8 +129,8 @@ CPP_CALLS = {
 }
 
 
-# (forward tile, backward tile): query rows x keys
-TILES = [((2, 3), (3, 2)), ((3, 64), (2, 5)), ((4, 8), (4, 3))]
+# (forward tile, backward tile): query rows x keys; the last, the defaults: one tile per head
+TILES = [((2, 3), (3, 2)), ((3, 64), (2, 5)), ((4, 8), (4, 3)), ((256, 1024), (128, 512))]
 
 
 @needs_cpp_kernels
@@ -246,15 +246,39 @@ def test_cpp_kernels_output_and_dv_error_at_scores_of_1e4_is_natives(monkeypatch
 
 
 @needs_cpp_kernels
-def test_cpp_kernels_take_calls_without_a_mask_and_leave_the_rest(monkeypatch):
-    """Which calls the C++ kernels compute: float32/float64 CPU calls without a mask, with
-    finite inputs and more than one tile per head; a head of one tile, a mask, half
-    precision, broadcast heads or an inf go to the torch-op formula (an inf score must make
-    nan as native's softmax does: checked against native)."""
-    q, k, v = _inputs(dtype=torch.float32)  # 9 rows, 11 keys: one backward tile
+@pytest.mark.parametrize("sharpness", [1.0, 10.0, 30.0])
+def test_cpp_kernels_of_one_tile_float32_error_at_most_twice_native(sharpness):
+    """A decoder's short causal grouped-query heads (L = S = 128, the tiny LM's shape), one
+    tile each at the default tiles: float32 output and gradients within twice native's error
+    against float64 (plus float32's epsilon times the largest value)."""
+    torch.manual_seed(0)
+    q = (torch.randn(2, 128, 4, 64) * sharpness).transpose(1, 2)  # HF's transposed views
+    k, v = torch.randn(2, 128, 2, 64).transpose(1, 2), torch.randn(2, 128, 2, 64).transpose(1, 2)
+    grad_out = torch.randn(2, 4, 128, 64)
     with torch.no_grad():
-        assert not attention_module._cpu_kernel_takes(q, k, v, None, 1)
-    monkeypatch.setattr(attention_module, "CPP_BACKWARD_TILE", (4, 512))
+        assert attention_module._cpu_kernel_takes(q, k, v, None, 2)
+
+    def outputs(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves, is_causal=True, enable_gqa=True)
+        return [out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
+
+    exact = outputs(F.scaled_dot_product_attention, torch.float64)
+    native = outputs(F.scaled_dot_product_attention, torch.float32)
+    ours = outputs(opslib.scaled_dot_product_attention, torch.float32)
+    eps = torch.finfo(torch.float32).eps
+    for name, a, n, e in zip(["out", "dq", "dk", "dv"], ours, native, exact, strict=True):
+        err, native_err = _max_error(a, e), _max_error(n, e)
+        assert err <= 2 * native_err + eps * e.abs().max().item(), (name, err, native_err)
+
+
+@needs_cpp_kernels
+def test_cpp_kernels_take_calls_without_a_mask_and_leave_the_rest():
+    """Which calls the C++ kernels compute: float32/float64 CPU calls without a mask and with
+    finite inputs, heads of one tile included; a mask, half precision, broadcast heads or an
+    inf go to the torch-op formula (an inf score must make nan as native's softmax does:
+    checked against native)."""
+    q, k, v = _inputs(dtype=torch.float32)  # 9 rows, 11 keys: one tile
     with torch.no_grad():
         assert attention_module._cpu_kernel_takes(q, k, v, None, 1)
         assert not attention_module._cpu_kernel_takes(q, k, v, torch.ones(9, 11) > 0, 1)
