@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import ALL_OPCHECK_TESTS, LargestTensor, assert_close_named
 
 import opslib
+from opslib.core import cpu_kernels
 from opslib.ops.linear_cross_entropy import native_linear_cross_entropy
 from opslib.testing.opinfos import OPS_BY_NAME
 
@@ -319,3 +320,27 @@ def test_backward_twice_with_retain_graph_gives_the_same_gradients():
         assert_close_named(got1, 3 * want, "first backward")
         assert_close_named(got2, 3 * want, "second backward")
         assert_close_named(got3, want, "third backward")
+
+
+@pytest.mark.skipif(not cpu_kernels.is_loaded(), reason="opslib's C++ CPU kernels are not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fused_chunk_kernel_gives_the_loss_and_gradient_kernels_values(dtype, smoothing):
+    """linear_cross_entropy's chunks take their losses and dz from one C++ pass
+    (cross_entropy_forward_backward_, dz written over the logits): bit for bit what the separate
+    loss and gradient kernels give, ignored rows included."""
+    from opslib.ops.cross_entropy import row_loss_gradient, row_losses
+
+    torch.manual_seed(0)
+    logits = torch.randn(37, 1000, dtype=dtype) * 3
+    target = torch.randint(0, 1000, (37,))
+    target[::5] = -100
+    scale = torch.rand(37, dtype=torch.float64)
+    losses = row_losses(logits, target, -100, smoothing)
+    grad = row_loss_gradient(scale, logits, target, -100, smoothing)
+    overwritten = logits.clone()
+    fused = torch.ops.opslib_cpu.cross_entropy_forward_backward_(
+        scale, overwritten, target, None, -100, smoothing
+    )
+    assert torch.equal(fused, losses)
+    assert torch.equal(overwritten, grad)

@@ -12,7 +12,10 @@
 // Forward: two sweeps over a row while it is in cache (the max; then the exponentials, summed,
 // not stored) and no [N, C] output: native writes its [N, C] log-probabilities and reads them
 // again. Backward: one exponential per element, written once into dx and scaled in place.
-// Rows whose target is ignore_index get loss 0, weight 0 and dx 0.
+// Both at once (cross_entropy_forward_backward_, for linear_cross_entropy's chunks, whose
+// per-row scales are known before the loss): the losses from the backward's own pass, one
+// exponential per element instead of two. Rows whose target is ignore_index get loss 0,
+// weight 0 and dx 0.
 //
 // dtypes: float and double compute in their own type; float16 and bfloat16 in float (each row
 // converted into a buffer), dx rounded once at the store. Per-row results are double.
@@ -110,10 +113,13 @@ void forward_rows(const scalar_t* x, const int64_t* target, const scalar_t* w_ra
   });
 }
 
+// losses: null, or where to write each row's loss as forward_rows does (the same sums in the
+// same order, so the same values), from the one exponential pass (x_t and the smoothing sum
+// are read before the pass writes over x, where dx is x).
 template <typename scalar_t>
 void backward_rows(const double* scale, const scalar_t* x, const int64_t* target,
                    const scalar_t* w_raw, scalar_t* dx, int64_t rows, int64_t n,
-                   int64_t ignore_index, double eps) {
+                   int64_t ignore_index, double eps, double* losses = nullptr) {
   using T = at::opmath_type<scalar_t>;
   using Vec = Vectorized<T>;
   const std::vector<T> w =
@@ -128,22 +134,40 @@ void backward_rows(const double* scale, const scalar_t* x, const int64_t* target
       scalar_t* out = dx + r * n;
       if (t == ignore_index) {
         std::fill(out, out + n, scalar_t(0));
+        if (losses) losses[r] = 0.0;
         continue;
       }
       const T* xr = as_compute<scalar_t, T>(x + r * n, xbuf.data(), n);
       T* dr = kHalf ? dbuf.data() : reinterpret_cast<T*>(out);
       const T m = row_max(xr, n);
+      const T target_shift = xr[t] - m;  // before the pass below may write over it
+      const bool smooth = losses && eps != 0.0;
       const Vec mv(m);
-      Vec acc(T(0));
+      Vec acc(T(0)), acc_w(T(0));
       for (int64_t i = 0; i < n; i += Vec::size()) {  // e_c = exp(x_c - m), stored and summed
         const int64_t k = std::min<int64_t>(Vec::size(), n - i);
-        const Vec e = (Vec::loadu(xr + i, k) - mv).exp();
+        const Vec d = Vec::loadu(xr + i, k) - mv;
+        const Vec e = d.exp();
+        if (smooth) {  // sum_c w_c (x_c - m), as exp_sum_and_weighted_shift sums it
+          const Vec wd = wp ? Vec::loadu(wp + i, k) * d : d;
+          acc_w = acc_w + (k == Vec::size() ? wd : Vec::set(Vec(T(0)), wd, k));
+        }
         e.store(dr + i, k);
         acc = acc + (k == Vec::size() ? e : Vec::set(Vec(T(0)), e, k));
       }
-      const T sum_e = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
+      const auto add = [](Vec& a, Vec& b) { return a + b; };
+      const T sum_e = at::vec::vec_reduce_all<T>(add, acc);
       const double s = scale[r];
       const double w_t = wp ? double(wp[t]) : 1.0;
+      if (losses) {
+        const double log_sum = std::log(double(sum_e));
+        double loss = (1.0 - eps) * w_t * (log_sum - double(target_shift));
+        if (smooth) {
+          loss += (eps / double(n)) *
+                  (w_total * log_sum - double(at::vec::vec_reduce_all<T>(add, acc_w)));
+        }
+        losses[r] = loss;
+      }
       const double a = s * ((1.0 - eps) * w_t + (eps / double(n)) * w_total);
       const Vec av(T(a / double(sum_e)));  // dx_c = a p_c - b w_c, p_c = e_c / S
       const T b = T(s * eps / double(n));
@@ -199,7 +223,8 @@ namespace {
 // same).
 void backward_into(const char* name, const at::Tensor& scale, const at::Tensor& x,
                    const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                   int64_t ignore_index, double label_smoothing, const at::Tensor& out) {
+                   int64_t ignore_index, double label_smoothing, const at::Tensor& out,
+                   double* losses = nullptr) {
   check_rows(name, x, target, weight);
   TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(0) &&
                   scale.scalar_type() == at::kDouble && scale.is_contiguous(),
@@ -210,7 +235,7 @@ void backward_into(const char* name, const at::Tensor& scale, const at::Tensor& 
                             t.const_data_ptr<int64_t>(),
                             weight ? weight->const_data_ptr<scalar_t>() : nullptr,
                             out.data_ptr<scalar_t>(), x.size(0), x.size(1), ignore_index,
-                            label_smoothing);
+                            label_smoothing, losses);
   });
 }
 
@@ -226,14 +251,19 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& scale, const at::Tensor&
   return grad_x;
 }
 
-// The same, written over x itself: for logits that are not needed after (a chunk of
-// linear_cross_entropy's), so that no second [N, C] buffer is held.
-void cross_entropy_backward_inplace_cpu(const at::Tensor& scale, const at::Tensor& x,
-                                        const at::Tensor& target,
-                                        const std::optional<at::Tensor>& weight,
-                                        int64_t ignore_index, double label_smoothing) {
-  backward_into("cross_entropy_backward_", scale, x, target, weight, ignore_index,
-                label_smoothing, x);
+// Both at once, dL/dx written over x: the per-row losses ([N] double, as
+// cross_entropy_forward gives them) and the gradient from one exponential per element, where
+// the forward and the backward kernel make one each. For linear_cross_entropy's chunks, whose
+// per-row scales are known before the loss is (1/count for "mean").
+at::Tensor cross_entropy_forward_backward_inplace_cpu(const at::Tensor& scale, const at::Tensor& x,
+                                                      const at::Tensor& target,
+                                                      const std::optional<at::Tensor>& weight,
+                                                      int64_t ignore_index,
+                                                      double label_smoothing) {
+  at::Tensor losses = at::empty({x.size(0)}, x.options().dtype(at::kDouble));
+  backward_into("cross_entropy_forward_backward_", scale, x, target, weight, ignore_index,
+                label_smoothing, x, losses.data_ptr<double>());
+  return losses;
 }
 
 }  // namespace opslib
@@ -246,12 +276,13 @@ TORCH_LIBRARY_FRAGMENT(opslib_cpu, m) {
       "cross_entropy_backward(Tensor scale, Tensor x, Tensor target, Tensor? weight, "
       "int ignore_index, float label_smoothing) -> Tensor");
   m.def(
-      "cross_entropy_backward_(Tensor scale, Tensor(a!) x, Tensor target, Tensor? weight, "
-      "int ignore_index, float label_smoothing) -> ()");
+      "cross_entropy_forward_backward_(Tensor scale, Tensor(a!) x, Tensor target, "
+      "Tensor? weight, int ignore_index, float label_smoothing) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(opslib_cpu, CPU, m) {
   m.impl("cross_entropy_forward", &opslib::cross_entropy_forward_cpu);
   m.impl("cross_entropy_backward", &opslib::cross_entropy_backward_cpu);
-  m.impl("cross_entropy_backward_", &opslib::cross_entropy_backward_inplace_cpu);
+  m.impl("cross_entropy_forward_backward_",
+         &opslib::cross_entropy_forward_backward_inplace_cpu);
 }

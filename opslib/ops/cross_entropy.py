@@ -408,23 +408,30 @@ def row_loss_gradient(
     target: Tensor,
     ignore_index: int,
     label_smoothing: float,
-    *,
-    overwrite_logits: bool = False,
 ) -> Tensor:
     """s_i · dℓ_i/dlogits for rows of logits [n, C] and per-row scales s [n] (float64), in
-    logits' dtype: the C++ kernel where it computes, else the torch-op formula. With
-    ``overwrite_logits``, the C++ kernel writes it over the logits, a temporary the caller no
-    longer needs (one [n, C] buffer instead of two); the formula makes a new tensor."""
+    logits' dtype: the C++ kernel where it computes, else the torch-op formula."""
     if cpu_kernel_takes(logits, None) and only_plain_tensors((scale, logits)):
-        if overwrite_logits:
-            torch.ops.opslib_cpu.cross_entropy_backward_(
-                scale.contiguous(), logits, target, None, ignore_index, label_smoothing
-            )
-            return logits
         return torch.ops.opslib_cpu.cross_entropy_backward(
             scale.contiguous(), logits, target, None, ignore_index, label_smoothing
         )
     return _backward_formula(scale, logits, target, None, ignore_index, "none", label_smoothing)
+
+
+def row_losses_and_gradient_(
+    scale: Tensor, logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: float
+) -> tuple[Tensor, Tensor]:
+    """``row_losses`` and ``row_loss_gradient`` of the same rows at once, for logits the caller
+    no longer needs: where the C++ kernel computes, one pass writes the gradient over the logits
+    and gives the losses (the same values as ``row_losses``: the same sums in the same order)
+    with one exponential per element where the two calls make two; else the two calls."""
+    if cpu_kernel_takes(logits, None) and only_plain_tensors((scale, logits)):
+        losses = torch.ops.opslib_cpu.cross_entropy_forward_backward_(
+            scale.contiguous(), logits, target, None, ignore_index, label_smoothing
+        )
+        return losses, logits
+    losses = row_losses(logits, target, ignore_index, label_smoothing)
+    return losses, row_loss_gradient(scale, logits, target, ignore_index, label_smoothing)
 
 
 _cross_entropy = define_op(
