@@ -15,7 +15,8 @@ as transformers computes it, with native's best parts: ``torch.optim.AdamW(fused
 ``opslib.swap_modules`` (rms_norm, swiglu, rotary_embedding, scaled_dot_product_attention,
 linear, linear_cross_entropy) and ``opslib.optim.AdamW``.
 Both train on the same batches, eager, for --steps steps; then --compiled-steps more steps of each
-under ``torch.compile(fullgraph=True)``. Printed: loss, tokens/s (median step), peak memory of a
+under ``torch.compile(fullgraph=True)``. They take turns step by step (in alternating order), so
+that a drift in the machine's speed hits both alike. Printed: loss, tokens/s (median step), peak memory of a
 training step: the most tensor memory it allocates and holds at once (activations, gradients,
 temporaries), summed from the allocator's events that torch.profiler records. Saved under
 --out: a plot of both loss curves with the throughputs, and the opslib model exported to ONNX
@@ -142,32 +143,46 @@ def opslib_loss(model, ids: torch.Tensor) -> torch.Tensor:
 # ---- measuring ----
 
 
-def train(name: str, loss_fn, model, optimizer, data, steps: int, tokens_per_step: int):
-    """``steps`` training steps; each step's loss and seconds (but for one step, the fourth,
-    run under the profiler to measure its peak tensor memory, and not timed)."""
-    losses, seconds, peak = [], [], 0
+def train(mode: str, setups: dict, optimizers: dict, data, steps: int,
+          tokens_per_step: int) -> dict:  # fmt: skip
+    """``steps`` training steps of every model, step by step on the same batch (the models take
+    turns, in alternating order, so that the machine's drift in speed hits each alike); each
+    step's loss and seconds (but for one step, the fourth, run under the profiler to measure
+    its peak tensor memory, and not timed)."""
+    losses = {name: [] for name in setups}
+    seconds = {name: [] for name in setups}
+    peak = dict.fromkeys(setups, 0)
     measured = min(3, steps - 1)
 
-    def step(ids):
+    def step(name, ids):
+        (model, loss_fn), optimizer = setups[name], optimizers[name]
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, ids)
         loss.backward()
         optimizer.step()
         return loss
 
-    for index in tqdm(range(steps), desc=name, leave=False, file=sys.stdout):
+    names = list(setups)
+    for index in tqdm(range(steps), desc=mode, leave=False, file=sys.stdout):
         ids = next(data)
-        if index == measured:
-            optimizer.zero_grad(set_to_none=True)  # the last step's gradients: not this one's
-            peak, _, loss = tensor_memory(lambda: step(ids))  # noqa: B023
-        else:
-            start = time.perf_counter()
-            loss = step(ids)
-            seconds.append(time.perf_counter() - start)
-        losses.append(loss.item())
-    timed = seconds[2:] or seconds  # the first steps warm up (and compile)
-    return {"losses": losses, "tokens_per_s": tokens_per_step / statistics.median(timed),
-            "peak_bytes": peak}  # fmt: skip
+        for name in names if index % 2 == 0 else names[::-1]:
+            if index == measured:
+                optimizers[name].zero_grad(set_to_none=True)  # the last step's: not this one's
+                peak[name], _, loss = tensor_memory(lambda: step(name, ids))  # noqa: B023
+            else:
+                start = time.perf_counter()
+                loss = step(name, ids)
+                seconds[name].append(time.perf_counter() - start)
+            losses[name].append(loss.item())
+    results = {}
+    for name in names:
+        timed = seconds[name][2:] or seconds[name]  # the first steps warm up (and compile)
+        results[f"{name} {mode}"] = {
+            "losses": losses[name],
+            "tokens_per_s": tokens_per_step / statistics.median(timed),
+            "peak_bytes": peak[name],
+        }
+    return results
 
 
 def evaluate(loss_fn, model, tokens: torch.Tensor, seq: int) -> float:
@@ -265,14 +280,15 @@ def main(argv=None) -> dict:
     for mode, steps in (("eager", args.steps), ("compiled", args.compiled_steps)):
         if steps == 0:
             continue
-        for name, (model, loss_fn) in setups.items():
-            if mode == "compiled":
-                torch._dynamo.reset()
-                loss_fn = torch.compile(loss_fn, fullgraph=True)
-            data = batches(train_tokens, args.batch, args.seq, seed=len(results) // 2)
-            result = train(f"{name} {mode}", loss_fn, model, optimizers[name], data, steps,
-                           tokens_per_step)  # fmt: skip
-            results[f"{name} {mode}"] = result
+        mode_setups = setups
+        if mode == "compiled":
+            torch._dynamo.reset()
+            mode_setups = {name: (model, torch.compile(loss_fn, fullgraph=True))
+                           for name, (model, loss_fn) in setups.items()}  # fmt: skip
+        data = batches(train_tokens, args.batch, args.seq, seed=len(results) // 2)
+        results.update(train(mode, mode_setups, optimizers, data, steps, tokens_per_step))
+        for name in setups:
+            result = results[f"{name} {mode}"]
             print(f"{name:>6} {mode:<8} loss {result['losses'][0]:.3f} -> "
                   f"{result['losses'][-1]:.3f}, {result['tokens_per_s']:,.0f} tokens/s, "
                   f"peak {result['peak_bytes'] / 2**20:,.0f} MiB a step")  # fmt: skip
