@@ -11,7 +11,10 @@
 //
 // Shapes: q [N, L, E], k [Nk, S, E], v [Nk, S, Ev], N = Nk·G: query head n reads key/value head
 // n / G (grouped-query attention). Scores s = scale · q kᵀ; is_causal hides key j from row i
-// where j > i (top-left aligned).
+// where j > i (top-left aligned). head_rows: the rows of one query head inside q's L rows
+// (L itself, or L / G where the caller stacks the G query heads of a key/value head into one
+// "head" of G·L rows with groups 1: one matmul then serves the G heads, where G smaller ones
+// did); the causal pattern restarts every head_rows rows.
 //
 //   forward (per row i; online softmax over key blocks b: the flash-attention recurrence)
 //     m_i  = running max of s_ij,   l_i = Σ_j e^(s_ij - m_i),   acc_i = Σ_j e^(s_ij - m_i) v_j
@@ -62,6 +65,14 @@ using at::vec::Vectorized;
 int64_t visible_keys(bool is_causal, int64_t row, int64_t j0, int64_t cols) {
   if (!is_causal) return cols;
   return std::clamp<int64_t>(row - j0 + 1, 0, cols);
+}
+
+// The keys a causal block of rows r0 .. r0 + nr - 1 sees at most: those of its last row within
+// its query head, or of a head's last row where the block spans two heads (stacked heads).
+int64_t causal_keys_seen(int64_t r0, int64_t nr, int64_t head_rows, int64_t keys) {
+  const int64_t last = r0 + nr - 1;
+  const bool one_head = r0 / head_rows == last / head_rows;
+  return std::min(keys, (one_head ? last % head_rows : head_rows - 1) + 1);
 }
 
 template <typename T>
@@ -162,7 +173,7 @@ at::Tensor scaled_rows(const at::Tensor& rows, double scale, at::Tensor& buffer)
 }
 
 void check_inputs(const char* name, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  int64_t groups, int64_t q_block, int64_t kv_block) {
+                  int64_t groups, int64_t head_rows, int64_t q_block, int64_t kv_block) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "opslib_cpu.", name,
               ": q, k, v must be [heads, rows, features]");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "opslib_cpu.", name,
@@ -173,12 +184,14 @@ void check_inputs(const char* name, const at::Tensor& q, const at::Tensor& k, co
                   k.size(1) == v.size(1) && k.size(2) == q.size(2),
               "opslib_cpu.", name, ": shapes do not match");
   TORCH_CHECK(q_block >= 1 && kv_block >= 1, "opslib_cpu.", name, ": blocks must be >= 1");
+  TORCH_CHECK(head_rows >= 1 && q.size(1) % head_rows == 0, "opslib_cpu.", name,
+              ": head_rows must divide q's rows");
 }
 
 template <typename T>
 void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     at::Tensor& out, at::Tensor& lse, int64_t groups, bool is_causal,
-                    double scale, int64_t q_block, int64_t kv_block) {
+                    double scale, int64_t head_rows, int64_t q_block, int64_t kv_block) {
   const int64_t heads = q.size(0), rows = q.size(1), keys = k.size(1), ev = v.size(2);
   const int64_t row_blocks = (rows + q_block - 1) / q_block;
   double* lse_data = lse.data_ptr<double>();
@@ -198,7 +211,7 @@ void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       std::fill(running_max.begin(), running_max.end(), -std::numeric_limits<T>::infinity());
       std::fill(running_sum.begin(), running_sum.end(), T(0));
       // under is_causal the keys past the block's last row are hidden from all its rows
-      const int64_t seen = is_causal ? std::min(keys, r0 + nr) : keys;
+      const int64_t seen = is_causal ? causal_keys_seen(r0, nr, head_rows, keys) : keys;
       for (int64_t j0 = 0; j0 < seen; j0 += kv_block) {
         const int64_t nc = std::min(kv_block, seen - j0);
         at::Tensor s = scores.narrow(0, 0, nr).narrow(1, 0, nc);
@@ -207,7 +220,7 @@ void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
         T* acc_data = acc.data_ptr<T>();
         for (int64_t r = 0; r < nr; ++r) {
           T* p = s_data + r * kv_block;
-          const int64_t visible = visible_keys(is_causal, r0 + r, j0, nc);
+          const int64_t visible = visible_keys(is_causal, (r0 + r) % head_rows, j0, nc);
           const T m_old = running_max[r];
           const T m_new = std::max(m_old, max_of(p, visible));
           // visible == 0 leaves m at -inf: that row's p is all 0 here, as e^(-inf) would be
@@ -241,7 +254,7 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
                      const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
                      at::Tensor& dk, at::Tensor& dv, int64_t groups, bool is_causal,
-                     double scale, int64_t q_block, int64_t kv_block) {
+                     double scale, int64_t head_rows, int64_t q_block, int64_t kv_block) {
   using Vec = Vectorized<T>;
   const int64_t kv_heads = k.size(0), rows = q.size(1), keys = k.size(1), ev = v.size(2);
   const double* lse_data = lse.const_data_ptr<double>();
@@ -268,7 +281,7 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
           const at::Tensor q_rows = scaled_rows(q[n].narrow(0, r0, nr), scale, scaled_q);
           const at::Tensor d_out_rows = grad_out[n].narrow(0, r0, nr);
           at::Tensor dq_rows = dq[n].narrow(0, r0, nr);
-          const int64_t seen = is_causal ? std::min(keys, r0 + nr) : keys;
+          const int64_t seen = is_causal ? causal_keys_seen(r0, nr, head_rows, keys) : keys;
           for (int64_t j0 = 0; j0 < seen; j0 += kv_block) {
             const int64_t nc = std::min(kv_block, seen - j0);
             const at::Tensor k_cols = k_h.narrow(0, j0, nc), v_cols = v_h.narrow(0, j0, nc);
@@ -279,12 +292,13 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
             T* p_data = probs.data_ptr<T>();
             T* ds_data = d_scores.data_ptr<T>();
             for (int64_t r = 0; r < nr; ++r) {
-              const int64_t i = r0 + r;
-              const int64_t visible = visible_keys(is_causal, i, j0, nc);
+              const int64_t i = r0 + r, row_in_head = i % head_rows;
+              const int64_t visible = visible_keys(is_causal, row_in_head, j0, nc);
               T* p_row = p_data + r * kv_block;
               T* ds_row = ds_data + r * kv_block;
               // every key row i sees is in this tile (the first): its softmax is normalised here
-              const bool whole_row = j0 == 0 && (is_causal ? std::min(i + 1, keys) : keys) <= nc;
+              const bool whole_row =
+                  j0 == 0 && (is_causal ? std::min(row_in_head + 1, keys) : keys) <= nc;
               if (whole_row) {
                 const T total = exp_shifted<false>(p_row, visible, nc, max_of(p_row, visible));
                 normalize_row(p_row, visible, total);
@@ -324,13 +338,15 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
 std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
                                                          const at::Tensor& v, int64_t groups,
                                                          bool is_causal, double scale,
-                                                         int64_t q_block, int64_t kv_block) {
-  check_inputs("attention_forward", q, k, v, groups, q_block, kv_block);
+                                                         int64_t head_rows, int64_t q_block,
+                                                         int64_t kv_block) {
+  check_inputs("attention_forward", q, k, v, groups, head_rows, q_block, kv_block);
   TORCH_CHECK(k.size(1) > 0, "opslib_cpu.attention_forward: needs at least one key");
   at::Tensor out = at::empty({q.size(0), q.size(1), v.size(2)}, q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_fwd", [&] {
-    forward_blocks<scalar_t>(q, k, v, out, lse, groups, is_causal, scale, q_block, kv_block);
+    forward_blocks<scalar_t>(q, k, v, out, lse, groups, is_causal, scale, head_rows, q_block,
+                             kv_block);
   });
   return {out, lse};
 }
@@ -339,8 +355,9 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    int64_t groups, bool is_causal, double scale, int64_t q_block, int64_t kv_block) {
-  check_inputs("attention_backward", q, k, v, groups, q_block, kv_block);
+    int64_t groups, bool is_causal, double scale, int64_t head_rows, int64_t q_block,
+    int64_t kv_block) {
+  check_inputs("attention_backward", q, k, v, groups, head_rows, q_block, kv_block);
   const auto like_out = [&](const at::Tensor& t) {
     return t.sizes() == out.sizes() && t.is_contiguous() && t.scalar_type() == q.scalar_type();
   };
@@ -359,7 +376,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   at::Tensor dv = at::zeros_like(v);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_bwd", [&] {
     backward_blocks<scalar_t>(grad_out, grad_lse, q, k, v, out, lse, dq, dk, dv, groups,
-                              is_causal, scale, q_block, kv_block);
+                              is_causal, scale, head_rows, q_block, kv_block);
   });
   return {dq, dk, dv};
 }
@@ -369,11 +386,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
 TORCH_LIBRARY_FRAGMENT(opslib_cpu, m) {
   m.def(
       "attention_forward(Tensor q, Tensor k, Tensor v, int groups, bool is_causal, float scale, "
-      "int q_block, int kv_block) -> (Tensor, Tensor)");
+      "int head_rows, int q_block, int kv_block) -> (Tensor, Tensor)");
   m.def(
       "attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
-      "Tensor out, Tensor lse, int groups, bool is_causal, float scale, int q_block, "
-      "int kv_block) -> (Tensor, Tensor, Tensor)");
+      "Tensor out, Tensor lse, int groups, bool is_causal, float scale, int head_rows, "
+      "int q_block, int kv_block) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(opslib_cpu, CPU, m) {
