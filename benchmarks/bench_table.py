@@ -276,6 +276,17 @@ def _attention_bench_causal(length: int, device, dtype) -> tuple:
     return (*_attention_bench(length, device, dtype)[:5], True, None, False)
 
 
+def _attention_bench_decoder(length: int, device, dtype) -> tuple:
+    """A Llama decoder's attention: causal, grouped-query (8 query heads, 2 key/value heads),
+    q, k, v the transposed views transformers makes of [1, L, heads, 64]."""
+    q, k, v = (
+        torch.randn(1, length, heads, ATTENTION_BENCH_HEAD_DIM, device=device, dtype=dtype)
+        .transpose(1, 2)
+        for heads in (ATTENTION_BENCH_HEADS, 2, 2)
+    )  # fmt: skip
+    return (q, k, v, None, 0.0, True, None, True)
+
+
 def _attention_flops(length: int) -> float:
     """Forward: Q Kᵀ and P V, 2·L·S·E each, per head."""
     return 2 * 2 * ATTENTION_BENCH_HEADS * length * length * ATTENTION_BENCH_HEAD_DIM
@@ -439,9 +450,9 @@ BENCH: dict[str, BenchInfo] = {
         no_grad_args=(1, 2),
     ),
     "scaled_dot_product_attention": BenchInfo(
-        sizes=(16, 512, 1024, 4096),
+        sizes=(16, 128, 512, 1024, 4096),
         inputs=_attention_bench,
-        variants={"causal": _attention_bench_causal},
+        variants={"causal": _attention_bench_causal, "decoder": _attention_bench_decoder},
         roofline="matmul",
         forward_flops=_attention_flops,
         size_unit="sequence length L = S (batch 1, 8 heads, dim 64)",

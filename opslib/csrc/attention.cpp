@@ -9,18 +9,17 @@
 // and everything done to it happens while it is in cache; the matmuls are ATen's (at::addmm_out
 // on views: MKL/oneDNN), the elementwise work at::vec, the tasks at::parallel_for.
 //
-// Shapes: q [N, L, E], k [Nk, S, E], v [Nk, S, Ev], N = Nk·G: query head n reads key/value head
-// n / G (grouped-query attention). Scores s = scale · q kᵀ; is_causal hides key j from row i
-// where j > i (top-left aligned). head_rows: the rows of one query head inside q's L rows
-// (L itself, or L / G where the caller stacks the G query heads of a key/value head into one
-// "head" of G·L rows with groups 1: one matmul then serves the G heads, where G smaller ones
-// did); the causal pattern restarts every head_rows rows.
+// Shapes: q [N, R, E], k [N, S, E], v [N, S, Ev]: head n of q reads head n of k and v. Scores
+// s = scale · q kᵀ; is_causal hides key j from row i where j > i (top-left aligned), i counted
+// within a query head of head_rows rows: grouped-query attention stacks the G query heads that
+// read one key/value head into one head of R = G·L rows (head_rows L), so that one matmul serves
+// the G of them where G smaller ones did; otherwise R = head_rows = L.
 //
 //   forward (per row i; online softmax over key blocks b: the flash-attention recurrence)
 //     m_i  = running max of s_ij,   l_i = Σ_j e^(s_ij - m_i),   acc_i = Σ_j e^(s_ij - m_i) v_j
 //     a new block: m' = max(m, max_b s),  l ← l·e^(m - m') + Σ_b e^(s - m'),  acc likewise
 //     out_i = acc_i / l_i,   lse_i = m_i + log l_i
-//   backward (per key/value head; its G query heads, then blocks of rows and of keys)
+//   backward (per head, then blocks of rows and of keys)
 //     D_i  = rowsum(dO ⊙ O)_i - g_i                     (g = dL/dlse, 0 when lse is unused)
 //     p    = e^(s - lse),  dP = dO vᵀ,  dS = p ⊙ (dP - D)
 //     Where a tile holds every key a row sees (S <= kv_block, or the first kv_block rows under
@@ -40,7 +39,7 @@
 // Rows and keys are never all in one tensor: memory is the inputs, the outputs and one tile of
 // scores (two in backward) per thread. Results do not depend on the number of threads: each
 // output element is summed by one task in a fixed order (forward: a task is one block of rows
-// of one head; backward: one key/value head, which owns its dK and dV rows).
+// of one head; backward: one head, which owns its dK and dV rows).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -173,14 +172,14 @@ at::Tensor scaled_rows(const at::Tensor& rows, double scale, at::Tensor& buffer)
 }
 
 void check_inputs(const char* name, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  int64_t groups, int64_t head_rows, int64_t q_block, int64_t kv_block) {
+                  int64_t head_rows, int64_t q_block, int64_t kv_block) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "opslib_cpu.", name,
               ": q, k, v must be [heads, rows, features]");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "opslib_cpu.", name,
               ": q, k, v must be contiguous");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "opslib_cpu.", name, ": q, k, v must have one dtype");
-  TORCH_CHECK(groups >= 1 && q.size(0) == k.size(0) * groups && v.size(0) == k.size(0) &&
+  TORCH_CHECK(q.size(0) == k.size(0) && v.size(0) == k.size(0) &&
                   k.size(1) == v.size(1) && k.size(2) == q.size(2),
               "opslib_cpu.", name, ": shapes do not match");
   TORCH_CHECK(q_block >= 1 && kv_block >= 1, "opslib_cpu.", name, ": blocks must be >= 1");
@@ -190,7 +189,7 @@ void check_inputs(const char* name, const at::Tensor& q, const at::Tensor& k, co
 
 template <typename T>
 void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    at::Tensor& out, at::Tensor& lse, int64_t groups, bool is_causal,
+                    at::Tensor& out, at::Tensor& lse, bool is_causal,
                     double scale, int64_t head_rows, int64_t q_block, int64_t kv_block) {
   const int64_t heads = q.size(0), rows = q.size(1), keys = k.size(1), ev = v.size(2);
   const int64_t row_blocks = (rows + q_block - 1) / q_block;
@@ -205,7 +204,7 @@ void forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       const int64_t n = t / row_blocks, r0 = (t % row_blocks) * q_block;
       const int64_t nr = std::min(q_block, rows - r0);
       const at::Tensor q_rows = scaled_rows(q[n].narrow(0, r0, nr), scale, scaled_q);
-      const at::Tensor k_n = k[n / groups], v_n = v[n / groups];
+      const at::Tensor k_n = k[n], v_n = v[n];
       at::Tensor acc_rows = acc.narrow(0, 0, nr);
       acc_rows.zero_();
       std::fill(running_max.begin(), running_max.end(), -std::numeric_limits<T>::infinity());
@@ -253,80 +252,78 @@ template <typename T>
 void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse,
                      const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
-                     at::Tensor& dk, at::Tensor& dv, int64_t groups, bool is_causal,
+                     at::Tensor& dk, at::Tensor& dv, bool is_causal,
                      double scale, int64_t head_rows, int64_t q_block, int64_t kv_block) {
   using Vec = Vectorized<T>;
-  const int64_t kv_heads = k.size(0), rows = q.size(1), keys = k.size(1), ev = v.size(2);
+  const int64_t heads = q.size(0), rows = q.size(1), keys = k.size(1), ev = v.size(2);
   const double* lse_data = lse.const_data_ptr<double>();
   const T* g_data = grad_lse ? grad_lse->const_data_ptr<T>() : nullptr;
-  at::parallel_for(0, kv_heads, 1, [&](int64_t h0, int64_t h1) {
+  at::parallel_for(0, heads, 1, [&](int64_t n0, int64_t n1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor probs = at::empty({q_block, kv_block}, q.options());
     at::Tensor d_scores = at::empty({q_block, kv_block}, q.options());
     at::Tensor scaled_q = at::empty({q_block, q.size(2)}, q.options());
     std::vector<T> rowsum(rows);
-    for (int64_t h = h0; h < h1; ++h) {
-      const at::Tensor k_h = k[h], v_h = v[h];
-      at::Tensor dk_h = dk[h], dv_h = dv[h];
-      for (int64_t n = h * groups; n < (h + 1) * groups; ++n) {
-        const T* o = out[n].const_data_ptr<T>();
-        const T* d_o = grad_out[n].const_data_ptr<T>();
-        for (int64_t i = 0; i < rows; ++i) {
-          rowsum[i] = at::vec::map2_reduce_all<T>([](Vec x, Vec y) { return x * y; },
-                                                  [](Vec x, Vec y) { return x + y; },
-                                                  d_o + i * ev, o + i * ev, ev);
-        }
-        for (int64_t r0 = 0; r0 < rows; r0 += q_block) {
-          const int64_t nr = std::min(q_block, rows - r0);
-          const at::Tensor q_rows = scaled_rows(q[n].narrow(0, r0, nr), scale, scaled_q);
-          const at::Tensor d_out_rows = grad_out[n].narrow(0, r0, nr);
-          at::Tensor dq_rows = dq[n].narrow(0, r0, nr);
-          const int64_t seen = is_causal ? causal_keys_seen(r0, nr, head_rows, keys) : keys;
-          for (int64_t j0 = 0; j0 < seen; j0 += kv_block) {
-            const int64_t nc = std::min(kv_block, seen - j0);
-            const at::Tensor k_cols = k_h.narrow(0, j0, nc), v_cols = v_h.narrow(0, j0, nc);
-            at::Tensor p = probs.narrow(0, 0, nr).narrow(1, 0, nc);
-            at::Tensor ds = d_scores.narrow(0, 0, nr).narrow(1, 0, nc);
-            at::mm_out(p, q_rows, k_cols.t());  // s = (scale·q) kᵀ
-            at::addmm_out(ds, ds, d_out_rows, v_cols.t(), /*beta=*/0);  // dP = dO vᵀ
-            T* p_data = probs.data_ptr<T>();
-            T* ds_data = d_scores.data_ptr<T>();
-            for (int64_t r = 0; r < nr; ++r) {
-              const int64_t i = r0 + r, row_in_head = i % head_rows;
-              const int64_t visible = visible_keys(is_causal, row_in_head, j0, nc);
-              T* p_row = p_data + r * kv_block;
-              T* ds_row = ds_data + r * kv_block;
-              // every key row i sees is in this tile (the first): its softmax is normalised here
-              const bool whole_row =
-                  j0 == 0 && (is_causal ? std::min(row_in_head + 1, keys) : keys) <= nc;
-              if (whole_row) {
-                const T total = exp_shifted<false>(p_row, visible, nc, max_of(p_row, visible));
-                normalize_row(p_row, visible, total);
-              } else {
-                // e^(s - lse) = e^(s - lse_T) · e^(lse_T - lse), lse_T = lse rounded to T: the
-                // first exponent is exact where p matters (s close to lse), the second carries
-                // the rounding that e^(s - lse_T) alone would leave in every p of the row
-                const double lse_i = lse_data[n * rows + i];
-                const T shift = static_cast<T>(lse_i);
-                exp_shifted<false>(p_row, visible, nc, shift);
-                if (std::isfinite(lse_i)) {
-                  const T excess = static_cast<T>(std::exp(lse_i - double(shift)));
-                  normalize_row(p_row, visible, excess);  // p · e^(lse_T - lse)
-                }
+    for (int64_t n = n0; n < n1; ++n) {
+      const at::Tensor k_h = k[n], v_h = v[n];
+      at::Tensor dk_h = dk[n], dv_h = dv[n];
+      const T* o = out[n].const_data_ptr<T>();
+      const T* d_o = grad_out[n].const_data_ptr<T>();
+      for (int64_t i = 0; i < rows; ++i) {
+        rowsum[i] = at::vec::map2_reduce_all<T>([](Vec x, Vec y) { return x * y; },
+                                                [](Vec x, Vec y) { return x + y; },
+                                                d_o + i * ev, o + i * ev, ev);
+      }
+      for (int64_t r0 = 0; r0 < rows; r0 += q_block) {
+        const int64_t nr = std::min(q_block, rows - r0);
+        const at::Tensor q_rows = scaled_rows(q[n].narrow(0, r0, nr), scale, scaled_q);
+        const at::Tensor d_out_rows = grad_out[n].narrow(0, r0, nr);
+        at::Tensor dq_rows = dq[n].narrow(0, r0, nr);
+        const int64_t seen = is_causal ? causal_keys_seen(r0, nr, head_rows, keys) : keys;
+        for (int64_t j0 = 0; j0 < seen; j0 += kv_block) {
+          const int64_t nc = std::min(kv_block, seen - j0);
+          const at::Tensor k_cols = k_h.narrow(0, j0, nc), v_cols = v_h.narrow(0, j0, nc);
+          at::Tensor p = probs.narrow(0, 0, nr).narrow(1, 0, nc);
+          at::Tensor ds = d_scores.narrow(0, 0, nr).narrow(1, 0, nc);
+          at::mm_out(p, q_rows, k_cols.t());  // s = (scale·q) kᵀ
+          at::addmm_out(ds, ds, d_out_rows, v_cols.t(), /*beta=*/0);  // dP = dO vᵀ
+          T* p_data = probs.data_ptr<T>();
+          T* ds_data = d_scores.data_ptr<T>();
+          for (int64_t r = 0; r < nr; ++r) {
+            const int64_t i = r0 + r, row_in_head = i % head_rows;
+            const int64_t visible = visible_keys(is_causal, row_in_head, j0, nc);
+            T* p_row = p_data + r * kv_block;
+            T* ds_row = ds_data + r * kv_block;
+            // every key row i sees is in this tile (the first): its softmax is normalised here
+            const bool whole_row =
+                j0 == 0 && (is_causal ? std::min(row_in_head + 1, keys) : keys) <= nc;
+            if (whole_row) {
+              const T total = exp_shifted<false>(p_row, visible, nc, max_of(p_row, visible));
+              normalize_row(p_row, visible, total);
+            } else {
+              // e^(s - lse) = e^(s - lse_T) · e^(lse_T - lse), lse_T = lse rounded to T: the
+              // first exponent is exact where p matters (s close to lse), the second carries
+              // the rounding that e^(s - lse_T) alone would leave in every p of the row
+              const double lse_i = lse_data[n * rows + i];
+              const T shift = static_cast<T>(lse_i);
+              exp_shifted<false>(p_row, visible, nc, shift);
+              if (std::isfinite(lse_i)) {
+                const T excess = static_cast<T>(std::exp(lse_i - double(shift)));
+                normalize_row(p_row, visible, excess);  // p · e^(lse_T - lse)
               }
-              const T g = g_data ? g_data[n * rows + i] : T(0);
-              // dS = p ⊙ (dP - D): D = c + Σ_j p_ij (dP_ij - c), with dP - c held, or D = c
-              const T d = whole_row ? shift_and_dot(p_row, ds_row, nc, rowsum[i]) : rowsum[i];
-              softmax_jacobian_row(p_row, ds_row, nc, d - g);
             }
-            at::Tensor dv_cols = dv_h.narrow(0, j0, nc), dk_cols = dk_h.narrow(0, j0, nc);
-            at::addmm_out(dv_cols, dv_cols, p.t(), d_out_rows);            // dV += pᵀ dO
-            at::addmm_out(dk_cols, dk_cols, ds.t(), q_rows);               // dK += dSᵀ (scale·q)
-            at::addmm_out(dq_rows, dq_rows, ds, k_cols, j0 == 0 ? 0 : 1);  // dQ += dS k
+            const T g = g_data ? g_data[n * rows + i] : T(0);
+            // dS = p ⊙ (dP - D): D = c + Σ_j p_ij (dP_ij - c), with dP - c held, or D = c
+            const T d = whole_row ? shift_and_dot(p_row, ds_row, nc, rowsum[i]) : rowsum[i];
+            softmax_jacobian_row(p_row, ds_row, nc, d - g);
           }
-          if (seen == 0) dq_rows.zero_();
-          dq_rows.mul_(scale);  // dQ = scale · dS k
+          at::Tensor dv_cols = dv_h.narrow(0, j0, nc), dk_cols = dk_h.narrow(0, j0, nc);
+          at::addmm_out(dv_cols, dv_cols, p.t(), d_out_rows);            // dV += pᵀ dO
+          at::addmm_out(dk_cols, dk_cols, ds.t(), q_rows);               // dK += dSᵀ (scale·q)
+          at::addmm_out(dq_rows, dq_rows, ds, k_cols, j0 == 0 ? 0 : 1);  // dQ += dS k
         }
+        if (seen == 0) dq_rows.zero_();
+        dq_rows.mul_(scale);  // dQ = scale · dS k
       }
     }
   });
@@ -336,17 +333,16 @@ void backward_blocks(const at::Tensor& grad_out, const std::optional<at::Tensor>
 
 // (out, lse): out [N, L, Ev] in q's dtype, lse [N, L] in float64.
 std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                         const at::Tensor& v, int64_t groups,
-                                                         bool is_causal, double scale,
+                                                         const at::Tensor& v, bool is_causal,
+                                                         double scale,
                                                          int64_t head_rows, int64_t q_block,
                                                          int64_t kv_block) {
-  check_inputs("attention_forward", q, k, v, groups, head_rows, q_block, kv_block);
+  check_inputs("attention_forward", q, k, v, head_rows, q_block, kv_block);
   TORCH_CHECK(k.size(1) > 0, "opslib_cpu.attention_forward: needs at least one key");
   at::Tensor out = at::empty({q.size(0), q.size(1), v.size(2)}, q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_fwd", [&] {
-    forward_blocks<scalar_t>(q, k, v, out, lse, groups, is_causal, scale, head_rows, q_block,
-                             kv_block);
+    forward_blocks<scalar_t>(q, k, v, out, lse, is_causal, scale, head_rows, q_block, kv_block);
   });
   return {out, lse};
 }
@@ -355,9 +351,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    int64_t groups, bool is_causal, double scale, int64_t head_rows, int64_t q_block,
-    int64_t kv_block) {
-  check_inputs("attention_backward", q, k, v, groups, head_rows, q_block, kv_block);
+    bool is_causal, double scale, int64_t head_rows, int64_t q_block, int64_t kv_block) {
+  check_inputs("attention_backward", q, k, v, head_rows, q_block, kv_block);
   const auto like_out = [&](const at::Tensor& t) {
     return t.sizes() == out.sizes() && t.is_contiguous() && t.scalar_type() == q.scalar_type();
   };
@@ -375,8 +370,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   at::Tensor dk = at::zeros_like(k);
   at::Tensor dv = at::zeros_like(v);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_bwd", [&] {
-    backward_blocks<scalar_t>(grad_out, grad_lse, q, k, v, out, lse, dq, dk, dv, groups,
-                              is_causal, scale, head_rows, q_block, kv_block);
+    backward_blocks<scalar_t>(grad_out, grad_lse, q, k, v, out, lse, dq, dk, dv, is_causal,
+                              scale, head_rows, q_block, kv_block);
   });
   return {dq, dk, dv};
 }
@@ -385,11 +380,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
 
 TORCH_LIBRARY_FRAGMENT(opslib_cpu, m) {
   m.def(
-      "attention_forward(Tensor q, Tensor k, Tensor v, int groups, bool is_causal, float scale, "
+      "attention_forward(Tensor q, Tensor k, Tensor v, bool is_causal, float scale, "
       "int head_rows, int q_block, int kv_block) -> (Tensor, Tensor)");
   m.def(
       "attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
-      "Tensor out, Tensor lse, int groups, bool is_causal, float scale, int head_rows, "
+      "Tensor out, Tensor lse, bool is_causal, float scale, int head_rows, "
       "int q_block, int kv_block) -> (Tensor, Tensor, Tensor)");
 }
 

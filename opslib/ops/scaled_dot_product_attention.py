@@ -536,8 +536,9 @@ def _stacked_query_heads(t: Tensor, groups: int) -> Tensor:
     """A query-side tensor [..., L, f] (q, the output, its gradient) as the C++ kernels'
     contiguous [Nk, G·L, f]: the G query heads that read one key/value head stacked into one
     head of G·L rows (grouped-query attention; G = 1: [N, L, f]), so that one matmul against
-    that key/value head serves all G (the kernels then take groups 1 and head_rows L, where
-    the causal pattern restarts). At L = S = 128, G = 2: the scores' matmul 30% faster."""
+    that key/value head serves all G (the kernels take head_rows L: where the causal pattern
+    restarts). At L = S = 128, G = 2: forward 0.88 -> 0.81 ms, backward 1.87 -> 1.69 ms
+    (32 query heads)."""
     return t.contiguous().view(-1, groups * t.shape[-2], t.shape[-1])
 
 
@@ -567,8 +568,8 @@ def _forward_formula(q, k, v, attn_mask, dropout_p, is_causal, scale,
     if _cpu_kernel_takes(q, k, v, attn_mask, groups):
         rows = q.shape[-2]
         out, lse = torch.ops.opslib_cpu.attention_forward(
-            _stacked_query_heads(q, groups), _as_heads(k), _as_heads(v), 1, is_causal, scale,
-            rows, *_tiles(CPP_FORWARD_TILE, groups * rows, rows, k.shape[-2]),
+            _stacked_query_heads(q, groups), _as_heads(k), _as_heads(v), is_causal, scale, rows,
+            *_tiles(CPP_FORWARD_TILE, groups * rows, rows, k.shape[-2]),
         )  # fmt: skip
         return out.view(*lead, rows, v.shape[-1]), lse.view(*lead, rows)
     k, v = _expand_heads(k.to(dtype), groups), _expand_heads(v.to(dtype), groups)
@@ -635,7 +636,7 @@ def _backward_of_one_rank(grad_out, grad_lse, q, k, v, out, lse, attn_mask, is_c
         g = None if grad_lse is None else stacked_rows(grad_lse.to(q.dtype))
         dq, dk, dv = torch.ops.opslib_cpu.attention_backward(
             _stacked_query_heads(grad_out, groups), g, _stacked_query_heads(q, groups),
-            _as_heads(k), _as_heads(v), _stacked_query_heads(out, groups), stacked_rows(lse), 1,
+            _as_heads(k), _as_heads(v), _stacked_query_heads(out, groups), stacked_rows(lse),
             is_causal, scale, rows, *_tiles(CPP_BACKWARD_TILE, groups * rows, rows, k.shape[-2]),
         )  # fmt: skip
         return dq.view(q.shape), dk.view(k.shape), dv.view(v.shape), q.new_empty(0)
