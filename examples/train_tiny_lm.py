@@ -16,9 +16,9 @@ as transformers computes it, with native's best parts: ``torch.optim.AdamW(fused
 linear, linear_cross_entropy) and ``opslib.optim.AdamW``.
 Both train on the same batches, eager, for --steps steps; then --compiled-steps more steps of each
 under ``torch.compile(fullgraph=True)``. They take turns step by step (in alternating order), so
-that a drift in the machine's speed hits both alike. Printed: loss, tokens/s (median step), peak memory of a
-training step: the most tensor memory it allocates and holds at once (activations, gradients,
-temporaries), summed from the allocator's events that torch.profiler records. Saved under
+that a drift in the machine's speed hits both alike. Printed: loss, tokens/s (median step), peak
+memory of a training step: the most tensor memory it allocates and holds at once (activations,
+gradients, temporaries), summed from the allocator's events that torch.profiler records. Saved under
 --out: a plot of both loss curves with the throughputs, and the opslib model exported to ONNX
 (standard operators only), from which the script samples a continuation of a prompt in
 onnxruntime.

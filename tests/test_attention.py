@@ -173,6 +173,24 @@ def _max_error(a: Tensor, exact: Tensor) -> float:
     return (a.double() - exact).abs().max().item()
 
 
+def _assert_float32_error_at_most_twice_natives(q, k, v, grad_out, is_causal: bool) -> None:
+    """opslib's float32 output and dq, dk, dv (grouped-query attention) are within twice
+    native's error against float64, plus float32's epsilon times the largest value."""
+
+    def outputs(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves, is_causal=is_causal, enable_gqa=True)
+        return [out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
+
+    exact = outputs(F.scaled_dot_product_attention, torch.float64)
+    native = outputs(F.scaled_dot_product_attention, torch.float32)
+    ours = outputs(opslib.scaled_dot_product_attention, torch.float32)
+    eps = torch.finfo(torch.float32).eps
+    for name, a, n, e in zip(["out", "dq", "dk", "dv"], ours, native, exact, strict=True):
+        err, native_err = _max_error(a, e), _max_error(n, e)
+        assert err <= 2 * native_err + eps * e.abs().max().item(), (name, err, native_err)
+
+
 @needs_cpp_kernels
 @pytest.mark.parametrize("sharpness", [1.0, 10.0, 30.0])
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
@@ -188,19 +206,7 @@ def test_cpp_kernels_float32_error_at_most_twice_native(monkeypatch, is_causal, 
     q = torch.randn(2, 4, 200, 32) * sharpness
     k, v = torch.randn(2, 2, 300, 32), torch.randn(2, 2, 300, 16)
     grad_out = torch.randn(2, 4, 200, 16)
-
-    def outputs(fn, dtype):
-        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-        out = fn(*leaves, is_causal=is_causal, enable_gqa=True)
-        return [out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
-
-    exact = outputs(F.scaled_dot_product_attention, torch.float64)
-    native = outputs(F.scaled_dot_product_attention, torch.float32)
-    ours = outputs(opslib.scaled_dot_product_attention, torch.float32)
-    eps = torch.finfo(torch.float32).eps
-    for name, a, n, e in zip(["out", "dq", "dk", "dv"], ours, native, exact, strict=True):
-        err, native_err = _max_error(a, e), _max_error(n, e)
-        assert err <= 2 * native_err + eps * e.abs().max().item(), (name, err, native_err)
+    _assert_float32_error_at_most_twice_natives(q, k, v, grad_out, is_causal)
 
 
 @needs_cpp_kernels
@@ -257,19 +263,7 @@ def test_cpp_kernels_of_one_tile_float32_error_at_most_twice_native(sharpness):
     grad_out = torch.randn(2, 4, 128, 64)
     with torch.no_grad():
         assert attention_module._cpu_kernel_takes(q, k, v, None, 2)
-
-    def outputs(fn, dtype):
-        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-        out = fn(*leaves, is_causal=True, enable_gqa=True)
-        return [out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
-
-    exact = outputs(F.scaled_dot_product_attention, torch.float64)
-    native = outputs(F.scaled_dot_product_attention, torch.float32)
-    ours = outputs(opslib.scaled_dot_product_attention, torch.float32)
-    eps = torch.finfo(torch.float32).eps
-    for name, a, n, e in zip(["out", "dq", "dk", "dv"], ours, native, exact, strict=True):
-        err, native_err = _max_error(a, e), _max_error(n, e)
-        assert err <= 2 * native_err + eps * e.abs().max().item(), (name, err, native_err)
+    _assert_float32_error_at_most_twice_natives(q, k, v, grad_out, is_causal=True)
 
 
 @needs_cpp_kernels
