@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import LargestTensor
-from torch import Tensor
 
 import opslib
 from opslib.core import cpu_kernels
+from opslib.testing.support import max_error
 
 pytestmark = pytest.mark.ops("scaled_dot_product_attention")
 
@@ -169,10 +169,6 @@ def test_cpp_kernel_tiles_give_the_torch_op_formula(monkeypatch, call, tiles):
         torch.testing.assert_close(a, b, atol=1e-13, rtol=1e-12)
 
 
-def _max_error(a: Tensor, exact: Tensor) -> float:
-    return (a.double() - exact).abs().max().item()
-
-
 def _assert_float32_error_at_most_twice_natives(q, k, v, grad_out, is_causal: bool) -> None:
     """opslib's float32 output and dq, dk, dv (grouped-query attention) are within twice
     native's error against float64, plus float32's epsilon times the largest value."""
@@ -187,7 +183,7 @@ def _assert_float32_error_at_most_twice_natives(q, k, v, grad_out, is_causal: bo
     ours = outputs(opslib.scaled_dot_product_attention, torch.float32)
     eps = torch.finfo(torch.float32).eps
     for name, a, n, e in zip(["out", "dq", "dk", "dv"], ours, native, exact, strict=True):
-        err, native_err = _max_error(a, e), _max_error(n, e)
+        err, native_err = max_error(a, e), max_error(n, e)
         assert err <= 2 * native_err + eps * e.abs().max().item(), (name, err, native_err)
 
 
@@ -239,7 +235,7 @@ def test_cpp_kernels_output_and_dv_error_at_scores_of_1e4_is_natives(monkeypatch
         native = outputs(F.scaled_dot_product_attention, torch.float32)
         ours = outputs(opslib.scaled_dot_product_attention, torch.float32)
         for name, a, n, e in zip(worse, ours, native, exact, strict=True):
-            worse[name] += _max_error(a, e) > 2 * _max_error(n, e)
+            worse[name] += max_error(a, e) > 2 * max_error(n, e)
         with torch.no_grad():
             _, lse = OP(q, k, v, None, 0.0, call % 3 == 0, None, False)
         scores = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(8)
